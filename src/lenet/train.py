@@ -1,0 +1,135 @@
+"""The training loop, evaluation and resume. Prints the original's log lines; writes the run directory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lenet.atomic import write_json, write_jsonl
+from lenet.config import TrainConfig
+from lenet.data import Split, epoch_batches
+from lenet.engines import select_engine
+from lenet.model import LeNet, count_parameters, make_model
+from lenet.runs import RunDir, load_checkpoint, provenance, save_checkpoint, save_model
+
+PROGRESS_CHUNK = 50  # steps per engine call: the progress bar's granularity
+
+
+class DeviceError(Exception):
+    """The requested device is not available on this machine."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise DeviceError(f"--device {name}: not available on this machine (use --device auto or cpu)")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.short_name()}"
+
+
+def epoch_line(epoch: int, loss: float, lr: float, extra: str = "") -> str:
+    line = f"Train Set: Epoch {epoch}, Average Loss: {loss:.6f}, lr: {lr:.2e}"
+    return f"{line} | {extra}" if extra else line
+
+
+def test_line(loss: float, correct: int, total: int) -> str:
+    return f"Test Set: Average Loss: {loss:.6f}, Accuracy: {correct}/{total} ({100 * correct / total:.2f}%)"
+
+
+@torch.no_grad()
+def evaluate(model: LeNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> tuple[float, int]:
+    """(mean cross-entropy, number correct) over all of x."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    return loss_sum.item() / len(x), int(correct.item())
+
+
+@dataclass
+class TrainResult:
+    model: LeNet
+    rows: list[dict]  # one per epoch, as in metrics.jsonl
+    test_loss: float
+    test_correct: int
+    test_total: int
+    seconds: float
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_correct / self.test_total
+
+    def summary(self) -> dict:
+        return {"test_loss": self.test_loss, "test_correct": self.test_correct, "test_total": self.test_total,
+                "test_accuracy": self.test_accuracy, "train_seconds": self.seconds,
+                "final_train_loss": self.rows[-1]["train_loss"], "parameters": count_parameters(self.model)}  # fmt: skip
+
+
+def train(cfg: TrainConfig, split: Split, out: Path | None = None, log: Callable[[str], None] = print,
+          resume: bool = False) -> TrainResult:
+    """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it)."""
+    device = split.train_x.device
+    engine = select_engine(cfg.engine, device.type)
+    run = RunDir(out) if out is not None else None
+    model = make_model(cfg.init_std, cfg.fc_init_std, cfg.seed).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    start_epoch, rows = 0, []
+    if run is not None:
+        if resume and run.checkpoint.is_file():
+            start_epoch, rows = load_checkpoint(run.checkpoint, model, optimizer)
+            log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
+        write_json(run.config, {"config": cfg.to_dict(), **provenance(device, engine.name)})
+        write_jsonl(run.metrics, rows)  # drop rows of an epoch whose checkpoint was never written
+
+    n = len(split.train_x)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)  # (steps, B)
+        total = torch.zeros((), device=device)
+        with tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+                  file=sys.stderr, disable=not sys.stderr.isatty()) as bar:  # fmt: skip
+            for chunk in batches.split(PROGRESS_CHUNK):
+                total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
+                bar.update(len(chunk))
+        train_loss = total.item() / len(batches)  # the epoch's one host sync
+        val_loss, val_correct = evaluate(model, split.val_x, split.val_y)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+               "val_accuracy": val_correct / len(split.val_x), "lr": cfg.lr, "seconds": seconds}  # fmt: skip
+        rows.append(row)
+        log(epoch_line(epoch + 1, train_loss, cfg.lr,
+                       f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"))  # fmt: skip
+        if run is not None:
+            save_checkpoint(run.checkpoint, model, optimizer, epoch + 1, rows)
+            write_jsonl(run.metrics, rows)
+
+    test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
+    log(test_line(test_loss, test_correct, len(split.test_x)))
+    seconds = sum(r["seconds"] for r in rows) if rows else time.perf_counter() - started
+    result = TrainResult(model, rows, test_loss, test_correct, len(split.test_x), seconds)
+    if run is not None:
+        save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
+        write_json(run.result, result.summary())
+    return result
