@@ -155,6 +155,10 @@ def build_parser() -> Parser:
     tr.add_argument("--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)")
     tr.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
     tr.set_defaults(func=cmd_train)
+
+    # ---- sweep, reproduce (issue 3): parsers here, cmd_ functions in their own section above
+    # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
+    # ---- serve (issue 6): parser here, cmd_serve in its own section above
     return parser
 
 
