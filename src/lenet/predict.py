@@ -1,0 +1,251 @@
+"""Predict digits from a person's own images: loading them safely, MNIST-style preprocessing, the model.
+
+`preprocess` is the one way an image becomes network input; `lenet predict`, the web server and any
+later caller share it. It redoes what NIST/LeCun did to make MNIST: grayscale, white ink on black,
+crop to the ink, scale the longer side to 20 px (anti-aliased, aspect kept), then place the digit in
+a 28x28 frame with its centre of mass at the centre.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lenet.model import LeNet
+from lenet.runs import RunError, load_model
+
+if TYPE_CHECKING:  # PIL is an extra, imported where it is used so `import lenet` stays light
+    from PIL import Image as PILImage
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "model.safetensors"  # the shipped reference run
+MAX_PIXELS = 40_000_000  # larger images are refused: a decompression bomb would exhaust memory
+FRAME = 28  # MNIST's image size
+BOX = 20  # MNIST scaled each digit so its longer side is 20 px
+CENTRE = 14.0  # where MNIST's test digits have their centre of mass (mean 13.99, 14.01 in row, column)
+MIN_CONTRAST = 0.1  # ink must differ from the paper by this much of the full range, else the image is blank
+NOISE_MADS = 3.0  # paper noise: ink fainter than the paper's median + 3 robust stddevs is paper
+TOP_K = 3
+
+
+class ImageError(ValueError):
+    """An image cannot be used: not an image, damaged, too large, or blank. The message is one line."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_image(source: str | Path | bytes) -> PILImage.Image:
+    """Open an image file or raw bytes, fully decoded (first frame of an animation), or raise ImageError.
+
+    The pixel count is checked from the header before anything is decoded, so a small file that
+    claims gigapixels costs nothing.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    name = "image data" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise ImageError(f"{name}: no such file")
+    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"{name}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,})")
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{name}: too large to decode safely (limit {MAX_PIXELS:,} pixels)") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image (PNG, JPEG, BMP, GIF, WebP, ...)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"{name}: damaged or unreadable image ({one_line(e)})") from None
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: blank image (it has no pixels)")
+    return image
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def preprocess(image: PILImage.Image) -> torch.Tensor:
+    """Any image -> float32 (28, 28) in [0, 1], white digit on black, made the way MNIST was.
+
+    Raises ImageError when the image has no ink (a blank or uniform picture).
+    """
+    gray, alpha = grayscale(image)  # (H, W) in [0, 1]
+    if alpha is not None:
+        gray = flatten_alpha(gray, alpha)
+    ink = ink_map(gray)
+    rows, cols = np.nonzero(ink)
+    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]  # crop to the ink's bounding box
+    return torch.from_numpy(centre_in_frame(scale_to_box(digit)))
+
+
+def grayscale(image: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luminance in [0, 1] as float64, and the alpha channel in [0, 1] when the image has transparency."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale: PIL's "L" would clip
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if mode == "F" and values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
+        return np.clip(values / top, 0, 1), None
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return np.asarray(rgba.convert("L"), dtype=np.float64) / 255, np.asarray(rgba.getchannel("A")) / 255
+    return np.asarray(image.convert("L"), dtype=np.float64) / 255, None
+
+
+def flatten_alpha(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite onto a background of the opposite brightness to what is drawn.
+
+    A transparent image is usually ink alone (a canvas drawing, a cut-out): dark strokes go onto
+    white, light strokes onto black, so the ink never vanishes into a background of its own colour.
+    """
+    if alpha.sum() == 0:
+        raise ImageError("blank image: it is fully transparent (no ink)")
+    drawn = float((gray * alpha).sum() / alpha.sum())
+    background = 1.0 if drawn < 0.5 else 0.0
+    return gray * alpha + background * (1 - alpha)
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray:
+    """Luminance -> ink in [0, 1] (1 = full ink, 0 = paper); raises ImageError when there is no ink.
+
+    The paper is the median of the outer ring of pixels: it works for dark-on-light and light-on-dark
+    and for digits that touch an edge. Paper noise (a photo's grain) is cut off with a robust spread.
+    """
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    if np.median(border) > 0.5:  # light paper: make the digit white on black like MNIST
+        gray, border = 1 - gray, 1 - border
+    paper = float(np.median(border))
+    floor = paper + NOISE_MADS * 1.4826 * float(np.median(np.abs(border - paper)))
+    top = float(gray.max())
+    if top - paper < MIN_CONTRAST or top <= floor:
+        raise ImageError("blank image: no ink found (the picture is one uniform colour)")
+    return np.clip((gray - floor) / (top - floor), 0, 1)
+
+
+def scale_to_box(digit: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is 20 px, keeping the aspect ratio; Lanczos is anti-aliased when shrinking."""
+    from PIL import Image
+
+    height, width = digit.shape
+    factor = BOX / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    scaled = Image.fromarray(digit.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(scaled, dtype=np.float32), 0, 1)  # Lanczos rings slightly past [0, 1]
+
+
+def centre_in_frame(digit: np.ndarray) -> np.ndarray:
+    """Paste into 28x28 so the centre of mass lands on MNIST's centre (whole-pixel shift, as MNIST did)."""
+    height, width = digit.shape
+    mass = float(digit.sum())
+    rows, cols = np.arange(height), np.arange(width)
+    com_row = float((digit.sum(1) * rows).sum() / mass)
+    com_col = float((digit.sum(0) * cols).sum() / mass)
+    top = min(max(math.floor(CENTRE - com_row + 0.5), 0), FRAME - height)  # keep the whole digit in frame
+    left = min(max(math.floor(CENTRE - com_col + 0.5), 0), FRAME - width)
+    frame = np.zeros((FRAME, FRAME), dtype=np.float32)
+    frame[top : top + height, left : left + width] = digit
+    return frame
+
+
+def preprocess_pixels(pixels: Any) -> torch.Tensor:
+    """An image that is already in MNIST form (28x28, white on black, values in [0, 1]) -> checked tensor.
+
+    For the web API's JSON pixels. Nothing is re-centred: to preprocess a raw 28x28 drawing, make it
+    a PIL image and call `preprocess`.
+    """
+    try:
+        array = np.asarray(pixels, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ImageError("pixels must be a 28x28 array of numbers") from None
+    if array.shape != (FRAME, FRAME):
+        raise ImageError(f"pixels must be 28x28 (got shape {'x'.join(map(str, array.shape)) or 'scalar'})")
+    if not np.isfinite(array).all():
+        raise ImageError("pixels must be finite numbers (found NaN or infinity)")
+    if array.min() < 0 or array.max() > 1:
+        raise ImageError(f"pixels must lie in [0, 1] (found {array.min():g} to {array.max():g})")
+    return torch.from_numpy(array.astype(np.float32))
+
+
+# ---------------------------------------------------------------- the model
+
+
+def load_predictor(model: str | Path | None = None) -> tuple[LeNet, dict]:
+    """The model of a run directory or .safetensors file (None: the shipped model), eval mode, CPU."""
+    if model is None and not DEFAULT_MODEL.is_file():
+        raise RunError(f"the shipped model is missing ({DEFAULT_MODEL}); reinstall lenet or pass --model RUN")
+    return load_model(DEFAULT_MODEL if model is None else model)
+
+
+@torch.no_grad()
+def predict(model: LeNet, images: torch.Tensor) -> torch.Tensor:
+    """(N, 28, 28) or (N, 1, 28, 28) images in [0, 1] -> class probabilities (N, 10)."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)  # (N, 1, 28, 28)
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.softmax(model(images.to(device, torch.float32)), dim=1).cpu()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str
+    probabilities: list[float]  # one per class 0-9
+
+    @property
+    def label(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    def top(self, k: int = TOP_K) -> list[tuple[int, float]]:
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(int(c), self.probabilities[c]) for c in order]
+
+    def line(self) -> str:
+        top = ", ".join(f"{c}: {100 * p:.1f}%" for c, p in self.top())
+        return f"{self.image}: {self.label}  ({top})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "label": self.label,
+                "top": [{"label": c, "probability": p} for c, p in self.top()]}  # fmt: skip
+
+
+def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
+                  ) -> list[Prediction | ImageError]:  # fmt: skip
+    """One Prediction or ImageError per path, in order: one bad file does not stop the others."""
+    results: list[Prediction | ImageError] = []
+    for path in paths:
+        try:
+            pixels = preprocess(load_image(path))
+        except ImageError as e:
+            results.append(e if str(e).startswith(path) else ImageError(f"{path}: {e}"))
+            continue
+        if save_input is not None:
+            save_input_image(pixels, save_input / f"{Path(path).stem}.28x28.png")
+        probs = predict(model, pixels.unsqueeze(0))[0]
+        results.append(Prediction(path, [float(p) for p in probs]))
+    return results
+
+
+def save_input_image(pixels: torch.Tensor, path: Path) -> None:
+    """The 28x28 image the network saw, as an 8-bit grayscale PNG."""
+    from PIL import Image
+
+    from lenet.atomic import write_atomic
+
+    buffer = io.BytesIO()
+    Image.fromarray((pixels.numpy() * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
