@@ -1,0 +1,127 @@
+"""Export a trained model to ONNX, and prove the export computes what the PyTorch model computes.
+
+The run directory already holds the portable form of the weights (model.safetensors + config.json);
+ONNX adds a file that any ONNX runtime can execute without lenet or PyTorch installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lenet.atomic import write_json
+from lenet.data import load_split
+from lenet.runs import RunDir, load_model
+
+OPSET = 18  # ONNX opset of the exported graph: the torch.export-based exporter's default; onnxruntime >= 1.14
+TOLERANCE = 1e-5  # largest allowed |logit difference| between onnxruntime and PyTorch
+CHECK_IMAGES = 1_000  # test images the export is checked on
+FORMATS = ("onnx", "safetensors")
+
+
+class ExportError(Exception):
+    """The export failed or does not reproduce the PyTorch model; nothing was written."""
+
+
+def export(run_path: Path | str, fmt: str = "onnx", out: Path | None = None,
+           data_dir: Path | str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Export the run's model in `fmt`; returns a report (paths, and for ONNX the verification)."""
+    run = RunDir(Path(run_path))
+    cfg = run.read_config()
+    if fmt == "safetensors":
+        return {"format": "safetensors", "model": str(run.model), "config": str(run.config),
+                "note": "the run's own weights and config; load them with lenet.runs.load_model"}  # fmt: skip
+    if fmt != "onnx":
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    model, _ = load_model(run.path)
+    images = load_split(cfg.dataset, data_dir).test_x[:CHECK_IMAGES]  # (1000, 1, 28, 28)
+    target = Path(out) if out is not None else run.path / "model.onnx"
+    provenance = {"source_run": str(run.path), "config": json.dumps(cfg.to_dict())}
+    report = export_onnx(model, images, target, provenance)
+    write_json(target.with_suffix(".json"), report)
+    return report
+
+
+def export_onnx(model: torch.nn.Module, images: torch.Tensor, target: Path, metadata: dict[str, str]) -> dict:
+    """Write `model` as ONNX to `target` only after onnxruntime reproduces its logits on `images`."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise ExportError("ONNX export needs the onnx extra: pip install 'lenet[onnx]'") from None
+    model = model.cpu().eval()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_onnx(model, tmp, metadata)
+        onnx.checker.check_model(str(tmp))
+        diff = max_logit_difference(model, tmp, images)
+        if not diff <= TOLERANCE:  # also catches NaN
+            raise ExportError(f"ONNX logits differ from PyTorch by {diff:.3g} (> {TOLERANCE:g}) on "
+                              f"{len(images)} test images; {target} was not written")  # fmt: skip
+        tmp.chmod(0o644)  # mkstemp makes it private; a model file is meant to be shared
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"format": "onnx", "path": str(target), "opset": OPSET, "input": "images (batch, 1, 28, 28)",
+            "output": "logits (batch, 10)", "dynamic_axes": ["batch"], "checked_images": len(images),
+            "max_abs_logit_difference": diff, "tolerance": TOLERANCE, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}  # fmt: skip
+
+
+def write_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """The graph with a dynamic batch axis, and the metadata that says where it came from."""
+    import onnx
+
+    example = torch.zeros(2, 1, 28, 28)
+    try:
+        with quiet_exporter():
+            program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
+                                        dynamo=True, verbose=False)  # fmt: skip
+    except Exception as e:  # the exporter raises many types; any of them means no usable file
+        raise ExportError(f"torch.onnx.export failed: {' '.join(str(e).split())[:300]}") from None
+    proto = program.model_proto
+    for key, value in {"architecture": "lenet-3246", **metadata}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's notes on torchvision ops and its own deprecations: not the user's concern."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def max_logit_difference(model: torch.nn.Module, path: Path, images: torch.Tensor) -> float:
+    """Largest |onnxruntime - PyTorch| over the logits of `images`, run as one batch."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ours = session.run(["logits"], {"images": images.cpu().numpy().astype(np.float32)})[0]
+    with torch.no_grad():
+        theirs = model(images.cpu()).numpy()
+    if ours.shape != theirs.shape:
+        raise ExportError(f"ONNX output shape {ours.shape}, expected {theirs.shape}")
+    return float(np.abs(ours - theirs).max())

@@ -1,0 +1,313 @@
+"""Look inside a trained run: where it errs on the test set, what its filters and feature maps look like.
+
+`inspect_run` writes everything into RUN/inspect/ and an index.html that shows it on one page:
+  confusion.png / confusion.txt   test-set confusion matrix with counts, and per-class accuracy
+  wrong.png                       the most confidently wrong test digits: true label, prediction, confidence
+  filters.png                     the learned 5x5 kernels of conv1 (4) and conv2 (4 inputs x 12 outputs)
+  features-N.png                  conv1 and conv2 feature maps (after ReLU) for test image N
+  curves.png                      training loss, validation loss and accuracy per epoch (metrics.jsonl)
+  summary.json                    the numbers behind the pictures
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lenet.atomic import write_atomic, write_json, write_text
+from lenet.data import load_split
+from lenet.model import LeNet
+from lenet.runs import RunDir, load_model, read_jsonl
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+WRONG_SHOWN = 36  # the brief asks for 25-50: a 6x6 grid stays legible
+WRONG_COLUMNS = 6
+DPI = 110
+FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+CLASS_NAMES = {"mnist": [str(d) for d in range(10)], "fashion-mnist": FASHION}
+
+
+class InspectError(ValueError):
+    """A request `lenet inspect` cannot serve (e.g. an image index outside the test set)."""
+
+
+@dataclass(frozen=True)
+class TestResults:
+    """The model's view of the whole test set."""
+
+    images: torch.Tensor  # (N, 1, 28, 28)
+    labels: torch.Tensor  # (N,)
+    probs: torch.Tensor  # (N, 10)
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.probs.argmax(1)
+
+    def confusion(self) -> np.ndarray:
+        """(10, 10) counts: row = true class, column = predicted class."""
+        pairs = self.labels * 10 + self.predictions
+        return torch.bincount(pairs, minlength=100).view(10, 10).numpy()
+
+    def most_confidently_wrong(self, n: int) -> list[int]:
+        wrong = (self.predictions != self.labels).nonzero().flatten()
+        confidence = self.probs[wrong, self.predictions[wrong]]
+        return wrong[confidence.argsort(descending=True)][:n].tolist()
+
+
+def inspect_run(run_path: Path | str, index: int = 0, data_dir: Path | str | None = None) -> dict[str, Path]:
+    """Write the pictures, text and index.html for the run into RUN/inspect/; returns name -> path."""
+    run = RunDir(Path(run_path))
+    cfg = run.read_config()
+    model, _ = load_model(run.path)
+    split = load_split(cfg.dataset, data_dir)
+    if not 0 <= index < len(split.test_x):
+        raise InspectError(f"--index must be in 0..{len(split.test_x) - 1} (got {index})")
+    with torch.no_grad():
+        results = TestResults(split.test_x, split.test_y, torch.softmax(model(split.test_x), 1))
+    names = CLASS_NAMES[cfg.dataset]
+    out = run.path / "inspect"
+    confusion = results.confusion()
+    wrong = results.most_confidently_wrong(WRONG_SHOWN)
+    rows = read_jsonl(run.metrics) if run.metrics.is_file() else []
+    files = {
+        "confusion.png": confusion_figure(confusion, names),
+        "wrong.png": wrong_figure(results, wrong, names),
+        "filters.png": filters_figure(model),
+        f"features-{index}.png": features_figure(model, results, index, names),
+    }
+    if rows:
+        result = json.loads(run.result.read_text()) if run.result.is_file() else None
+        files["curves.png"] = curves_figure(rows, result)
+    written = {name: save_figure(fig, out / name) for name, fig in files.items()}
+    summary = summarize(results, confusion, wrong, index, names)
+    write_text(out / "confusion.txt", confusion_text(confusion, names))
+    write_json(out / "summary.json", summary)
+    written["confusion.txt"], written["summary.json"] = out / "confusion.txt", out / "summary.json"
+    write_text(out / "index.html", index_html(run, cfg.to_dict(), summary, confusion_text(confusion, names),
+                                              sorted(files)))  # fmt: skip
+    written["index.html"] = out / "index.html"
+    return written
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def per_class_accuracy(confusion: np.ndarray) -> list[float]:
+    return (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
+
+
+def summarize(results: TestResults, confusion: np.ndarray, wrong: list[int], index: int,
+              names: list[str]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "test_images": len(results.labels),
+        "test_accuracy": float(np.trace(confusion) / confusion.sum()),
+        "per_class_accuracy": dict(zip(names, per_class_accuracy(confusion), strict=True)),
+        "confusion": confusion.tolist(),
+        "most_confidently_wrong": [wrong_entry(results, i) for i in wrong],
+        "feature_map_index": index,
+    }
+
+
+def wrong_entry(results: TestResults, i: int) -> dict[str, Any]:
+    pred = int(results.predictions[i])
+    confidence = float(results.probs[i, pred])
+    return {"index": i, "true": int(results.labels[i]), "predicted": pred, "confidence": confidence}
+
+
+def confusion_text(confusion: np.ndarray, names: list[str]) -> str:
+    """The matrix as a fixed-width table with per-class accuracy in the last column."""
+    width = max(6, *(len(n) + 1 for n in names))
+    lines = ["rows: true class, columns: predicted class (test set)",
+             "true".ljust(width) + "".join(n.rjust(width) for n in names) + "  accuracy"]  # fmt: skip
+    for name, row, acc in zip(names, confusion, per_class_accuracy(confusion), strict=True):
+        lines.append(name.ljust(width) + "".join(str(c).rjust(width) for c in row) + f"  {100 * acc:7.2f}%")
+    total = np.trace(confusion) / confusion.sum()
+    lines.append(f"overall: {np.trace(confusion)}/{confusion.sum()} correct ({100 * total:.2f}%)")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    return Figure(figsize=(width, height), dpi=DPI, layout=layout)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def confusion_figure(confusion: np.ndarray, names: list[str]) -> Figure:
+    """Counts in every cell; a log colour scale, so the few errors stay visible beside ~1,000 hits."""
+    from matplotlib.colors import LogNorm
+
+    fig = new_figure(7.5, 6.5)
+    ax = fig.add_subplot()
+    shown = np.ma.masked_equal(confusion, 0)
+    image = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(confusion.max(), 2)))
+    threshold = np.sqrt(max(confusion.max(), 1))  # the middle of the log scale
+    for (row, col), count in np.ndenumerate(confusion):
+        if count:
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > threshold else "black")  # fmt: skip
+    ax.set_xticks(range(10), names, rotation=45 if len(names[0]) > 2 else 0)
+    ax.set_yticks(range(10), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = np.trace(confusion) / confusion.sum()
+    ax.set_title(f"Test-set confusion matrix ({100 * accuracy:.2f}% correct, empty cells = 0)")
+    fig.colorbar(image, ax=ax, label="test images (log scale)", shrink=0.8)
+    return fig
+
+
+def wrong_figure(results: TestResults, wrong: list[int], names: list[str]) -> Figure:
+    rows = max(1, -(-len(wrong) // WRONG_COLUMNS))
+    fig = new_figure(WRONG_COLUMNS * 1.5, rows * 1.75 + 0.6)
+    fig.suptitle(f"The {len(wrong)} most confidently wrong test images (true → predicted, confidence)")
+    preds = results.predictions
+    for slot, i in enumerate(wrong):
+        ax = fig.add_subplot(rows, WRONG_COLUMNS, slot + 1)
+        ax.imshow(results.images[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"#{i}: {names[results.labels[i]]} → {names[preds[i]]}\n"
+                     f"{100 * results.probs[i, preds[i]]:.1f}%", fontsize=8)  # fmt: skip
+        ax.axis("off")
+    if not wrong:
+        fig.text(0.5, 0.5, "no test image is misclassified", ha="center")
+    return fig
+
+
+def filters_figure(model: LeNet) -> Figure:
+    """Kernels on one symmetric colour scale per layer: red excites, blue inhibits, white is zero."""
+    conv1 = model.conv1.weight.detach().cpu()  # (4, 1, 5, 5)
+    conv2 = model.conv2.weight.detach().cpu()  # (12, 4, 5, 5)
+    fig = new_figure(12, 6.2)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 2.6])
+    kernel_grid(top, conv1[:, 0].unsqueeze(0), "conv1: 4 kernels on the input image",
+                col_label="output channel", row_labels=["input"])  # fmt: skip
+    kernel_grid(bottom, conv2.permute(1, 0, 2, 3), "conv2: 12 output channels × 4 input channels",
+                col_label="output channel", row_labels=[f"in {c}" for c in range(4)])  # fmt: skip
+    return fig
+
+
+def kernel_grid(fig: Any, kernels: torch.Tensor, title: str, col_label: str, row_labels: list[str]) -> None:
+    """kernels: (rows, cols, 5, 5), drawn as a grid with one shared colour bar."""
+    rows, cols = kernels.shape[:2]
+    limit = float(kernels.abs().max()) or 1.0
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for (r, c), ax in np.ndenumerate(axes):
+        image = ax.imshow(kernels[r, c].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if r == 0:
+            ax.set_title(f"{col_label} {c}" if cols <= 4 else str(c), fontsize=8)
+        if c == 0:
+            ax.set_ylabel(row_labels[r], fontsize=8)
+    fig.suptitle(title + ("" if cols <= 4 else f" (columns: {col_label})"), fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.9, label="weight")
+
+
+def features_figure(model: LeNet, results: TestResults, index: int, names: list[str]) -> Figure:
+    """The input, then what each conv1 and conv2 channel makes of it (after ReLU; bright = active)."""
+    image = results.images[index : index + 1]  # (1, 1, 28, 28)
+    with torch.no_grad():
+        maps = model.features(image)
+    pred = int(results.predictions[index])
+    fig = new_figure(12, 7.5)
+    first, second, third = fig.subfigures(3, 1, height_ratios=[1.1, 1.1, 1.9])
+    ax = first.subplots(1, 1)
+    ax.imshow(image[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    first.suptitle(f"test image #{index}: true {names[results.labels[index]]}, predicted {names[pred]} "
+                   f"({100 * results.probs[index, pred]:.1f}%)", fontsize=10)  # fmt: skip
+    map_grid(second, maps["conv1"][0], 1, "conv1 feature maps (24×24, after ReLU)")
+    map_grid(third, maps["conv2"][0], 2, "conv2 feature maps (8×8, after ReLU)")
+    return fig
+
+
+def map_grid(fig: Any, maps: torch.Tensor, rows: int, title: str) -> None:
+    """maps: (C, H, W), one panel per channel on a shared scale, so brightness compares across channels."""
+    channels = maps.shape[0]
+    axes = fig.subplots(rows, channels // rows, squeeze=False).flatten()
+    top = float(maps.max()) or 1.0
+    for c, ax in enumerate(axes):
+        image = ax.imshow(maps[c].numpy(), cmap="magma", vmin=0, vmax=top)
+        ax.set_title(f"channel {c}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.9, label="activation")
+
+
+def curves_figure(rows: list[dict], result: dict | None) -> Figure:
+    """Per-epoch curves; the final test-set figures (result.json) as stars at the last epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in rows]
+    fig = new_figure(11, 4.2)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training (mean batch loss)")
+    loss_ax.plot(epochs, [r["val_loss"] for r in rows], "s--", label="validation (5,000 images)")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss per epoch")
+    acc_ax.plot(epochs, [100 * r["val_accuracy"] for r in rows], "s--", color="C1", label="validation")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy per epoch")
+    if result is not None:
+        loss_ax.plot(epochs[-1], result["test_loss"], "*", color="C3", ms=12, label="test, at the end")
+        acc_ax.plot(epochs[-1], 100 * result["test_accuracy"], "*", color="C3", ms=12,
+                    label=f"test, at the end ({100 * result['test_accuracy']:.2f}%)")  # fmt: skip
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+# ---------------------------------------------------------------- the page
+
+
+def index_html(run: RunDir, config: dict, summary: dict, confusion: str, pictures: list[str]) -> str:
+    """One self-contained page (pictures by relative path) that shows everything written."""
+    captions = {
+        "curves.png": "Training and validation loss, and validation accuracy, per epoch (metrics.jsonl).",
+        "confusion.png": "Confusion matrix on the 10,000 test images: rows are the true class.",
+        "wrong.png": "The test images the model gets wrong with the highest confidence.",
+        "filters.png": "The learned convolution kernels (red positive, blue negative).",
+    }
+    index = summary["feature_map_index"]
+    captions[f"features-{index}.png"] = f"What conv1 and conv2 respond to in test image #{index}."
+    order = [p for p in ("curves.png", "confusion.png", "wrong.png", "filters.png") if p in pictures]
+    order += [p for p in pictures if p not in order]
+    settings = ", ".join(f"{k}={v}" for k, v in config.items())
+    per_class = "".join(f"<tr><td>{html.escape(name)}</td><td>{100 * acc:.2f}%</td></tr>"
+                        for name, acc in summary["per_class_accuracy"].items())  # fmt: skip
+    figures = "".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{html.escape(captions.get(p, p))}'
+                      "</figcaption></figure>" for p in order)  # fmt: skip
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lenet inspect: {html.escape(run.path.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+img{{max-width:100%;border:1px solid #ddd}} figure{{margin:2em 0}} figcaption{{color:#555}}
+table{{border-collapse:collapse}} td{{padding:2px 12px;border-bottom:1px solid #eee}}
+pre{{background:#f6f6f6;padding:1em}}
+</style></head><body>
+<h1>Inspecting run {html.escape(str(run.path))}</h1>
+<p>Test accuracy: <b>{100 * summary["test_accuracy"]:.2f}%</b> on {summary["test_images"]:,} test images.</p>
+<p>Settings: <code>{html.escape(settings)}</code></p>
+{figures}
+<h2>Per-class accuracy</h2><table>{per_class}</table>
+<h2>Confusion matrix (text)</h2><pre>{html.escape(confusion)}</pre>
+<p>The numbers behind the pictures: <a href="summary.json">summary.json</a>.</p>
+</body></html>
+"""
