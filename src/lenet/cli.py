@@ -124,6 +124,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- inspect, export, predict
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lenet.inspection import inspect_run
+
+    written = inspect_run(args.run, index=args.index, data_dir=args.data_dir)
+    for path in written.values():
+        print(path)
+    print(f"open {written['index.html']} to see it all on one page", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lenet.export import export
+
+    report = export(args.run, args.format, out=args.out, data_dir=args.data_dir)
+    if args.format == "onnx":
+        print(f"wrote {report['path']} (opset {report['opset']}, dynamic batch axis; input {report['input']})")
+        print(f"verified: onnxruntime matches PyTorch on {report['checked_images']} test images, max |logit "
+              f"difference| {report['max_abs_logit_difference']:.2e} <= {report['tolerance']:g}")  # fmt: skip
+    else:
+        print(f"weights {report['model']}\nconfig  {report['config']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from lenet.predict import Failure, load_predictor, predict_files
+
+    model, _ = load_predictor(args.model)
+    results = predict_files(model, args.images, save_input=args.save_input)
+    for failure in (r for r in results if isinstance(r, Failure)):
+        print(f"lenet: error: {failure.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print("\n".join(r.line() for r in results if not isinstance(r, Failure)))
+    return 1 if any(isinstance(r, Failure) for r in results) else 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lenet.serve import serve
+
+    serve(args.model, host=args.host, port=args.port)
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -159,6 +211,14 @@ def build_parser() -> Parser:
     # ---- sweep, reproduce (issue 3): parsers here, cmd_ functions in their own section above
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
     # ---- serve (issue 6): parser here, cmd_serve in its own section above
+    sv = sub.add_parser("serve", help="draw digits in the browser; a small JSON API (needs the serve extra)",
+                        description="Serve a page to draw a digit on and watch the model read it, and a JSON "
+                        "API (/api/predict, /api/model, /healthz; docs at /docs).")  # fmt: skip
+    sv.add_argument("--model", type=Path, metavar="RUN", help="run directory or model.safetensors "
+                    "(default: the shipped model)")  # fmt: skip
+    sv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,36 @@
+"""`lenet serve`: draw a digit in the browser and watch the network read it (FastAPI + uvicorn).
+
+fastapi and uvicorn come with the `serve` extra and are imported only here, when a server is built,
+so `import lenet` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+MISSING_EXTRA = "serving needs the serve extra: pip install 'lenet[serve]'"
+EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "PIL")
+
+
+def create_app(model: Path | str | None = None) -> FastAPI:
+    """The web app with the model loaded (default: the shipped model). See `lenet.serve.app`."""
+    from lenet.serve.app import create_app as create
+
+    return create(model)
+
+
+def serve(
+    model: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, **uvicorn_args: Any
+) -> None:
+    """Load the model once, then serve until interrupted."""
+    try:
+        from lenet.serve.app import serve as run
+    except ModuleNotFoundError as e:
+        if e.name in EXTRA_MODULES:
+            raise SystemExit(f"lenet: error: {MISSING_EXTRA} ({e.name} is missing)") from None
+        raise
+    run(model, host=host, port=port, **uvicorn_args)

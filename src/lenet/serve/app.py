@@ -1,0 +1,258 @@
+"""The web app behind `lenet serve`: one page to draw on, and a small JSON API.
+
+  GET  /              the drawing page (static/index.html, no build step)
+  POST /api/predict   an image (multipart file field, or a raw image/* body) or JSON {"pixels": 28x28}
+  GET  /api/model     the model's facts: parameters, training recipe, test accuracy
+  GET  /healthz       liveness
+  GET  /docs          OpenAPI docs (FastAPI's)
+
+Every input goes through `lenet.predict`'s preprocessing, the same code the `lenet predict` command uses.
+A bad input is a 4xx with a message in `detail`; no input may produce a 500.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+
+from lenet import predict as P
+from lenet.model import ARCHITECTURE, LeNet, count_parameters
+
+MAX_BODY_BYTES = 1_000_000  # a drawn 280x280 PNG is ~10 kB; anything near 1 MB is not a digit drawing
+# A 5 kB PNG can claim 40 megapixels, and preprocessing costs ~30 bytes of memory per pixel: cap the
+# pixels well below lenet.predict's file limit, and how many images are decoded at once.
+MAX_PIXELS = 4_000_000
+MAX_DECODING = 4  # images preprocessed at the same time; worst case ~4 x 120 MB
+STATIC = Path(__file__).parent / "static"
+IMAGE_TYPES = ("image/", "application/octet-stream")
+BINARY = {"type": "string", "format": "binary"}
+ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}}
+PIXELS = {
+    "type": "array",
+    "items": ROW,
+    "description": "28 rows of 28 numbers in [0, 1], white digit on black",
+}
+PREDICT_BODY = {  # documents the three accepted bodies in /docs, since the endpoint parses the body itself
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"image": BINARY}}},
+        "image/png": {"schema": BINARY},
+        "application/json": {
+            "schema": {"type": "object", "required": ["pixels"], "properties": {"pixels": PIXELS}}
+        },
+    },
+}
+
+
+def rounded(t: torch.Tensor, places: int = 3) -> list:
+    """Nested lists of floats rounded in float64, so the JSON stays short (0.123, not 0.12300000339)."""
+    return t.double().mul(10**places).round().div(10**places).tolist()
+
+
+def fail(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes MAX_BODY_BYTES (also when chunked)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise fail(413, f"body of {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise fail(413, f"body over the limit of {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def uploaded_file(request: Request, body: bytes) -> bytes:
+    """The first file of a multipart/form-data body (field name `image` by convention)."""
+
+    async def replay() -> dict[str, Any]:  # the body was already read (and size-checked) by read_body
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    try:
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise fail(400, "the multipart body holds no file; send the image as a file field named 'image'")
+        return await files[0].read()
+    finally:
+        await form.close()
+
+
+def parse_pixels(body: bytes) -> torch.Tensor:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
+        raise fail(400, f"body is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(data, dict) or "pixels" not in data:
+        raise fail(422, 'JSON body must be an object {"pixels": 28 rows of 28 numbers in [0, 1]}')
+    x = P.preprocess_pixels(data["pixels"])
+    if not x.any():  # preprocess() refuses a blank image; refuse blank pixels the same way
+        raise fail(400, "blank image: every pixel is 0 (no ink)")
+    return x
+
+
+class Predictor:
+    """The model, loaded once at start-up, and what the page shows about it."""
+
+    def __init__(self, model: LeNet, info: dict[str, Any]) -> None:
+        self.model = model.eval()
+        extra = info.get("extra", {})
+        self.facts = {"architecture": ARCHITECTURE, "parameters": count_parameters(model),
+                      "recipe": info.get("config", {}), "test_accuracy": extra.get("test_accuracy"),
+                      "file": Path(str(info.get("path", ""))).name, "extra": extra}  # fmt: skip
+
+    def image_to_input(self, data: bytes) -> torch.Tensor:
+        check_size(data)
+        return P.preprocess(P.load_image(data))
+
+    @torch.no_grad()
+    def answer(self, x: torch.Tensor) -> bytes:  # x: (28, 28) in [0, 1]
+        if not torch.isfinite(x).all():  # preprocessing promises finite pixels; a NaN must not reach the net
+            raise fail(400, "the image became non-finite pixels")
+        probs = P.predict(self.model, x[None])[0]  # (10,)
+        conv1 = self.model.features(x[None, None])["conv1"][0]  # (4, 24, 24)
+        label = int(probs.argmax())
+        out = {"label": label, "confidence": round(float(probs[label]), 6),
+               "probabilities": rounded(probs, 6), "input": rounded(x), "conv1": rounded(conv1)}  # fmt: skip
+        return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
+
+
+def create_app(model: Path | str | None = None) -> FastAPI:
+    """Load the model (a run directory or .safetensors file; default the shipped one) and build the app."""
+    predictor = Predictor(*P.load_predictor(model))
+    limiter: list[anyio.CapacityLimiter] = []  # made on first use: it needs the running event loop
+
+    def decoders() -> anyio.CapacityLimiter:
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(MAX_DECODING))
+        return limiter[0]
+
+    app = FastAPI(
+        title="lenet", version=_version(), summary="Read a handwritten digit with a 3,246-parameter LeNet."
+    )
+    app.state.predictor = predictor
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/healthz", summary="Liveness: the model is loaded and the server answers")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/model", summary="The model's facts: parameters, training recipe, test accuracy")
+    def model_facts() -> dict[str, Any]:
+        return predictor.facts
+
+    @app.post("/api/predict", summary="Read one digit from an image or 28x28 pixels", openapi_extra={
+        "requestBody": PREDICT_BODY}, responses={400: {"description": "not a usable image or pixel array"},
+        413: {"description": "body over 1 MB"}, 415: {"description": "unsupported content type"},
+        422: {"description": "JSON without a 28x28 `pixels` array"}})  # fmt: skip
+    async def predict(request: Request) -> Response:
+        """Answers `label`, `confidence`, ten `probabilities`, the 28x28 `input` the network saw, and
+        conv1's four 24x24 feature maps (`conv1`). Images are centred and scaled like MNIST first."""
+        body = await read_body(request)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            body = await uploaded_file(request, body)
+        elif not (kind.startswith(IMAGE_TYPES) or kind == "application/json" or kind.endswith("+json")):
+            raise fail(415, f"content type {kind or '(none)'!r}; send multipart/form-data, image/png "
+                            "(or another image/* type) or application/json")  # fmt: skip
+        if not body:
+            raise fail(400, "empty body")
+        is_json = kind == "application/json" or kind.endswith("+json")
+        # Decoding and the forward pass run in a worker thread so a slow image never stalls other clients.
+        content = await anyio.to_thread.run_sync(work, predictor, body, is_json, limiter=decoders())
+        return Response(content, media_type="application/json")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def check_size(data: bytes) -> None:
+    """Refuse an image over MAX_PIXELS from its header, before anything is decoded."""
+    from PIL import Image
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception:  # not an image, or a damaged one: load_image then says which, in its own words
+        return
+    if width * height > MAX_PIXELS:
+        limit = f"{MAX_PIXELS:,}"
+        raise fail(400, f"image of {width}x{height} pixels is too large (limit {limit}); scale it down")
+
+
+def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
+    try:
+        x = parse_pixels(body) if is_json else predictor.image_to_input(body)
+    except P.ImageError as e:
+        raise fail(400, str(e)) from None
+    return predictor.answer(x)
+
+
+def _version() -> str:
+    from lenet import __version__
+
+    return __version__
+
+
+def serve(
+    model: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, **uvicorn_args: Any
+) -> None:
+    """Load the model once, then serve until Ctrl-C. One intra-op thread: requests are tiny, so
+    concurrency comes from handling requests side by side, not from splitting one 28x28 forward pass."""
+    import uvicorn
+
+    torch.set_num_threads(1)
+    app = create_app(model)
+    facts = app.state.predictor.facts
+    acc = facts["test_accuracy"]
+    known = isinstance(acc, float) and math.isfinite(acc)
+    print(
+        f"model {facts['file']}: {facts['parameters']:,} parameters" + (f", test accuracy {acc:.2%}" * known)
+    )
+    print(f"open http://{host if ':' not in host else f'[{host}]'}:{port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, **uvicorn_args)
+
+
+@contextmanager
+def background(app: FastAPI, host: str = "127.0.0.1", **uvicorn_args: Any) -> Iterator[str]:
+    """Serve `app` from a thread on a free port of `host` (for tests and notebooks); yields the base URL."""
+    import uvicorn
+
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+    # every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **uvicorn_args))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server thread stopped before it started")
+            threading.Event().wait(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

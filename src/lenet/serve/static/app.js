@@ -1,0 +1,212 @@
+// The drawing page: strokes on a canvas -> PNG -> POST /api/predict -> bars, input and conv1 maps.
+// Plain browser JavaScript, no build step. The page's state is mirrored in data-* attributes
+// (body[data-state] = idle | busy, #label[data-label]) so tests can wait on it.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ctx = pad.getContext("2d");
+const labelEl = document.getElementById("label");
+const confEl = document.getElementById("confidence");
+const errorEl = document.getElementById("error");
+const barsEl = document.getElementById("bars");
+const undoBtn = document.getElementById("undo");
+const clearBtn = document.getElementById("clear");
+const inputCanvas = document.getElementById("input");
+const mapCanvases = [...document.querySelectorAll("canvas.fmap")];
+
+const INK = 18; // stroke width on the 280 px pad: about MNIST's stroke-to-digit ratio
+const THROTTLE_MS = 120; // at most one prediction per interval while drawing
+
+let strokes = []; // each stroke: [[x, y], ...] in canvas pixels
+let current = null;
+let timer = null;
+let inflight = false;
+let again = false;
+let generation = 0; // bumped by clear/undo to drop answers about a drawing that is gone
+
+// ---- bars
+const bars = [];
+for (let d = 0; d < 10; d++) {
+  const li = document.createElement("li");
+  li.innerHTML = `<span class="digit">${d}</span><span class="track"><span class="fill"></span></span>` +
+    `<span class="pct">–</span>`;
+  barsEl.appendChild(li);
+  bars.push({ li, fill: li.querySelector(".fill"), pct: li.querySelector(".pct") });
+}
+
+// ---- drawing
+function redraw() {
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  ctx.strokeStyle = "#fff";
+  ctx.fillStyle = "#fff";
+  ctx.lineWidth = INK;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  for (const s of strokes) {
+    if (s.length === 1) { // a dot
+      ctx.beginPath();
+      ctx.arc(s[0][0], s[0][1], INK / 2, 0, 2 * Math.PI);
+      ctx.fill();
+      continue;
+    }
+    ctx.beginPath();
+    ctx.moveTo(s[0][0], s[0][1]);
+    for (const [x, y] of s.slice(1)) ctx.lineTo(x, y);
+    ctx.stroke();
+  }
+  undoBtn.disabled = clearBtn.disabled = strokes.length === 0;
+}
+
+function point(e) {
+  const r = pad.getBoundingClientRect();
+  return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
+}
+
+pad.addEventListener("pointerdown", (e) => {
+  if (e.button !== 0) return;
+  pad.setPointerCapture(e.pointerId);
+  current = [point(e)];
+  strokes.push(current);
+  redraw();
+  changed(false);
+});
+pad.addEventListener("pointermove", (e) => {
+  if (!current) return;
+  const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [e];
+  for (const ev of events.length ? events : [e]) current.push(point(ev));
+  redraw();
+  changed(false);
+});
+function endStroke() {
+  if (!current) return;
+  current = null;
+  changed(true);
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function undo() {
+  if (!strokes.length) return;
+  strokes.pop();
+  generation++;
+  redraw();
+  changed(true);
+}
+function clearPad() {
+  strokes = [];
+  current = null;
+  generation++;
+  redraw();
+  changed(true);
+}
+undoBtn.addEventListener("click", undo);
+clearBtn.addEventListener("click", clearPad);
+document.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "z") { e.preventDefault(); undo(); }
+  if (e.key === "Escape") clearPad();
+});
+
+// ---- predicting
+function setState() {
+  document.body.dataset.state = (timer !== null || inflight) ? "busy" : "idle";
+}
+
+// now: the stroke ended (predict at once); otherwise throttle while the pen moves.
+function changed(now) {
+  if (now) { clearTimeout(timer); timer = null; }
+  if (timer === null) timer = setTimeout(() => { timer = null; send(); }, now ? 0 : THROTTLE_MS);
+  setState();
+}
+
+async function send() {
+  if (inflight) { again = true; return; }
+  if (!strokes.length) { showBlank(); setState(); return; }
+  inflight = true;
+  setState();
+  const gen = generation;
+  try {
+    const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
+    const res = await fetch("/api/predict", { method: "POST", headers: { "Content-Type": "image/png" }, body: blob });
+    const body = await res.json().catch(() => ({}));
+    if (gen === generation) {
+      if (res.ok) show(body);
+      else showError(body.detail || `HTTP ${res.status}`);
+    }
+  } catch (err) {
+    showError(`server unreachable (${err.message})`);
+  } finally {
+    inflight = false;
+    if (again) { again = false; send(); }
+    setState();
+  }
+}
+
+function show(r) {
+  errorEl.hidden = true;
+  labelEl.textContent = String(r.label);
+  labelEl.dataset.label = String(r.label);
+  confEl.textContent = `${(100 * r.confidence).toFixed(1)}% sure`;
+  r.probabilities.forEach((p, d) => {
+    bars[d].fill.style.width = `${(100 * p).toFixed(1)}%`;
+    bars[d].pct.textContent = `${(100 * p).toFixed(1)}%`;
+    bars[d].li.classList.toggle("top", d === r.label);
+  });
+  paint(inputCanvas, r.input, 1);
+  const peak = Math.max(1e-6, ...r.conv1.flat(2)); // one scale for all four maps: compare their strength
+  r.conv1.forEach((m, i) => paint(mapCanvases[i], m, peak));
+}
+
+function showBlank() {
+  errorEl.hidden = true;
+  labelEl.textContent = "?";
+  labelEl.dataset.label = "";
+  confEl.textContent = "draw something";
+  for (const b of bars) { b.fill.style.width = "0"; b.pct.textContent = "–"; b.li.classList.remove("top"); }
+  for (const c of [inputCanvas, ...mapCanvases]) c.getContext("2d").clearRect(0, 0, c.width, c.height);
+}
+
+function showError(message) {
+  errorEl.textContent = message;
+  errorEl.hidden = false;
+}
+
+function paint(canvas, rows, peak) { // rows: h x w numbers, 0..peak -> black..white
+  const c = canvas.getContext("2d");
+  const img = c.createImageData(canvas.width, canvas.height);
+  rows.forEach((row, y) => row.forEach((v, x) => {
+    const g = Math.round(255 * Math.min(1, Math.max(0, v / peak)));
+    const i = 4 * (y * canvas.width + x);
+    img.data[i] = img.data[i + 1] = img.data[i + 2] = g;
+    img.data[i + 3] = 255;
+  }));
+  c.putImageData(img, 0, 0);
+}
+
+// ---- the model's facts
+function pct(x) { return typeof x === "number" ? `${(100 * x).toFixed(2)}%` : "not recorded"; }
+
+async function loadFacts() {
+  const dl = document.getElementById("facts");
+  try {
+    const f = await (await fetch("/api/model")).json();
+    const r = f.recipe || {};
+    const recipe = r.lr === undefined ? "not recorded" :
+      `plain SGD, lr ${r.lr}, ${r.epochs} epochs, batch ${r.batch_size}, init std ${r.init_std} ` +
+      `(fc ${r.fc_init_std}), seed ${r.seed}, ${r.dataset}`;
+    const rows = [["parameters", f.parameters.toLocaleString("en")], ["test accuracy", pct(f.test_accuracy)],
+      ["recipe", recipe], ["architecture", f.architecture], ["file", f.file]];
+    dl.replaceChildren(...rows.flatMap(([k, v]) => {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = v;
+      return [dt, dd];
+    }));
+  } catch (err) {
+    dl.textContent = `could not load the model's facts (${err.message})`;
+  }
+}
+
+redraw();
+showBlank();
+setState();
+loadFacts();

@@ -1,0 +1,295 @@
+"""The web API of `lenet serve`: answers checked against a plain forward pass, every refusal, and fuzzing."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lenet.data import Split
+from lenet.predict import DEFAULT_MODEL
+from lenet.serve.app import MAX_BODY_BYTES, background, create_app
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app()  # the shipped model, loaded once like `lenet serve` does
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:  # raise_server_exceptions: a 500 would fail the test loudly
+        yield c
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def drawing(x: torch.Tensor) -> bytes:
+    """An MNIST digit as a person's drawing: black on white, 280x280, off centre."""
+    ink = (x.numpy() * 255).astype(np.uint8)
+    big = Image.fromarray(255 - ink).resize((200, 200), Image.Resampling.BILINEAR)
+    page = Image.new("L", (280, 280), 255)
+    page.paste(big, (60, 20))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A small file whose header claims width x height pixels (1-bit grayscale)."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + header
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def pixels_body(pixels) -> dict:
+    return {"content": json.dumps({"pixels": pixels}), "headers": {"content-type": "application/json"}}
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_health_model_facts_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    facts = client.get("/api/model").json()
+    assert facts["parameters"] == 3246 and facts["architecture"] == "lenet-3246"
+    assert facts["recipe"]["lr"] > 0 and facts["recipe"]["epochs"] >= 1
+    assert 0.9 < facts["test_accuracy"] <= 1
+    assert client.get("/docs").status_code == 200
+    body = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/png", "application/json"} <= set(body)
+
+
+def test_page_and_its_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_pixels_answer_matches_a_plain_forward_pass(client, app, mnist_split: Split):
+    """JSON pixels go straight in: the answer must be the model's own softmax and conv1 activations."""
+    model = app.state.predictor.model
+    for i in range(5):
+        x = mnist_split.test_x[i].reshape(28, 28)
+        r = client.post("/api/predict", **pixels_body(x.tolist()))
+        assert r.status_code == 200, r.text
+        out = r.json()
+        with torch.no_grad():
+            probs = torch.softmax(model(x[None, None]), 1)[0]
+            conv1 = F.relu(model.conv1(x[None, None]))[0]
+        torch.testing.assert_close(torch.tensor(out["probabilities"]), probs, atol=2e-6, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(out["conv1"]), conv1, atol=6e-4, rtol=0
+        )  # rounded to 3 places
+        assert out["label"] == int(probs.argmax()) and out["confidence"] == pytest.approx(float(probs.max()))
+        assert np.array(out["input"]).shape == (28, 28)
+
+
+def test_drawings_are_read_correctly_in_every_upload_form(client, mnist_split: Split):
+    """MNIST test digits redrawn as black-on-white 280x280 pictures, sent raw and as multipart uploads."""
+    n, right = 30, 0
+    for i in range(n):
+        image, label = drawing(mnist_split.test_x[i].reshape(28, 28)), int(mnist_split.test_y[i])
+        raw = client.post("/api/predict", content=image, headers={"content-type": "image/png"}).json()
+        form = client.post("/api/predict", files={"image": ("digit.png", image, "image/png")}).json()
+        assert raw == form
+        right += raw["label"] == label
+        assert sum(raw["probabilities"]) == pytest.approx(1, abs=1e-4)
+        # the 28x28 input it answers with goes back in as pixels and gives the same reading
+        again = client.post("/api/predict", **pixels_body(raw["input"])).json()
+        assert again["label"] == raw["label"]
+    assert right >= 0.9 * n
+
+
+# ---------------------------------------------------------------- refusals
+
+
+NOISE = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+REFUSALS = [  # body, content type, status, words the message must hold
+    (b"not an image at all", "image/png", 400, "not an image"),
+    (png(NOISE)[: len(png(NOISE)) // 2], "image/png", 400, "damaged"),
+    (png(np.full((64, 64), 255, np.uint8)), "image/png", 400, "blank"),
+    (huge_png(50_000, 50_000), "image/png", 400, "too large"),
+    (huge_png(2_001, 2_000), "image/png", 400, "too large"),  # the server's own, lower limit
+    (b"", "image/png", 400, "empty"),
+    (b"{not json", "application/json", 400, "not valid JSON"),
+    (b"\xff\xfe\x00", "application/json", 400, "not valid JSON"),
+    (b"[" * 200_000, "application/json", 400, "not valid JSON"),  # deep nesting: RecursionError
+    (b"[1, 2, 3]", "application/json", 422, "pixels"),
+    (json.dumps({"pixels": [[0.5] * 27] * 28}).encode(), "application/json", 400, "28x28"),
+    (json.dumps({"pixels": [[0.5] * 28] * 27 + [[0.5] * 27]}).encode(), "application/json", 400, "28x28"),
+    (json.dumps({"pixels": [["a"] * 28] * 28}).encode(), "application/json", 400, "numbers"),
+    (json.dumps({"pixels": [[float("nan")] * 28] * 28}).encode(), "application/json", 400, "finite"),
+    (json.dumps({"pixels": [[2.0] * 28] * 28}).encode(), "application/json", 400, "[0, 1]"),
+    (json.dumps({"pixels": [[0] * 28] * 28}).encode(), "application/json", 400, "blank"),
+    (b"hello", "text/plain", 415, "content type"),
+    (b"hello", "", 415, "content type"),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "ctype", "status", "words"), REFUSALS, ids=[f"{c[2]}-{c[3]}" for c in REFUSALS]
+)
+def test_bad_input_is_refused_with_a_message(client, content, ctype, status, words):
+    r = client.post("/api/predict", content=content, headers={"content-type": ctype} if ctype else {})
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_multipart_without_a_usable_file(client):
+    r = client.post("/api/predict", data={"note": "no file here"}, files={})
+    assert r.status_code in (400, 415, 422)
+    r = client.post("/api/predict", files={"image": ("a.txt", b"plain text", "text/plain")})
+    assert r.status_code == 400 and "not an image" in r.json()["detail"]
+    r = client.post("/api/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400
+
+
+def test_bodies_over_the_limit_are_refused_with_413(client):
+    big = b"\0" * (MAX_BODY_BYTES + 1)
+    assert client.post("/api/predict", content=big, headers={"content-type": "image/png"}).status_code == 413
+    r = client.post("/api/predict", files={"image": ("big.png", big, "image/png")})
+    assert r.status_code == 413
+
+    def chunks():  # no Content-Length: the server must count as it reads
+        for _ in range(20):
+            yield b"\0" * 100_000
+
+    r = client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_wrong_methods_are_405(client):
+    assert client.get("/api/predict").status_code == 405
+    assert client.post("/api/model").status_code == 405
+    assert client.delete("/healthz").status_code == 405
+
+
+# ---------------------------------------------------------------- a real server
+
+
+def malformed_requests(rng: random.Random, digit: bytes) -> list[dict]:
+    """A few hundred requests that must all be refused: random bytes, cut PNGs, huge images, bad types."""
+    types = ["image/png", "image/jpeg", "application/octet-stream", "application/json", "text/plain",
+             "multipart/form-data", "multipart/form-data; boundary=zz", "application/x-www-form-urlencoded",
+             "image/svg+xml", "", "application/problem+json"]  # fmt: skip
+    out = []
+    for i in range(320):
+        ctype = types[i % len(types)]
+        kind = i % 8
+        if kind == 0:
+            body = rng.randbytes(rng.randrange(0, 5000))
+        elif kind == 1:
+            body = digit[: rng.randrange(0, len(digit) - 1)]  # truncated PNG
+        elif kind == 2:
+            body = huge_png(rng.randrange(2001, 2**31 - 1), rng.randrange(2001, 2**31 - 1))
+        elif kind == 3:  # a PNG with bytes flipped
+            cut = bytearray(digit)
+            for _ in range(rng.randrange(1, 20)):
+                cut[rng.randrange(8, len(cut))] = rng.randrange(256)
+            body = bytes(cut)
+        elif kind == 4:
+            bad = [None, 3, "x", [], [[1] * 28] * 3, {"a": 1}, [[rng.random() * 4 - 2] * 28] * 28]
+            body = json.dumps({"pixels": rng.choice(bad)}).encode()
+        elif kind == 5:
+            body = (
+                b'--zz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+                + rng.randbytes(300)
+            )
+        elif kind == 6:
+            body = rng.choice(
+                [
+                    b"NaN",
+                    b"Infinity",
+                    b'{"pixels": NaN}',
+                    b"[" * 5000,
+                    b'{"pixels": [[' + b"1e999," * 27 + b"0]]}",
+                ]
+            )
+        else:
+            body = b"\0" * rng.randrange(MAX_BODY_BYTES + 1, MAX_BODY_BYTES + 50_000)
+        out.append({"content": body, "headers": {"content-type": ctype} if ctype else {}})
+    return out
+
+
+def test_fuzzed_requests_are_all_4xx_and_the_server_stays_healthy(app, mnist_split: Split):
+    digit = drawing(mnist_split.test_x[0].reshape(28, 28))
+    rng = random.Random(6)
+    statuses = set()
+    with background(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        for request in malformed_requests(rng, digit):
+            r = http.post("/api/predict", **request)
+            assert 400 <= r.status_code < 500, (request["headers"], request["content"][:80], r.text)
+            assert r.json()["detail"]
+            statuses.add(r.status_code)
+        for method in ("GET", "PUT", "PATCH", "DELETE"):
+            assert http.request(method, "/api/predict").status_code == 405
+        host, port = url.removeprefix("http://").split(":")
+        post = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        for raw in (b"GARBAGE\r\n\r\n", post + b"abc\r\n\r\n", post + b"9999999999\r\n\r\n"):
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(raw)
+                assert s.recv(1000).split(b" ")[1].startswith(b"4")
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ok = http.post("/api/predict", content=digit, headers={"content-type": "image/png"})
+        assert ok.status_code == 200 and ok.json()["label"] == int(mnist_split.test_y[0])
+    assert {400, 413, 415, 422} <= statuses
+
+
+def test_lenet_serve_binds_loopback_and_import_stays_light(tmp_path):
+    """The command: model loaded at start-up, 127.0.0.1 by default; `import lenet.cli` loads no web code."""
+    check = (
+        "import sys, lenet.cli, lenet.serve; sys.exit(any(m in sys.modules for m in ('fastapi', 'uvicorn')))"
+    )
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "lenet.cli", "serve", "--model", str(DEFAULT_MODEL), "--port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    pytest.fail(f"lenet serve exited: {proc.stdout.read()}")
+                time.sleep(0.05)
+        assert r.json() == {"status": "ok"}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/model").json()["parameters"] == 3246
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}/" in out and "3,246 parameters" in out
+    bad = subprocess.run([sys.executable, "-m", "lenet.cli", "serve", "--model", str(tmp_path / "none")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 1 and "no model" in bad.stderr
