@@ -142,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export(args.run, args.format, out=args.out, data_dir=args.data_dir)
     if args.format == "onnx":
-        print(f"wrote {report['path']} (opset {report['opset']}, dynamic batch axis; input {report['input']})")
+        print(f"wrote {report['path']} (opset {report['opset']}, input {report['input']}, batch dynamic)")
         print(f"verified: onnxruntime matches PyTorch on {report['checked_images']} test images, max |logit "
               f"difference| {report['max_abs_logit_difference']:.2e} <= {report['tolerance']:g}")  # fmt: skip
     else:
@@ -210,6 +210,37 @@ def build_parser() -> Parser:
 
     # ---- sweep, reproduce (issue 3): parsers here, cmd_ functions in their own section above
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
+    data_dir_help = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    ins = sub.add_parser("inspect", help="pictures of a run: confusion, worst errors, filters, curves",
+                         description="Write into RUN/inspect/: the test-set confusion matrix (PNG and "
+                         "text) with per-class accuracy, the most confidently wrong test digits, the learned "
+                         "conv filters, the feature maps of one test digit, the loss and accuracy curves, "
+                         "and index.html showing all of it.")  # fmt: skip
+    ins.add_argument("run", type=Path, metavar="RUN", help="run directory (made by `lenet train`)")
+    ins.add_argument("--index", type=int, default=0, metavar="N",
+                     help="test image whose feature maps are drawn (0-9999, default: 0)")  # fmt: skip
+    ins.add_argument("--data-dir", type=Path, help=data_dir_help)
+    ins.set_defaults(func=cmd_inspect)
+    ex = sub.add_parser("export", help="export a run's model to ONNX (verified against PyTorch)",
+                        description="ONNX: writes RUN/model.onnx (dynamic batch axis) and RUN/model.json, "
+                        "after checking that onnxruntime reproduces the PyTorch logits on 1,000 test images "
+                        "within 1e-5. safetensors: names the run's own weights and config.")  # fmt: skip
+    ex.add_argument("run", type=Path, metavar="RUN", help="run directory (made by `lenet train`)")
+    ex.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
+    ex.add_argument("--out", type=Path, metavar="FILE", help="ONNX file to write (default: RUN/model.onnx)")
+    ex.add_argument("--data-dir", type=Path, help=data_dir_help)
+    ex.set_defaults(func=cmd_export)
+    pr = sub.add_parser("predict", help="read handwritten digits from your own image files",
+                        description="Predict the digit in each image (PNG, JPEG, BMP, GIF, WebP; any size, "
+                        "colour or grayscale, dark ink on light paper or the reverse). Each image is "
+                        "preprocessed the way MNIST was made.")  # fmt: skip
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--model", type=Path, metavar="RUN",
+                    help="run directory or model.safetensors (default: the shipped model)")  # fmt: skip
+    pr.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    pr.add_argument("--save-input", type=Path, metavar="DIR",
+                    help="also write the 28x28 image the network saw, as DIR/NAME.28x28.png")  # fmt: skip
+    pr.set_defaults(func=cmd_predict)
     # ---- serve (issue 6): parser here, cmd_serve in its own section above
     sv = sub.add_parser("serve", help="draw digits in the browser; a small JSON API (needs the serve extra)",
                         description="Serve a page to draw a digit on and watch the model read it, and a JSON "
@@ -224,6 +255,9 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from lenet.data import DataError
+    from lenet.export import ExportError
+    from lenet.inspection import InspectError
+    from lenet.predict import ImageError
     from lenet.runs import RunError
     from lenet.train import DeviceError
 
@@ -231,10 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DeviceError) as e:
+    except (UsageError, ConfigError, DeviceError, InspectError) as e:
         print(f"lenet: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, RunError) as e:
+    except (DataError, RunError, ExportError, ImageError) as e:
         print(f"lenet: error: {e}", file=sys.stderr)
         return 1
 

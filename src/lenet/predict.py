@@ -223,15 +223,24 @@ class Prediction:
                 "top": [{"label": c, "probability": p} for c, p in self.top()]}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Failure:
+    image: str
+    error: str  # one line that starts with the image's path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "error": self.error}
+
+
 def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
-                  ) -> list[Prediction | ImageError]:  # fmt: skip
-    """One Prediction or ImageError per path, in order: one bad file does not stop the others."""
-    results: list[Prediction | ImageError] = []
+                  ) -> list[Prediction | Failure]:  # fmt: skip
+    """One Prediction or Failure per path, in order: one bad file does not stop the others."""
+    results: list[Prediction | Failure] = []
     for path in paths:
         try:
             pixels = preprocess(load_image(path))
         except ImageError as e:
-            results.append(e if str(e).startswith(path) else ImageError(f"{path}: {e}"))
+            results.append(Failure(path, str(e) if str(e).startswith(path) else f"{path}: {e}"))
             continue
         if save_input is not None:
             save_input_image(pixels, save_input / f"{Path(path).stem}.28x28.png")
