@@ -1,0 +1,92 @@
+"""The drawing page in a real headless Chromium: draw with the mouse, read the label the page shows.
+
+Screenshots go to test-artifacts/ (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from lenet.serve.app import background, create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh user-data-dir
+    with background(create_app()) as url, sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
+            viewport={"width": 1000, "height": 900},
+        )  # fmt: skip
+        page = context.pages[0] if context.pages else context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector("#facts dt:text('parameters')")
+        yield page
+        context.close()
+        assert not errors, errors
+
+
+def stroke(page, points: list[tuple[float, float]]) -> None:
+    """One pen stroke through `points`, given as fractions of the pad's width and height."""
+    box = page.locator("#pad").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=3)
+    page.mouse.up()
+
+
+def settled_label(page) -> str:
+    """The label the page shows once no prediction is pending."""
+    page.wait_for_selector("body[data-state=idle]", timeout=10_000)
+    return page.locator("#label").get_attribute("data-label")
+
+
+def test_drawing_a_one_then_a_zero(page):
+    page.keyboard.press("Escape")  # clears the pad (the Clear button is disabled while it is empty)
+    assert settled_label(page) == ""
+    stroke(page, [(0.5, 0.15 + 0.7 * i / 20) for i in range(21)])  # a vertical bar
+    assert settled_label(page) == "1"
+    assert page.locator("#bars li.top .digit").inner_text() == "1"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-one.png"), full_page=True)
+
+    page.click("#clear")
+    assert settled_label(page) == ""
+    loop = [
+        (0.5 + 0.22 * math.sin(2 * math.pi * i / 40), 0.5 - 0.32 * math.cos(2 * math.pi * i / 40))
+        for i in range(43)
+    ]
+    stroke(page, loop)
+    assert settled_label(page) == "0"
+    page.screenshot(path=str(ARTIFACTS / "serve-zero.png"), full_page=True)
+
+
+def test_undo_takes_back_the_last_stroke(page):
+    page.keyboard.press("Escape")
+    stroke(page, [(0.5, 0.15 + 0.7 * i / 20) for i in range(21)])
+    assert settled_label(page) == "1"
+    stroke(page, [(0.2, 0.5), (0.8, 0.5)])  # a cross-bar: no longer a plain 1
+    settled_label(page)
+    page.click("#undo")
+    assert settled_label(page) == "1"
+    page.click("#undo")
+    assert settled_label(page) == ""
+    assert page.locator("#label").inner_text() == "?"
+    assert page.locator("#undo").is_disabled() and page.locator("#clear").is_disabled()
