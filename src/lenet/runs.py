@@ -40,8 +40,9 @@ def read_jsonl(path: Path) -> list[dict]:
 def git_commit() -> str | None:
     """The commit of the source tree lenet runs from, if it is a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -50,10 +51,18 @@ def git_commit() -> str | None:
 def provenance(device: torch.device, engine: str) -> dict[str, Any]:
     from lenet import __version__
 
-    return {"lenet": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device), "engine": engine,
-            "git_commit": git_commit()}  # fmt: skip
+    return {
+        "lenet": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "engine": engine,
+        "git_commit": git_commit(),
+    }
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,11 @@ class RunDir:
 
 def save_model(path: Path, model: LeNet, config: TrainConfig, extra: dict[str, Any] | None = None) -> None:
     """Weights as safetensors; metadata holds what rebuilds the model (never a pickle)."""
-    meta = {"architecture": ARCHITECTURE, "config": json.dumps(config.to_dict()),
-            "extra": json.dumps(extra or {})}  # fmt: skip
+    meta = {
+        "architecture": ARCHITECTURE,
+        "config": json.dumps(config.to_dict()),
+        "extra": json.dumps(extra or {}),
+    }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(path, st_save(tensors, metadata=meta))
 
@@ -109,8 +121,10 @@ def model_path(where: Path | str) -> Path:
     where = Path(where)
     path = where / "model.safetensors" if where.is_dir() else where
     if not path.is_file():
-        raise RunError(f"no model at {path}: train one with `lenet train`, or pass a run directory "
-                       "or a model.safetensors file")  # fmt: skip
+        raise RunError(
+            f"no model at {path}: train one with `lenet train`, or pass a run directory "
+            "or a model.safetensors file"
+        )
     return path
 
 
@@ -133,16 +147,20 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise RunError(f"{path}: weights do not fit the {ARCHITECTURE} network ({e})") from None
-    info = {"config": json.loads(meta.get("config", "{}")), "extra": json.loads(meta.get("extra", "{}")),
-            "path": str(path)}  # fmt: skip
+    info = {
+        "config": json.loads(meta.get("config", "{}")),
+        "extra": json.loads(meta.get("extra", "{}")),
+        "path": str(path),
+    }
     return model.to(device).eval(), info
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model: LeNet, optimizer: torch.optim.Optimizer, epoch: int,
-                    rows: list[dict]) -> None:
+def save_checkpoint(
+    path: Path, model: LeNet, optimizer: torch.optim.Optimizer, epoch: int, rows: list[dict]
+) -> None:
     """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -153,8 +171,12 @@ def save_checkpoint(path: Path, model: LeNet, optimizer: torch.optim.Optimizer, 
                 tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    meta = {"epoch": str(epoch), "rows": json.dumps(rows), "param_groups": json.dumps(opt["param_groups"]),
-            "optim_scalars": json.dumps(scalars)}  # fmt: skip
+    meta = {
+        "epoch": str(epoch),
+        "rows": json.dumps(rows),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+    }
     write_atomic(path, st_save(tensors, metadata=meta))
 
 

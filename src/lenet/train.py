@@ -49,7 +49,7 @@ def epoch_line(epoch: int, loss: float, lr: float, extra: str = "") -> str:
     return f"{line} | {extra}" if extra else line
 
 
-def test_line(loss: float, correct: int, total: int) -> str:
+def evaluation_line(loss: float, correct: int, total: int) -> str:
     return f"Test Set: Average Loss: {loss:.6f}, Accuracy: {correct}/{total} ({100 * correct / total:.2f}%)"
 
 
@@ -81,13 +81,24 @@ class TrainResult:
         return self.test_correct / self.test_total
 
     def summary(self) -> dict:
-        return {"test_loss": self.test_loss, "test_correct": self.test_correct, "test_total": self.test_total,
-                "test_accuracy": self.test_accuracy, "train_seconds": self.seconds,
-                "final_train_loss": self.rows[-1]["train_loss"], "parameters": count_parameters(self.model)}  # fmt: skip
+        return {
+            "test_loss": self.test_loss,
+            "test_correct": self.test_correct,
+            "test_total": self.test_total,
+            "test_accuracy": self.test_accuracy,
+            "train_seconds": self.seconds,
+            "final_train_loss": self.rows[-1]["train_loss"],
+            "parameters": count_parameters(self.model),
+        }
 
 
-def train(cfg: TrainConfig, split: Split, out: Path | None = None, log: Callable[[str], None] = print,
-          resume: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    split: Split,
+    out: Path | None = None,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+) -> TrainResult:
     """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it)."""
     device = split.train_x.device
     engine = select_engine(cfg.engine, device.type)
@@ -108,25 +119,43 @@ def train(cfg: TrainConfig, split: Split, out: Path | None = None, log: Callable
         t0 = time.perf_counter()
         batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)  # (steps, B)
         total = torch.zeros((), device=device)
-        with tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
-                  file=sys.stderr, disable=not sys.stderr.isatty()) as bar:  # fmt: skip
+        with tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            leave=False,
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+        ) as bar:
             for chunk in batches.split(PROGRESS_CHUNK):
                 total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
                 bar.update(len(chunk))
         train_loss = total.item() / len(batches)  # the epoch's one host sync
         val_loss, val_correct = evaluate(model, split.val_x, split.val_y)
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-               "val_accuracy": val_correct / len(split.val_x), "lr": cfg.lr, "seconds": seconds}  # fmt: skip
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_correct / len(split.val_x),
+            "lr": cfg.lr,
+            "seconds": seconds,
+        }
         rows.append(row)
-        log(epoch_line(epoch + 1, train_loss, cfg.lr,
-                       f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"))  # fmt: skip
+        log(
+            epoch_line(
+                epoch + 1,
+                train_loss,
+                cfg.lr,
+                f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s",
+            )
+        )
         if run is not None:
             save_checkpoint(run.checkpoint, model, optimizer, epoch + 1, rows)
             write_jsonl(run.metrics, rows)
 
     test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
-    log(test_line(test_loss, test_correct, len(split.test_x)))
+    log(evaluation_line(test_loss, test_correct, len(split.test_x)))
     seconds = sum(r["seconds"] for r in rows) if rows else time.perf_counter() - started
     result = TrainResult(model, rows, test_loss, test_correct, len(split.test_x), seconds)
     if run is not None:

@@ -1,0 +1,41 @@
+import torch
+
+from lenet.model import LeNet, count_parameters, make_model
+
+
+def test_parameter_count_is_3246():
+    assert count_parameters(LeNet()) == 3246
+
+
+def test_shapes():
+    model = make_model()
+    assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
+    feats = model.features(torch.zeros(2, 1, 28, 28))
+    assert feats["conv1"].shape == (2, 4, 24, 24) and feats["conv2"].shape == (2, 12, 8, 8)
+
+
+def test_init_statistics_match_the_report():
+    """Plain normal init: conv ~ N(0, 0.1), fc ~ N(0, 1.0). Pool many seeds for tight estimates."""
+    conv, fc = [], []
+    for seed in range(40):
+        m = make_model(seed=seed)
+        conv += [m.conv1.weight.flatten(), m.conv1.bias, m.conv2.weight.flatten(), m.conv2.bias]
+        fc += [m.fc.weight.flatten(), m.fc.bias]
+    conv, fc = torch.cat(conv), torch.cat(fc)
+    assert abs(conv.mean()) < 0.005 and abs(conv.std() - 0.1) < 0.003
+    assert abs(fc.mean()) < 0.03 and abs(fc.std() - 1.0) < 0.02
+    # Not truncated: TF's truncated_normal would cut everything beyond 2 sd.
+    assert (fc.abs() > 2.5).any()
+
+
+def test_init_is_seeded():
+    a, b, c = make_model(seed=1), make_model(seed=1), make_model(seed=2)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.fc.weight, c.fc.weight)
+
+
+def test_init_std_scales_only_the_conv_layers():
+    m = make_model(init_std=0.5, fc_init_std=1.0, seed=0)
+    ref = make_model(init_std=0.1, fc_init_std=1.0, seed=0)
+    torch.testing.assert_close(m.conv1.weight, ref.conv1.weight * 5)
+    torch.testing.assert_close(m.fc.weight, ref.fc.weight)
