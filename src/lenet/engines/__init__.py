@@ -1,15 +1,71 @@
 """How training steps run. Every engine takes the same inputs and returns the summed batch losses.
 
-`torch` is the reference. Faster engines are chosen by `select_engine` where they apply.
+`torch` is the reference. `fast` is a fused C++ kernel for the seed network with plain SGD on the
+CPU; `cuda-graph` replays captured steps of the torch engine on an NVIDIA GPU. `select_engine`
+picks the fastest that applies ("auto"), or exactly the one asked for.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from lenet.engines.fast_engine import EngineError
 from lenet.engines.torch_engine import TorchEngine
 
-__all__ = ["TorchEngine", "select_engine"]
+__all__ = ["Engine", "EngineError", "TorchEngine", "select_engine"]
 
 
-def select_engine(name: str, device_type: str, optimizer: str = "sgd") -> TorchEngine:
+class Engine(Protocol):
+    name: str
+
+    def train_steps(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batches: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
+def select_engine(name: str, device_type: str, optimizer: str = "sgd") -> Engine:
     """The engine called `name` ("auto" picks the fastest that applies to this device and optimiser)."""
+    if name == "torch" or (name == "auto" and optimizer != "sgd"):
+        return TorchEngine()
+    if name == "fast":
+        if device_type != "cpu" or optimizer != "sgd":
+            raise EngineError(f"--engine fast runs plain SGD on the CPU only (asked: {optimizer} on "
+                              f"{device_type}); use --engine auto or torch")  # fmt: skip
+        from lenet.engines.fast_engine import FastEngine
+
+        return FastEngine(strict=True)
+    if name != "auto":
+        raise EngineError(f"unknown engine '{name}'; known: auto, torch, fast")
+    if device_type == "cuda":
+        from lenet.engines.cuda_graph_engine import CudaGraphEngine
+
+        return CudaGraphEngine()
+    if device_type == "cpu":
+        return fast_or_fallback()
     return TorchEngine()
+
+
+_fallback_noticed = False
+
+
+def fast_or_fallback() -> Engine:
+    """The fast engine, or the torch engine with a one-line notice (once a process) where it cannot build."""
+    global _fallback_noticed
+    from lenet.engines.fast_engine import FastEngine
+
+    try:
+        return FastEngine()
+    except EngineError as e:
+        if not _fallback_noticed:
+            print(f"lenet: {e}; using the torch engine", file=sys.stderr)
+            _fallback_noticed = True
+        return TorchEngine()

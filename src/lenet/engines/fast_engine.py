@@ -1,0 +1,175 @@
+"""The fast CPU engine: a fused C++ forward + backward + plain-SGD step for exactly the seed network.
+
+The source (`lenet/csrc/lenet_fast.cpp`) is compiled with the system's C++ compiler at first use into
+a cache folder keyed by the source, the compiler and the CPU, then loaded with ctypes. No build step
+at install time: where no compiler works, `select_engine("auto", ...)` says so in one line and
+falls back to the torch engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lenet.config import ConfigError
+
+SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lenet_fast.cpp"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+ABI_VERSION = 1  # lenet_fast_version() of the source this module speaks to
+PARAM_SHAPES = ((4, 1, 5, 5), (4,), (12, 4, 5, 5), (12,), (10, 192), (10,))  # conv1, conv2, fc: w then b
+BUILD_TIMEOUT_S = 120
+
+
+class EngineError(ConfigError):
+    """The requested engine cannot run here; the message says why and what to use instead."""
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("LENET_NATIVE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lenet" / "native"
+
+
+def cpu_signature() -> str:
+    """What `-march=native` depends on: the CPU's feature flags (Linux), else the platform string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.platform() + platform.processor()
+
+
+def compiler() -> str:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise EngineError("fast engine: no C++ compiler found (install g++ or set CXX); use --engine torch")
+
+
+def build_library() -> Path:
+    """The compiled kernel, built on first use; concurrent builders each write a temp file, then rename."""
+    cxx = compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, cpu_signature()]).encode())
+    target = cache_dir() / key.hexdigest()[:16] / "lenet_fast.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT_S)  # fmt: skip
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["no output"])[0]
+            raise EngineError(f"fast engine: {cxx} failed to build {SOURCE.name}: {first}")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+@cache
+def load_library() -> ctypes.CDLL:
+    """Build (once per machine) and load the kernel; EngineError if either fails."""
+    try:
+        lib = ctypes.CDLL(str(build_library()))
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EngineError(f"fast engine: cannot build or load the native kernel ({e})") from None
+    if lib.lenet_fast_version() != ABI_VERSION:
+        raise EngineError(f"fast engine: a stale kernel is cached; delete {cache_dir()}")
+    lib.lenet_fast_train_steps.restype = ctypes.c_float
+    lib.lenet_fast_train_steps.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
+                                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                                           ctypes.c_int]  # fmt: skip
+    return lib
+
+
+def plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    """The learning rate when `optimizer` is plain SGD (no momentum, weight decay, ...), else None."""
+    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+        return None
+    g = optimizer.param_groups[0]
+    plain = g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"] and not g.get("maximize")
+    return float(g["lr"]) if plain and not isinstance(g["lr"], torch.Tensor) else None
+
+
+def unsupported(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: torch.Tensor,
+) -> str | None:
+    """Why the kernel cannot run these inputs, or None when it can."""
+    params = list(model.parameters())
+    if tuple(tuple(p.shape) for p in params) != PARAM_SHAPES:
+        return "the model is not the 3,246-parameter seed network"
+    if plain_sgd_lr(optimizer) is None:
+        return "the optimizer is not plain SGD (one group, no momentum or weight decay)"
+    if [id(p) for p in optimizer.param_groups[0]["params"]] != [id(p) for p in params]:
+        return "the optimizer does not hold exactly the model's parameters"
+    tensors = [*params, x, y, batches]
+    if any(t.device.type != "cpu" for t in tensors):
+        return "the data or the model is not on the CPU"
+    if tuple(x.shape[1:]) != (1, 28, 28) or any(
+        t.dtype != torch.float32 or not t.is_contiguous() for t in [*params, x]
+    ):
+        return "parameters and images must be contiguous float32, images (N, 1, 28, 28)"
+    if y.dtype != torch.int64 or batches.dtype != torch.int64 or batches.dim() != 2:
+        return "labels and batch indices must be int64, batches (steps, batch)"
+    if batches.numel() and (int(batches.min()) < 0 or int(batches.max()) >= len(x)):
+        return "batch indices out of range"
+    return None
+
+
+class FastEngine:
+    """The fused kernel where it applies; otherwise the torch engine (auto) or an EngineError (strict)."""
+
+    name = "fast"
+
+    def __init__(self, strict: bool = False) -> None:
+        from lenet.engines.torch_engine import TorchEngine
+
+        self.lib = load_library()
+        self.strict = strict
+        self.reference = TorchEngine()
+
+    def train_steps(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batches: torch.Tensor,
+    ) -> torch.Tensor:
+        """One plain-SGD step per row of `batches` (k, B); returns the sum of the k batch losses (0-d)."""
+        batches = batches.contiguous()
+        reason = unsupported(model, optimizer, x, y, batches)
+        if reason is not None:
+            if self.strict:
+                raise EngineError(f"--engine fast cannot run this: {reason}; use --engine torch or auto")
+            return self.reference.train_steps(model, optimizer, x, y, batches)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)  # the kernel keeps no gradients; don't leave stale ones
+        params = [p.detach() for p in model.parameters()]
+        pointers = (ctypes.c_void_p * len(params))(*[p.data_ptr() for p in params])
+        threads = max(1, torch.get_num_threads())
+        total = self.lib.lenet_fast_train_steps(pointers, x.data_ptr(), y.data_ptr(), batches.data_ptr(),
+                                                batches.shape[0], batches.shape[1], plain_sgd_lr(optimizer),
+                                                threads)  # fmt: skip
+        return torch.tensor(total, dtype=torch.float32)

@@ -1,0 +1,133 @@
+"""The fast engine against the torch reference: one step, gradients, a short run, determinism, selection."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet.data import Split, epoch_batches
+from lenet.engines import EngineError, TorchEngine, fast_engine, select_engine
+from lenet.engines.cuda_graph_engine import CudaGraphEngine
+from lenet.engines.fast_engine import FastEngine
+from lenet.model import make_model
+
+# fp32 sums in another order: one step agrees to ~1e-7 absolute; 100 steps drift to ~1e-5.
+STEP_ATOL = 2e-6
+RUN_ATOL = 1e-4
+
+
+def run(engine, model, x, y, batches, lr=0.01, **sgd):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, **sgd)
+    return engine.train_steps(model, opt, x, y, batches)
+
+
+def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def batches() -> torch.Tensor:
+    return epoch_batches(5000, 100, seed=3, epoch=0)  # (50, 100) indices into small_split
+
+
+def test_one_step_matches_torch(small_split: Split, batches: torch.Tensor):
+    fast, ref = make_model(seed=1), make_model(seed=1)
+    x, y = small_split.train_x, small_split.train_y
+    loss_fast = run(FastEngine(strict=True), fast, x, y, batches[:1])
+    loss_ref = run(TorchEngine(), ref, x, y, batches[:1])
+    assert loss_fast.shape == () and abs(loss_fast.item() - loss_ref.item()) < 1e-5
+    assert max_diff(fast, ref) < STEP_ATOL
+    assert max_diff(fast, make_model(seed=1)) > 1e-4  # the step did move the weights
+
+
+def test_gradients_match_autograd(small_split: Split, batches: torch.Tensor):
+    """With lr = 1 one step subtracts exactly the gradient: compare it with autograd's, layer by layer."""
+    model = make_model(seed=2)
+    x, y = small_split.train_x, small_split.train_y
+    before = [p.detach().clone() for p in model.parameters()]
+    run(FastEngine(strict=True), model, x, y, batches[:1], lr=1.0)
+    reference = make_model(seed=2)
+    F.cross_entropy(reference(x[batches[0]]), y[batches[0]]).backward()
+    for p0, p1, r in zip(before, model.parameters(), reference.parameters(), strict=True):
+        grad = p0 - p1.detach()
+        assert (grad - r.grad).abs().max().item() < 1e-5 * max(1.0, r.grad.abs().max().item())
+
+
+def test_short_run_matches_torch(small_split: Split, batches: torch.Tensor):
+    fast, ref = make_model(seed=4), make_model(seed=4)
+    x, y = small_split.train_x, small_split.train_y
+    total_fast = sum(run(FastEngine(strict=True), fast, x, y, chunk).item() for chunk in batches.split(25))
+    total_ref = sum(run(TorchEngine(), ref, x, y, chunk).item() for chunk in batches.split(25))
+    assert abs(total_fast - total_ref) < 1e-4 * total_ref
+    assert max_diff(fast, ref) < RUN_ATOL
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bit_identical_for_a_seed_and_any_thread_count(
+    small_split: Split, batches: torch.Tensor, threads: int
+):
+    """Shards are fixed (2 per batch) and summed in order, so 1 and 2 threads give the same bits."""
+    x, y = small_split.train_x, small_split.train_y
+    torch.set_num_threads(1)
+    base = make_model(seed=5)
+    base_loss = run(FastEngine(strict=True), base, x, y, batches)
+    torch.set_num_threads(threads)
+    again = make_model(seed=5)
+    assert torch.equal(run(FastEngine(strict=True), again, x, y, batches), base_loss)
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), again.parameters(), strict=True))
+
+
+def test_fast_engine_declines_other_optimizers(small_split: Split, batches: torch.Tensor):
+    x, y = small_split.train_x, small_split.train_y
+    with pytest.raises(EngineError, match="plain SGD"):
+        run(FastEngine(strict=True), make_model(), x, y, batches[:2], momentum=0.9)
+    auto, ref = make_model(seed=6), make_model(seed=6)  # auto hands the step to the torch engine
+    run(FastEngine(), auto, x, y, batches[:2], momentum=0.9)
+    run(TorchEngine(), ref, x, y, batches[:2], momentum=0.9)
+    assert max_diff(auto, ref) == 0.0
+
+
+def test_fast_engine_rejects_bad_indices(small_split: Split):
+    with pytest.raises(EngineError, match="out of range"):
+        run(FastEngine(strict=True), make_model(), small_split.train_x, small_split.train_y,
+            torch.tensor([[0, 5000]]))  # fmt: skip
+
+
+def test_select_engine():
+    assert select_engine("auto", "cpu").name == "fast"
+    assert select_engine("torch", "cpu").name == "torch"
+    assert select_engine("auto", "cpu", optimizer="adam").name == "torch"
+    assert select_engine("auto", "cuda").name == "cuda-graph"
+    assert select_engine("auto", "mps").name == "torch"
+    with pytest.raises(EngineError, match="CPU only"):
+        select_engine("fast", "cuda")
+
+
+def test_auto_falls_back_with_one_line_when_the_kernel_cannot_build(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("LENET_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(fast_engine, "SOURCE", tmp_path / "broken.cpp")
+    (tmp_path / "broken.cpp").write_text("this is not C++")
+    fast_engine.load_library.cache_clear()
+    monkeypatch.setattr("lenet.engines._fallback_noticed", False)
+    try:
+        assert select_engine("auto", "cpu").name == "torch"
+        with pytest.raises(EngineError, match="failed to build"):
+            select_engine("fast", "cpu")
+    finally:
+        fast_engine.load_library.cache_clear()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "using the torch engine" in err
+
+
+def test_cuda_graph_engine_runs_cpu_tensors_on_the_torch_engine(small_split: Split, batches: torch.Tensor):
+    x, y = small_split.train_x, small_split.train_y
+    model = make_model(seed=7)
+    ref = copy.deepcopy(model)
+    assert torch.equal(
+        run(CudaGraphEngine(), model, x, y, batches[:3]), run(TorchEngine(), ref, x, y, batches[:3])
+    )
+    assert max_diff(model, ref) == 0.0
