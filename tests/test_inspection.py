@@ -1,0 +1,118 @@
+"""`lenet inspect`: every picture and page is written, and its numbers match a plain forward pass."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lenet.cli import main
+from lenet.config import TrainConfig
+from lenet.inspection import WRONG_SHOWN
+from lenet.runs import load_model
+from lenet.train import evaluate, train
+
+INDEX = 3
+PICTURES = ["confusion.png", "wrong.png", "filters.png", f"features-{INDEX}.png", "curves.png"]
+
+
+@pytest.fixture(scope="module")
+def inspected(tmp_path_factory, small_split) -> tuple[Path, str]:
+    """A real (short) training run, inspected through the command line; returns the run and stdout."""
+    run = tmp_path_factory.mktemp("run")
+    train(TrainConfig(epochs=2), small_split, run, log=lambda line: None)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["inspect", str(run), "--index", str(INDEX)]) == 0
+    return run, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference(inspected, mnist_split) -> dict:
+    """What the run's model says about every test image, computed here without lenet.inspection."""
+    run, _ = inspected
+    model, _ = load_model(run)
+    with torch.no_grad():
+        probs = torch.softmax(model(mnist_split.test_x), 1)
+    return {"model": model, "probs": probs, "pred": probs.argmax(1), "labels": mnist_split.test_y}
+
+
+@pytest.fixture(scope="module")
+def summary(inspected) -> dict:
+    run, _ = inspected
+    return json.loads((run / "inspect" / "summary.json").read_text())
+
+
+def test_every_file_is_written_and_printed(inspected):
+    run, stdout = inspected
+    folder = run / "inspect"
+    for name in [*PICTURES, "confusion.txt", "summary.json", "index.html"]:
+        assert (folder / name).is_file(), name
+        assert str(folder / name) in stdout
+    for name in PICTURES:
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+
+
+def test_index_html_shows_every_picture(inspected, summary):
+    run, _ = inspected
+    page = (run / "inspect" / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sorted(sources) == sorted(PICTURES)
+    assert all((run / "inspect" / s).is_file() for s in sources)
+    assert f"{100 * summary['test_accuracy']:.2f}%" in page
+
+
+def test_confusion_matrix_matches_a_plain_forward_pass(inspected, summary, reference, mnist_split):
+    confusion = torch.tensor(summary["confusion"])
+    expected = torch.zeros(10, 10, dtype=torch.long)
+    for true, pred in zip(reference["labels"].tolist(), reference["pred"].tolist(), strict=True):
+        expected[true, pred] += 1
+    assert torch.equal(confusion, expected)
+    _, correct = evaluate(reference["model"], mnist_split.test_x, mnist_split.test_y)
+    assert summary["test_accuracy"] == correct / len(mnist_split.test_y)
+    per_class = [float((reference["pred"][reference["labels"] == c] == c).float().mean()) for c in range(10)]
+    assert list(summary["per_class_accuracy"].values()) == pytest.approx(per_class, abs=1e-6)
+
+
+def test_confusion_text_holds_the_same_counts(inspected, summary):
+    run, _ = inspected
+    lines = (run / "inspect" / "confusion.txt").read_text().splitlines()
+    rows = [[int(v) for v in line.split()[1:11]] for line in lines[2:12]]
+    assert rows == summary["confusion"]
+    assert lines[-1].startswith(f"overall: {sum(summary['confusion'][i][i] for i in range(10))}/10000")
+
+
+def test_most_confidently_wrong_are_wrong_and_the_most_confident(summary, reference):
+    shown = summary["most_confidently_wrong"]
+    probs, pred, labels = reference["probs"], reference["pred"], reference["labels"]
+    wrong = (pred != labels).nonzero().flatten().tolist()
+    assert len(wrong) >= WRONG_SHOWN  # this short run errs often enough to fill the grid
+    assert 25 <= len(shown) <= 50
+    for entry in shown:
+        i = entry["index"]
+        assert pred[i] != labels[i] and entry["true"] == labels[i] and entry["predicted"] == pred[i]
+        assert entry["confidence"] == pytest.approx(float(probs[i, pred[i]]), abs=1e-6)
+    confidences = [e["confidence"] for e in shown]
+    assert confidences == sorted(confidences, reverse=True)
+    left_out = set(wrong) - {e["index"] for e in shown}
+    assert max(float(probs[i, pred[i]]) for i in left_out) <= confidences[-1] + 1e-6
+
+
+def test_index_outside_the_test_set_is_a_usage_error(inspected, capsys):
+    run, _ = inspected
+    assert main(["inspect", str(run), "--index", "10000"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--index" in err and "Traceback" not in err
+
+
+def test_inspecting_a_missing_run_is_one_line(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "no-run")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a run directory" in err
