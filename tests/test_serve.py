@@ -22,7 +22,7 @@ from PIL import Image
 
 from lenet.data import Split
 from lenet.predict import DEFAULT_MODEL
-from lenet.serve.app import MAX_BODY_BYTES, background, create_app
+from lenet.serve.app import INLINE_PIXELS, MAX_BODY_BYTES, background, create_app
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,16 @@ def test_drawings_are_read_correctly_in_every_upload_form(client, mnist_split: S
         again = client.post("/api/predict", **pixels_body(raw["input"])).json()
         assert again["label"] == raw["label"]
     assert right >= 0.9 * n
+
+
+def test_a_large_image_is_read_too(client, mnist_split: Split):
+    """Over INLINE_PIXELS the work moves to a worker thread; the answer must not change."""
+    small = drawing(mnist_split.test_x[1].reshape(28, 28))
+    big = io.BytesIO()
+    Image.open(io.BytesIO(small)).resize((1200, 1200), Image.Resampling.BILINEAR).save(big, format="PNG")
+    assert INLINE_PIXELS < 1200 * 1200
+    r = client.post("/api/predict", files={"image": ("big.png", big.getvalue(), "image/png")})
+    assert r.status_code == 200 and r.json()["label"] == int(mnist_split.test_y[1])
 
 
 # ---------------------------------------------------------------- refusals
