@@ -150,6 +150,7 @@ REFUSALS = [  # body, content type, status, words the message must hold
     (huge_png(50_000, 50_000), "image/png", 400, "too large"),
     (huge_png(2_001, 2_000), "image/png", 400, "too large"),  # the server's own, lower limit
     (b"", "image/png", 400, "empty"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n\n", "image/png", 400, "EPS images are not"),
     (b"{not json", "application/json", 400, "not valid JSON"),
     (b"\xff\xfe\x00", "application/json", 400, "not valid JSON"),
     (b"[" * 200_000, "application/json", 400, "not valid JSON"),  # deep nesting: RecursionError

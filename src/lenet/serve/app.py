@@ -40,6 +40,9 @@ MAX_DECODING = 4  # large images preprocessed at the same time; worst case ~4 x 
 # Up to this many pixels (a 280x280 drawing is 78,400) an image is read on the event loop: a hop to a
 # worker thread costs more CPU than the ~1 ms of work. Larger ones go to a thread, so they never stall it.
 INLINE_PIXELS = 250_000
+# Formats Pillow decodes itself. Not EPS/PDF: Pillow hands those to Ghostscript, a program that should
+# never see a stranger's upload.
+RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 BINARY = {"type": "string", "format": "binary"}
@@ -180,9 +183,7 @@ def create_app(model: Path | str | None = None) -> FastAPI:
         if not body:
             raise fail(400, "empty body")
         is_json = kind == "application/json" or kind.endswith("+json")
-        pixels = None if is_json else image_pixels(body)
-        if pixels is not None and pixels > MAX_PIXELS:
-            raise fail(400, f"image of {pixels:,} pixels is too large (limit {MAX_PIXELS:,}); scale it down")
+        pixels = None if is_json else check_image(body)
         if pixels is not None and pixels > INLINE_PIXELS:
             content = await anyio.to_thread.run_sync(work, predictor, body, is_json, limiter=decoders())
         else:
@@ -193,15 +194,21 @@ def create_app(model: Path | str | None = None) -> FastAPI:
     return app
 
 
-def image_pixels(data: bytes) -> int | None:
-    """An image's pixel count from its header, before anything is decoded; None if it has no readable one."""
+def check_image(data: bytes) -> int | None:
+    """Judge an image from its header, before anything is decoded: refuse a format outside RASTER_FORMATS
+    or a size over MAX_PIXELS. Returns the pixel count, or None when there is no readable header."""
     from PIL import Image
 
     try:
-        width, height = Image.open(io.BytesIO(data)).size
+        image = Image.open(io.BytesIO(data))
     except Exception:  # not an image, or a damaged one: load_image then says which, in its own words
         return None
-    return width * height
+    if image.format not in RASTER_FORMATS:
+        raise fail(400, f"{image.format} images are not accepted; send {', '.join(RASTER_FORMATS)}")
+    pixels = image.size[0] * image.size[1]
+    if pixels > MAX_PIXELS:
+        raise fail(400, f"image of {pixels:,} pixels is too large (limit {MAX_PIXELS:,}); scale it down")
+    return pixels
 
 
 def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
