@@ -243,6 +243,7 @@ def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
                   ) -> list[Prediction | Failure]:  # fmt: skip
     """One Prediction or Failure per path, in order: one bad file does not stop the others."""
     results: list[Prediction | Failure] = []
+    saved: set[str] = set()
     for path in paths:
         try:
             pixels = preprocess(load_image(path))
@@ -250,7 +251,11 @@ def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
             results.append(Failure(path, str(e) if str(e).startswith(path) else f"{path}: {e}"))
             continue
         if save_input is not None:
-            save_input_image(pixels, save_input / f"{Path(path).stem}.28x28.png")
+            name = f"{Path(path).stem}.28x28.png"
+            if name in saved:  # two inputs with one file name (a/x.png, b/x.png): keep both
+                name = f"{Path(path).stem}-{len(results) + 1}.28x28.png"
+            saved.add(name)
+            save_input_image(pixels, save_input / name)
         probs = predict(model, pixels.unsqueeze(0))[0]
         results.append(Prediction(path, [float(p) for p in probs]))
     return results
