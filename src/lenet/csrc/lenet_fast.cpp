@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <sched.h>
@@ -24,10 +25,10 @@ typedef float vfu __attribute__((vector_size(64), aligned(4)));
 typedef int vi __attribute__((vector_size(64)));
 constexpr int L = 16;        // lanes per vector
 constexpr int PW = 14;       // row width of a parity-split image and of conv1's per-phase output
-constexpr int PSZ = 208;     // floats per parity-split image: 14*14 + zero pad for vector over-reads
-constexpr int C1V = 11;      // vectors per conv1 phase output (12 rows x 14 = 168 lanes, 144 valid)
+constexpr int PSZ = 224;     // floats per parity-split image: 14*14 + pad for vector over-reads (max 191 + 30)
+constexpr int C1V = 12;      // vectors per conv1 phase output (12 rows x 14 = 168 lanes, 144 valid; 3 blocks of 4)
 constexpr int NPARAM = 3246;
-constexpr int NSHARD = 2;    // a batch is always cut into 2 shards: results do not depend on threads
+constexpr int NSHARD = 4;    // a batch is always cut into 4 shards: results do not depend on threads
 constexpr int OW1 = 0, OB1 = 100, OW2 = 104, OB2 = 1304, OWF = 1316, OBF = 3236;  // flat offsets
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
@@ -43,16 +44,16 @@ inline float hsum(vf v) {  // fixed pairwise order
   return s[0];
 }
 
-// max over the four pool phases, with masks for the phase that won (first max, as PyTorch) and is > 0
-inline vf pool4(const vf a[4], vf mask[4]) {
+// max over the four pool phases, and which phase won: the first max, as PyTorch; -1 where the max is not
+// positive (after the ReLU the gradient is zero there)
+inline vf pool4(const vf a[4], vf& phase) {
   vf m = vmax(vmax(a[0], a[1]), vmax(a[2], a[3]));
+  vf p = splat(3.0f);
+  p = a[2] == m ? splat(2.0f) : p;
+  p = a[1] == m ? splat(1.0f) : p;
+  p = a[0] == m ? splat(0.0f) : p;
   vi pos = m > 0.0f;
-  vi taken = vi{} ;
-  for (int p = 0; p < 4; p++) {
-    vi win = (a[p] == m) & ~taken;
-    taken |= win;
-    mask[p] = (win & pos) ? splat(1.0f) : splat(0.0f);
-  }
+  phase = pos ? p : splat(-1.0f);
   return pos ? m : splat(0.0f);
 }
 
@@ -62,90 +63,117 @@ struct alignas(64) Grad {  // one shard's gradient accumulators, lanes summed at
   double loss;
 };
 
-struct alignas(64) Work {  // one image's activations; everything stays in L1
+struct alignas(64) Work {  // one image's activations, small enough for L1; buffers that are dead by
+                           // the time their partner is written share memory
   float ph[4][PSZ];        // parity-split input: ph[a*2+b][r*14+c] = x[2r+a][2c+b]
-  vf m1[4][4][C1V];        // conv1 pool masks [oc][phase][vector]
-  float p1[4][C1V * L];    // pooled conv1, row width 14
-  float s[4][2][12][8];    // pooled conv1 split by column parity: s[ic][b][r][c] = p1[ic][r][2c+b]
-  vf win[4][6][6];         // win[ic][sy][sx] lane qy*4+qx = p1[ic][sy+2qy][sx+2qx]
-  vf m2[12][4], p2[12], d2[12][4], dwin[4][6][6];
-  float ds[4][2][12][8];
-  float dp1[4][C1V * L];
-  Work() { memset(this, 0, sizeof *this); }
+  vf m1[4][C1V];           // winning pool phase of conv1 (-1: none), row width 14
+  union { float p1[4][C1V * L]; float dp1[4][C1V * L]; };  // pooled conv1 and its gradient, row width 14
+  float s[4][12][2][8];    // pooled conv1 split by column parity: [ic][r][b][c] = p1[ic][r][2c+b]
+  union { vf win[4][6][6]; vf dwin[4][6][6]; };  // win[ic][sy][sx] lane qy*4+qx = p1[ic][sy+2qy][sx+2qx]
+  vf m2[12], p2[12], d2[12][4];
 };
 
+// x (28 x 28) -> four 14 x 14 images by row and column parity. Each store writes 16 lanes; the two
+// beyond a row are overwritten by the next row (the last ones land in the pad: finite, never used).
 void split_image(const float* x, Work& w) {
-  for (int a = 0; a < 2; a++)
-    for (int r = 0; r < 14; r++) {
-      const float* row = x + (2 * r + a) * 28;
-      for (int b = 0; b < 2; b++)
-        for (int c = 0; c < 14; c++) w.ph[a * 2 + b][r * PW + c] = row[2 * c + b];
-    }
+  const vi even = {0, 2, 4, 6, 8, 10, 12, 14, 20, 22, 24, 26, 28, 30, 0, 0};
+  const vi odd = {1, 3, 5, 7, 9, 11, 13, 15, 21, 23, 25, 27, 29, 31, 0, 0};
+  for (int row = 0; row < 28; row++) {
+    vf lo = load(x + row * 28), hi = load(x + row * 28 + 12);  // columns 0..15 and 12..27
+    float* dst = w.ph[(row & 1) * 2] + (row >> 1) * PW;
+    store(dst, __builtin_shuffle(lo, hi, even));
+    store(dst + PSZ, __builtin_shuffle(lo, hi, odd));
+  }
 }
 
 inline const float* tap1(const Work& w, int sy, int sx, int v) {
   return w.ph[(sy & 1) * 2 + (sx & 1)] + (sy >> 1) * PW + (sx >> 1) + v * L;
 }
 
-void conv1_pool(const float* P, Work& w) {
-  const float* w1 = P + OW1;
-  for (int v = 0; v < C1V; v++) {
-    vf acc[4][4];
-    for (int oc = 0; oc < 4; oc++)
-      for (int p = 0; p < 4; p++) acc[oc][p] = splat(P[OB1 + oc]);
-#pragma GCC unroll 6
-    for (int sy = 0; sy < 6; sy++)
-#pragma GCC unroll 6
-      for (int sx = 0; sx < 6; sx++) {
-        vf in = load(tap1(w, sy, sx, v));
-        for (int dy = 0; dy < 2; dy++)
-          for (int dx = 0; dx < 2; dx++) {
-            int ky = sy - dy, kx = sx - dx;
-            if (ky < 0 || ky > 4 || kx < 0 || kx > 4) continue;
-            for (int oc = 0; oc < 4; oc++) acc[oc][dy * 2 + dx] += w1[oc * 25 + ky * 5 + kx] * in;
-          }
+// where tap (ky, kx) of pool phase (dy, dx) starts, in the parity-split images: [dy*2+dx][ky*5+kx]
+struct Taps1 {
+  int off[4][25];
+  Taps1() {
+    for (int p = 0; p < 4; p++)
+      for (int t = 0; t < 25; t++) {
+        int sy = p / 2 + t / 5, sx = p % 2 + t % 5;
+        off[p][t] = ((sy & 1) * 2 + (sx & 1)) * PSZ + (sy >> 1) * PW + (sx >> 1);
       }
+  }
+};
+const Taps1 kTaps1;
+
+// conv1 for one pool phase and vectors [v0, v0 + 4) of it, all four channels. One small loop body for
+// every phase and block: a fully unrolled conv1 overflows the instruction cache.
+inline void conv1_block(const float* P, int phase, int v0, const Work& w, vf out[4][4]) {
+  const float* in0 = &w.ph[0][0] + v0 * L;
+  const int* off = kTaps1.off[phase];
+  vf acc[4][4];
+  for (int oc = 0; oc < 4; oc++)
+    for (int v = 0; v < 4; v++) acc[oc][v] = splat(P[OB1 + oc]);
+#pragma GCC unroll 5
+  for (int t = 0; t < 25; t++) {
+    vf in[4];
+    for (int v = 0; v < 4; v++) in[v] = load(in0 + off[t] + v * L);
     for (int oc = 0; oc < 4; oc++) {
-      vf mask[4];
-      store(w.p1[oc] + v * L, pool4(acc[oc], mask));
-      for (int p = 0; p < 4; p++) w.m1[oc][p][v] = mask[p];
+      vf wt = splat(P[OW1 + oc * 25 + t]);
+      for (int v = 0; v < 4; v++) acc[oc][v] += wt * in[v];
     }
+  }
+  for (int oc = 0; oc < 4; oc++)
+    for (int v = 0; v < 4; v++) out[oc][v] = acc[oc][v];
+}
+
+void conv1_pool(const float* P, Work& w) {
+  for (int v0 = 0; v0 < C1V; v0 += 4) {
+    vf c1[4][4][4];  // [phase][oc][vector]
+    for (int phase = 0; phase < 4; phase++) conv1_block(P, phase, v0, w, c1[phase]);
+    for (int oc = 0; oc < 4; oc++)
+      for (int v = 0; v < 4; v++) {
+        vf a[4] = {c1[0][oc][v], c1[1][oc][v], c1[2][oc][v], c1[3][oc][v]};
+        store(w.p1[oc] + (v0 + v) * L, pool4(a, w.m1[oc][v0 + v]));
+      }
   }
 }
 
+const vi kDeinterleave = {0, 2, 4, 6, 8, 10, 0, 0, 1, 3, 5, 7, 9, 11, 0, 0};  // a row -> evens | odds
+
 void make_windows(Work& w) {
   for (int ic = 0; ic < 4; ic++)
-    for (int r = 0; r < 12; r++)
-      for (int b = 0; b < 2; b++)
-        for (int c = 0; c < 6; c++) w.s[ic][b][r][c] = w.p1[ic][r * PW + 2 * c + b];
+    for (int r = 0; r < 12; r++) store(&w.s[ic][r][0][0], __builtin_shuffle(load(w.p1[ic] + r * PW), kDeinterleave));
   for (int ic = 0; ic < 4; ic++)
     for (int sy = 0; sy < 6; sy++)
       for (int sx = 0; sx < 6; sx++) {
         float* dst = reinterpret_cast<float*>(&w.win[ic][sy][sx]);
-        for (int qy = 0; qy < 4; qy++) memcpy(dst + qy * 4, &w.s[ic][sx & 1][sy + 2 * qy][sx >> 1], 16);
+        for (int qy = 0; qy < 4; qy++) memcpy(dst + qy * 4, &w.s[ic][sy + 2 * qy][sx & 1][sx >> 1], 16);
       }
 }
 
-void conv2_pool(const float* P, Work& w) {
-  const float* w2 = P + OW2;
-  for (int ob = 0; ob < 12; ob += 6) {
-    vf acc[6][4];
-    for (int o = 0; o < 6; o++)
-      for (int p = 0; p < 4; p++) acc[o][p] = splat(P[OB2 + ob + o]);
-    for (int ic = 0; ic < 4; ic++)
-#pragma GCC unroll 6
-      for (int sy = 0; sy < 6; sy++)
-#pragma GCC unroll 6
-        for (int sx = 0; sx < 6; sx++) {
-          vf in = w.win[ic][sy][sx];
-          for (int dy = 0; dy < 2; dy++)
-            for (int dx = 0; dx < 2; dx++) {
-              int ky = sy - dy, kx = sx - dx;
-              if (ky < 0 || ky > 4 || kx < 0 || kx > 4) continue;
-              for (int o = 0; o < 6; o++) acc[o][dy * 2 + dx] += w2[(ob + o) * 100 + ic * 25 + ky * 5 + kx] * in;
-            }
-        }
-    for (int o = 0; o < 6; o++) w.p2[ob + o] = pool4(acc[o], w.m2[ob + o]);
+// conv2 for one pool phase, all 12 channels; w2t is conv2's weight as [ic*25 + ky*5 + kx][oc]
+template <int DY, int DX>
+inline void conv2_phase(const float* P, const float* w2t, const Work& w, vf acc[12]) {
+  for (int o = 0; o < 12; o++) acc[o] = splat(P[OB2 + o]);
+  for (int ic = 0; ic < 4; ic++) {
+    const vf* win = &w.win[ic][0][0];
+    const float* wk = w2t + ic * 25 * 12;
+#pragma GCC unroll 25
+    for (int t = 0; t < 25; t++) {
+      const int ky = t / 5, kx = t % 5;
+      vf in = win[(ky + DY) * 6 + kx + DX];
+      for (int o = 0; o < 12; o++) acc[o] += wk[t * 12 + o] * in;
+    }
+  }
+}
+
+void conv2_pool(const float* P, const float* w2t, Work& w) {
+  vf a[4][12];
+  conv2_phase<0, 0>(P, w2t, w, a[0]);
+  conv2_phase<0, 1>(P, w2t, w, a[1]);
+  conv2_phase<1, 0>(P, w2t, w, a[2]);
+  conv2_phase<1, 1>(P, w2t, w, a[3]);
+  for (int o = 0; o < 12; o++) {
+    vf ph[4] = {a[0][o], a[1][o], a[2][o], a[3][o]};
+    w.p2[o] = pool4(ph, w.m2[o]);
   }
 }
 
@@ -173,19 +201,39 @@ float head(const float* P, int label, float inv_batch, Work& w, Grad& g) {
   }
   for (int oc = 0; oc < 12; oc++) {
     vf db = vf{};
-    for (int p = 0; p < 4; p++) db += w.d2[oc][p] = w.m2[oc][p] * dp2[oc];
+    for (int p = 0; p < 4; p++) db += w.d2[oc][p] = w.m2[oc] == static_cast<float>(p) ? dp2[oc] : vf{};
     g.b2[oc] += db;
   }
   return loss;
 }
 
-void conv2_backward(const float* P, Work& w, Grad& g) {
-  const float* w2 = P + OW2;
-  for (int ob = 0; ob < 12; ob += 6) {
+// the input gradient of conv2 for one pool phase, added into the window gradients
+template <int DY, int DX>
+inline void conv2_dgrad_phase(const float* w2t, Work& w) {
+  vf d[12];
+  for (int o = 0; o < 12; o++) d[o] = w.d2[o][DY * 2 + DX];
+  for (int ic = 0; ic < 4; ic++) {
+    vf* dwin = &w.dwin[ic][0][0];
+    const float* wk = w2t + ic * 25 * 12;
+#pragma GCC unroll 25
+    for (int t = 0; t < 25; t++) {
+      const int ky = t / 5, kx = t % 5;
+      vf a = wk[t * 12] * d[0], b = wk[t * 12 + 1] * d[1];
+      for (int o = 2; o < 12; o += 2) {
+        a += wk[t * 12 + o] * d[o];
+        b += wk[t * 12 + o + 1] * d[o + 1];
+      }
+      dwin[(ky + DY) * 6 + kx + DX] += a + b;
+    }
+  }
+}
+
+void conv2_wgrad(Work& w, Grad& g) {
+  for (int ob = 0; ob < 12; ob += 6) {  // weight gradient: correlate windows with the output gradient
     vf d[6][4];
     for (int o = 0; o < 6; o++)
       for (int p = 0; p < 4; p++) d[o][p] = w.d2[ob + o][p];
-    for (int ic = 0; ic < 4; ic++)  // weight gradient: correlate windows with the output gradient
+    for (int ic = 0; ic < 4; ic++)
       for (int ky = 0; ky < 5; ky++)
         for (int kx = 0; kx < 5; kx++) {
           vf in[4] = {w.win[ic][ky][kx], w.win[ic][ky][kx + 1], w.win[ic][ky + 1][kx], w.win[ic][ky + 1][kx + 1]};
@@ -194,38 +242,48 @@ void conv2_backward(const float* P, Work& w, Grad& g) {
             a += d[o][0] * in[0] + d[o][1] * in[1] + d[o][2] * in[2] + d[o][3] * in[3];
           }
         }
-    for (int ic = 0; ic < 4; ic++)  // input gradient, in window form
-#pragma GCC unroll 6
-      for (int sy = 0; sy < 6; sy++)
-#pragma GCC unroll 6
-        for (int sx = 0; sx < 6; sx++) {
-          vf a = ob == 0 ? vf{} : w.dwin[ic][sy][sx];
-          for (int dy = 0; dy < 2; dy++)
-            for (int dx = 0; dx < 2; dx++) {
-              int ky = sy - dy, kx = sx - dx;
-              if (ky < 0 || ky > 4 || kx < 0 || kx > 4) continue;
-              for (int o = 0; o < 6; o++) a += w2[(ob + o) * 100 + ic * 25 + ky * 5 + kx] * d[o][dy * 2 + dx];
-            }
-          w.dwin[ic][sy][sx] = a;
-        }
   }
 }
 
-void scatter_windows(Work& w) {  // the adjoint of make_windows: window gradients back onto the pooled map
-  memset(w.ds, 0, sizeof w.ds);
-  for (int ic = 0; ic < 4; ic++)
-    for (int sx = 0; sx < 6; sx++)
-      for (int sy = 0; sy < 6; sy++) {
-        const float* src = reinterpret_cast<const float*>(&w.dwin[ic][sy][sx]);
-        for (int qy = 0; qy < 4; qy++) {
-          float* dst = &w.ds[ic][sx & 1][sy + 2 * qy][sx >> 1];
-          for (int qx = 0; qx < 4; qx++) dst[qx] += src[qy * 4 + qx];
+void conv2_dgrad(const float* w2t, Work& w) {
+  memset(w.dwin, 0, sizeof w.dwin);
+  conv2_dgrad_phase<0, 0>(w2t, w);
+  conv2_dgrad_phase<0, 1>(w2t, w);
+  conv2_dgrad_phase<1, 0>(w2t, w);
+  conv2_dgrad_phase<1, 1>(w2t, w);
+}
+
+// lane j of window row qy of a window at column sx -> lane of a pooled-map row (width 14, 16 lanes, 16 = zero)
+struct ScatterIndex {
+  vi idx[4][6];
+  ScatterIndex() {
+    for (int qy = 0; qy < 4; qy++)
+      for (int sx = 0; sx < 6; sx++)
+        for (int j = 0; j < L; j++) {
+          int qx = (j >> 1) - (sx >> 1);
+          bool hit = j < 12 && (j & 1) == (sx & 1) && qx >= 0 && qx < 4;
+          idx[qy][sx][j] = hit ? qy * 4 + qx : L;
         }
+  }
+};
+const ScatterIndex kScatter;
+
+// the adjoint of make_windows: each row of the pooled map's gradient sums the window rows that read it,
+// permuted into place in registers (rows in order: each store's last 2 lanes are the next row's first)
+void scatter_windows(Work& w) {
+  const vf zero = {};
+  for (int ic = 0; ic < 4; ic++) {
+    for (int r = 0; r < 12; r++) {
+      vf row = zero;
+      for (int sy = r & 1; sy <= r && sy < 6; sy += 2) {
+        int qy = (r - sy) >> 1;
+        if (qy > 3) continue;
+        for (int sx = 0; sx < 6; sx++) row += __builtin_shuffle(w.dwin[ic][sy][sx], zero, kScatter.idx[qy][sx]);
       }
-  for (int ic = 0; ic < 4; ic++)  // lanes of columns 12, 13 and rows >= 12 stay zero
-    for (int r = 0; r < 12; r++)
-      for (int b = 0; b < 2; b++)
-        for (int c = 0; c < 6; c++) w.dp1[ic][r * PW + 2 * c + b] = w.ds[ic][b][r][c];
+      store(w.dp1[ic] + r * PW, row);
+    }
+    memset(w.dp1[ic] + 12 * PW, 0, (C1V * L - 12 * PW) * sizeof(float));  // lanes past row 11
+  }
 }
 
 void conv1_backward(Work& w, Grad& g) {
@@ -233,7 +291,8 @@ void conv1_backward(Work& w, Grad& g) {
   for (int oc = 0; oc < 4; oc++) {
     vf db = vf{};
     for (int p = 0; p < 4; p++)
-      for (int v = 0; v < C1V; v++) db += d[oc][p][v] = w.m1[oc][p][v] * load(w.dp1[oc] + v * L);
+      for (int v = 0; v < C1V; v++)
+        db += d[oc][p][v] = w.m1[oc][v] == static_cast<float>(p) ? load(w.dp1[oc] + v * L) : vf{};
     g.b1[oc] += db;
   }
   for (int ky = 0; ky < 5; ky++) {
@@ -253,21 +312,35 @@ void conv1_backward(Work& w, Grad& g) {
   }
 }
 
-// one shard of one step: forward and backward of images idx[0..n), gradient summed into out[NPARAM]
-double shard_grad(const float* P, const float* x, const int64_t* y, const int64_t* idx, int n,
-                  float inv_batch, Work& w, Grad& g, float* out) {
+// one shard of one step: forward and backward of images idx[0..n), gradients summed into g (per lane)
+double shard_grad(const float* P, const float* w2t, const float* x, const int64_t* y, const int64_t* idx,
+                  int n, float inv_batch, Work& w, Grad& g) {
   memset(&g, 0, sizeof g);
   double loss = 0;
   for (int i = 0; i < n; i++) {
     split_image(x + idx[i] * 784, w);
     conv1_pool(P, w);
     make_windows(w);
-    conv2_pool(P, w);
+    conv2_pool(P, w2t, w);
     loss += head(P, static_cast<int>(y[idx[i]]), inv_batch, w, g);
-    conv2_backward(P, w, g);
+    conv2_wgrad(w, g);
+    conv2_dgrad(w2t, w);
     scatter_windows(w);
     conv1_backward(w, g);
   }
+  return loss;
+}
+
+constexpr int kGradVectors = offsetof(Grad, bfc) / sizeof(vf);
+
+void add_into(Grad& into, const Grad& g) {
+  vf* a = &into.w1[0][0];
+  const vf* b = &g.w1[0][0];
+  for (int i = 0; i < kGradVectors; i++) a[i] += b[i];
+  for (int c = 0; c < 10; c++) into.bfc[c] += g.bfc[c];
+}
+
+void fold(const Grad& g, float* out) {  // lanes summed: the flat gradient in PyTorch's parameter order
   for (int oc = 0; oc < 4; oc++) {
     for (int k = 0; k < 25; k++) out[OW1 + oc * 25 + k] = hsum(g.w1[oc][k]);
     out[OB1 + oc] = hsum(g.b1[oc]);
@@ -280,7 +353,6 @@ double shard_grad(const float* P, const float* x, const int64_t* y, const int64_
     memcpy(out + OWF + c * 192, g.wfc[c], 192 * sizeof(float));
     out[OBF + c] = g.bfc[c];
   }
-  return loss;
 }
 
 class Barrier {  // spins briefly, then yields: a busy machine must not stall on a descheduled peer
@@ -315,41 +387,50 @@ struct Job {
   const int64_t* y;
   const int64_t* batches;
   int64_t steps, batch;
-  float lr;
+  float lr, total;
   int threads;
-  float P[NPARAM];
-  float grads[NSHARD][NPARAM];
+  alignas(64) float P[NPARAM];
+  alignas(64) float w2t[100 * 12];  // conv2's weight as [ic*25 + ky*5 + kx][oc], for broadcasts in order
+  alignas(64) float grad[NPARAM];
+  Grad* shards[NSHARD];
   double losses[NSHARD];
-  float total;
+  std::atomic<int> next_shard{0};
+
+  void transpose_w2() {
+    for (int o = 0; o < 12; o++)
+      for (int k = 0; k < 100; k++) w2t[k * 12 + o] = P[OW2 + o * 100 + k];
+  }
 };
 
 const int kSizes[6] = {100, 4, 1200, 12, 1920, 10};
 
+// shards are taken first come, first served (a descheduled thread holds up at most one), but each
+// lands in its own buffer and the buffers are summed in shard order: the bits never depend on who ran what
+void step_end(Job& job) {
+  double loss = 0;
+  for (int s = 0; s < NSHARD; s++) loss += job.losses[s];
+  job.total += static_cast<float>(loss / static_cast<double>(job.batch));
+  for (int s = 1; s < NSHARD; s++) add_into(*job.shards[0], *job.shards[s]);
+  fold(*job.shards[0], job.grad);
+  for (int i = 0; i < NPARAM; i++) job.P[i] -= job.lr * job.grad[i];  // plain SGD
+  job.transpose_w2();
+  job.next_shard.store(0, std::memory_order_relaxed);
+}
+
 void run_thread(Job& job, Barrier& bar, int t) {
   Work* w = new Work();
-  Grad* g = new Grad();
   const float inv_batch = 1.0f / static_cast<float>(job.batch);
   for (int64_t step = 0; step < job.steps; step++) {
     const int64_t* idx = job.batches + step * job.batch;
-    for (int s = t; s < NSHARD; s += job.threads) {
+    for (int s; (s = job.next_shard.fetch_add(1, std::memory_order_relaxed)) < NSHARD;) {
       int64_t lo = job.batch * s / NSHARD, hi = job.batch * (s + 1) / NSHARD;
-      job.losses[s] = shard_grad(job.P, job.x, job.y, idx + lo, static_cast<int>(hi - lo), inv_batch, *w, *g,
-                                 job.grads[s]);
+      job.losses[s] = shard_grad(job.P, job.w2t, job.x, job.y, idx + lo, static_cast<int>(hi - lo), inv_batch,
+                                 *w, *job.shards[s]);
     }
     bar.wait();
-    if (t == 0) {  // sum shards in a fixed order, then the plain SGD step p <- p - lr * g
-      double loss = 0;
-      for (int s = 0; s < NSHARD; s++) loss += job.losses[s];
-      job.total += static_cast<float>(loss / static_cast<double>(job.batch));
-      for (int i = 0; i < NPARAM; i++) {
-        float gi = job.grads[0][i];
-        for (int s = 1; s < NSHARD; s++) gi += job.grads[s][i];
-        job.P[i] -= job.lr * gi;
-      }
-    }
+    if (t == 0) step_end(job);
     bar.wait();
   }
-  delete g;
   delete w;
 }
 
@@ -376,6 +457,8 @@ float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, c
   job->lr = lr;
   job->threads = threads < 1 ? 1 : (threads > NSHARD ? NSHARD : threads);
   job->total = 0.0f;
+  job->transpose_w2();
+  for (auto& g : job->shards) g = new Grad();
   Barrier bar(job->threads);
   std::vector<std::thread> pool;
   for (int t = 1; t < job->threads; t++) pool.emplace_back(run_thread, std::ref(*job), std::ref(bar), t);
@@ -383,6 +466,7 @@ float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, c
   for (auto& th : pool) th.join();
   for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) memcpy(params[i], job->P + off, kSizes[i] * sizeof(float));
   float total = job->total;
+  for (auto& g : job->shards) delete g;
   delete job;
   return total;
 }
