@@ -99,19 +99,25 @@ async def load(host: str, port: int, bodies: list, n: int, concurrency: int) -> 
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) a process has used so far: robust to other work on a shared machine."""
+    """CPU time (user + system) used so far by a process and its children (worker processes).
+
+    Unlike wall time, this does not grow when other programs share the machine's cores.
+    """
     try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        children = {int(c) for t in tids for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()}
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(c) or 0.0 for c in children)
 
 
-def start_server(model: Path | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path | None, workers: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "lenet.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "lenet.cli", "serve", "--port", str(port), "--workers", str(workers)]
     command += ["--model", str(model)] if model else []
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -127,6 +133,47 @@ def start_server(model: Path | None) -> tuple[subprocess.Popen, str]:
     raise SystemExit("lenet serve did not start within 60 s")
 
 
+def measure(args: argparse.Namespace) -> dict:
+    bodies = digit_bodies(args.body)
+    proc, url = (None, args.url) if args.url else start_server(args.model, args.workers)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        asyncio.run(load(host, port, bodies, args.warmup, args.concurrency))  # every worker warmed up
+        load_before = os.getloadavg()[0]
+        cpu_before = cpu_seconds(proc.pid) if proc else None
+        result = asyncio.run(load(host, port, bodies, args.requests, args.concurrency))
+        if cpu_before is not None:
+            result["server_cpu_ms_per_request"] = round(
+                (cpu_seconds(proc.pid) - cpu_before) / args.requests * 1e3, 3
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    loads = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    workers = None if args.url else args.workers
+    result |= {"body": args.body, "workers": workers, "machine": machine}
+    return result | {"loadavg_1min_before_after": loads}
+
+
+def report(r: dict) -> str:
+    server = f", {r['workers']} server process{'es' * (r['workers'] > 1)}" if r["workers"] else ""
+    before, after = r["loadavg_1min_before_after"]
+    lines = [
+        f"{r['requests']} requests ({r['body']}), {r['concurrency']} clients{server}, {r['machine']}, "
+        f"1-minute load average {before} before, {after} after",
+        f"  {r['requests_per_s']} requests/s over {r['seconds']} s",
+        f"  latency p50 {r['p50_ms']} ms  p90 {r['p90_ms']} ms  p99 {r['p99_ms']} ms  max {r['max_ms']} ms",
+    ]
+    if "server_cpu_ms_per_request" in r:
+        lines.append(f"  server CPU time {r['server_cpu_ms_per_request']} ms per request")
+    lines.append(f"  errors {r['errors']}  misread {r['misread_of_n'][0]}/{r['requests']}"
+                 + (f"  first errors: {r['first_errors']}" if r["errors"] else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", "--requests", type=int, default=5000, help="requests to send (default: 5000)")
@@ -135,46 +182,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200, help="requests sent first and not measured")
     ap.add_argument("--url", help="an already running server (default: start `lenet serve` on a free port)")
     ap.add_argument("--model", type=Path, help="model for the started server (default: the shipped one)")
+    ap.add_argument("--workers", type=int, default=1, help="processes of the started server (default: 1)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args()
-
-    bodies = digit_bodies(args.body)
-    proc, url = (None, args.url) if args.url else start_server(args.model)
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        asyncio.run(load(host, port, bodies, args.warmup, args.concurrency))
-        load_before = os.getloadavg()
-        cpu_before = cpu_seconds(proc.pid) if proc else None
-        result = asyncio.run(load(host, port, bodies, args.requests, args.concurrency))
-        if cpu_before is not None:
-            cpu_ms = (cpu_seconds(proc.pid) - cpu_before) / args.requests * 1000
-            result["server_cpu_ms_per_request"] = round(cpu_ms, 3)
-        loads = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-        machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
-        result |= {"body": args.body, "machine": machine, "loadavg_1min_before_after": loads}
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
-        f"{result['requests']} requests ({args.body}), {result['concurrency']} clients, {machine}, "
-        f"1-minute load average {loads[0]} before, {loads[1]} after"
-    )
-    print(f"  {result['requests_per_s']} requests/s over {result['seconds']} s")
-    print(
-        f"  latency p50 {result['p50_ms']} ms  p90 {result['p90_ms']} ms  p99 {result['p99_ms']} ms  "
-        f"max {result['max_ms']} ms"
-    )
-    if "server_cpu_ms_per_request" in result:
-        print(f"  server CPU time {result['server_cpu_ms_per_request']} ms per request")
-    print(
-        f"  errors {result['errors']}  misread {result['misread_of_n'][0]}/{result['requests']}"
-        + (f"  first errors: {result['first_errors']}" if result["errors"] else "")
-    )
+    result = measure(args)
+    print(json.dumps(result) if args.json else report(result))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lenet.data import Split
-from lenet.predict import DEFAULT_MODEL
 from lenet.serve.app import INLINE_PIXELS, MAX_BODY_BYTES, background, create_app
 
 
@@ -276,18 +275,18 @@ def test_fuzzed_requests_are_all_4xx_and_the_server_stays_healthy(app, mnist_spl
 
 
 def test_lenet_serve_binds_loopback_and_import_stays_light(tmp_path):
-    """The command: model loaded at start-up, 127.0.0.1 by default; `import lenet.cli` loads no web code."""
-    check = (
-        "import sys, lenet.cli, lenet.serve; sys.exit(any(m in sys.modules for m in ('fastapi', 'uvicorn')))"
-    )
+    """The command, with two worker processes: model checked at start-up, 127.0.0.1 by default;
+    `import lenet.cli` loads no web code; bad arguments are one-line errors."""
+    check = "import sys, lenet.cli, lenet.serve; sys.exit(bool({'fastapi', 'uvicorn'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", check]).returncode == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "lenet.cli", "serve", "--model", str(DEFAULT_MODEL), "--port", str(port)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lenet = [sys.executable, "-m", "lenet.cli", "serve"]
+    proc = subprocess.Popen([*lenet, "--port", str(port), "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        for _ in range(600):
+        for _ in range(1200):
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
                 break
@@ -299,8 +298,10 @@ def test_lenet_serve_binds_loopback_and_import_stays_light(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/api/model").json()["parameters"] == 3246
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    assert f"http://127.0.0.1:{port}/" in out and "3,246 parameters" in out
-    bad = subprocess.run([sys.executable, "-m", "lenet.cli", "serve", "--model", str(tmp_path / "none")],
-                         capture_output=True, text=True)  # fmt: skip
+        out, _ = proc.communicate(timeout=20)
+    assert "3,246 parameters" in out and "2 worker processes" in out
+    assert f"Uvicorn running on http://127.0.0.1:{port}" in out
+    bad = subprocess.run([*lenet, "--model", str(tmp_path / "none")], capture_output=True, text=True)
     assert bad.returncode == 1 and "no model" in bad.stderr
+    bad = subprocess.run([*lenet, "--workers", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--workers" in bad.stderr

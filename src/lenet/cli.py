@@ -172,7 +172,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from lenet.serve import serve
 
-    serve(args.model, host=args.host, port=args.port)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    serve(args.model, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -249,6 +251,8 @@ def build_parser() -> Parser:
                     "(default: the shipped model)")  # fmt: skip
     sv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    sv.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port, "
+                    "to use more cores (default: 1)")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
     return parser
 

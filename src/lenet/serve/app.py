@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ MAX_DECODING = 4  # large images preprocessed at the same time; worst case ~4 x 
 INLINE_PIXELS = 250_000
 # Formats Pillow decodes itself. Not EPS/PDF: Pillow hands those to Ghostscript, a program that should
 # never see a stranger's upload.
+WORKER_MODEL_ENV = "LENET_SERVE_MODEL"  # how `serve(workers=N)` tells its worker processes the model file
 RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -125,6 +127,7 @@ class Predictor:
         self.facts = {"architecture": ARCHITECTURE, "parameters": count_parameters(model),
                       "recipe": info.get("config", {}), "test_accuracy": extra.get("test_accuracy"),
                       "file": Path(str(info.get("path", ""))).name, "extra": extra}  # fmt: skip
+        self.path = str(info.get("path", ""))
 
     def image_to_input(self, data: bytes) -> torch.Tensor:
         return P.preprocess(P.load_image(data))
@@ -225,23 +228,39 @@ def _version() -> str:
     return __version__
 
 
-def serve(model: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, *,
+def serve(model: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
           access_log: bool = False, **uvicorn_args: Any) -> None:  # fmt: skip
-    """Load the model once, then serve until Ctrl-C. One intra-op thread: requests are tiny, so
-    concurrency comes from handling requests side by side, not from splitting one 28x28 forward pass.
-    No access log by default: the page asks for a prediction several times a second while one draws."""
+    """Load the model once, then serve until Ctrl-C.
+
+    One intra-op thread per process: requests are tiny, so concurrency comes from handling requests
+    side by side, not from splitting one 28x28 forward pass. `workers` > 1 runs that many server
+    processes on one port (uvicorn restarts one that dies), to use more than one core.
+    No access log by default: the page asks for a prediction several times a second while one draws.
+    """
     import uvicorn
 
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (got {workers})")
     torch.set_num_threads(1)
-    app = create_app(model)
+    app = create_app(model)  # also in the parent with workers > 1: a bad model fails here, with one message
     facts = app.state.predictor.facts
     acc = facts["test_accuracy"]
     known = isinstance(acc, float) and math.isfinite(acc)
-    print(
-        f"model {facts['file']}: {facts['parameters']:,} parameters" + (f", test accuracy {acc:.2%}" * known)
-    )
+    about = f", test accuracy {acc:.2%}" * known + f", {workers} worker processes" * (workers > 1)
+    print(f"model {facts['file']}: {facts['parameters']:,} parameters{about}")
     print(f"open http://{host if ':' not in host else f'[{host}]'}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, **uvicorn_args)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, access_log=access_log, **uvicorn_args)
+        return
+    os.environ[WORKER_MODEL_ENV] = app.state.predictor.path  # worker processes start fresh: they read it here
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                access_log=access_log, **uvicorn_args)  # fmt: skip
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `serve(workers=N)`."""
+    torch.set_num_threads(1)
+    return create_app(os.environ[WORKER_MODEL_ENV])
 
 
 @contextmanager
