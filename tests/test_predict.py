@@ -195,6 +195,9 @@ def test_load_image_refuses_bad_files(tmp_path: Path):
         load_image(b"")
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.png")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nnewpath 4 4 moveto 24 24 lineto stroke\n"
+    with pytest.raises(ImageError, match="not an image"):  # never handed to Ghostscript
+        load_image(eps)
     whole = encode(Image.fromarray(glyph()))
     with pytest.raises(ImageError, match="damaged"):
         load_image(whole[: len(whole) // 2])

@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # PIL is an extra, imported where it is used so `import lenet
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "model.safetensors"  # the shipped reference run
 MAX_PIXELS = 40_000_000  # larger images are refused: a decompression bomb would exhaust memory
+# Formats Pillow decodes itself. Not EPS or PDF: Pillow hands those to Ghostscript, a program that should
+# never see a stranger's file; not the many exotic plugins either, each one more parser to trust.
+RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 FRAME = 28  # MNIST's image size
 BOX = 20  # MNIST scaled each digit so its longer side is 20 px
 CENTRE = 14.0  # where MNIST's test digits have their centre of mass (mean 13.99, 14.01 in row, column)
@@ -57,10 +60,11 @@ def load_image(source: str | Path | bytes) -> PILImage.Image:
         raise ImageError(f"{name}: no such file")
     if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = Image.open(file, formats=RASTER_FORMATS)
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageError(f"{name}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,})")
@@ -68,7 +72,7 @@ def load_image(source: str | Path | bytes) -> PILImage.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{name}: too large to decode safely (limit {MAX_PIXELS:,} pixels)") from None
         except UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image (PNG, JPEG, BMP, GIF, WebP, ...)") from None
+            raise ImageError(f"{name}: not an image (formats read: {', '.join(RASTER_FORMATS)})") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"{name}: damaged or unreadable image ({one_line(e)})") from None
     if width == 0 or height == 0:
