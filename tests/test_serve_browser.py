@@ -5,7 +5,9 @@ Screenshots go to test-artifacts/ (gitignored) for a person to look at.
 
 from __future__ import annotations
 
+import itertools
 import math
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -21,24 +23,33 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def browser(tmp_path_factory):
+    """Opens the page in a fresh Chromium profile: browser(**context options) -> page, ready to draw."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh user-data-dir
-    with background(create_app()) as url, sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
-            viewport={"width": 1000, "height": 900},
-        )  # fmt: skip
-        page = context.pages[0] if context.pages else context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.wait_for_selector("#facts dt:text('parameters')")
-        yield page
-        context.close()
-        assert not errors, errors
+    errors: list[str] = []
+    with background(create_app()) as url, sync_api.sync_playwright() as pw, ExitStack() as contexts:
+
+        def open_page(**options):
+            profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh user-data-dir
+            context = pw.chromium.launch_persistent_context(
+                str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True, **options
+            )
+            contexts.callback(context.close)
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#facts dt:text('parameters')")
+            return page
+
+        yield open_page
+    assert not errors, errors  # no JavaScript error on any page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    return browser(viewport={"width": 1000, "height": 900})
 
 
 def stroke(page, points: list[tuple[float, float]]) -> None:
@@ -90,3 +101,25 @@ def test_undo_takes_back_the_last_stroke(page):
     assert settled_label(page) == ""
     assert page.locator("#label").inner_text() == "?"
     assert page.locator("#undo").is_disabled() and page.locator("#clear").is_disabled()
+
+
+def test_drawing_with_a_finger(browser):
+    """Touch input on a phone-sized screen: pointer events cover mouse, pen and touch alike."""
+    page = browser(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator("#pad").bounding_box()
+
+    def touch(kind: str, fx: float = 0, fy: float = 0) -> None:
+        x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+        points = [] if kind == "touchEnd" else [{"x": x, "y": y}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    corners = [(0.25, 0.2), (0.75, 0.2), (0.65, 0.45), (0.5, 0.8)]  # a 7: the bar, then down to the left
+    touch("touchStart", *corners[0])
+    for (x0, y0), (x1, y1) in itertools.pairwise(corners):
+        for i in range(1, 9):
+            touch("touchMove", x0 + (x1 - x0) * i / 8, y0 + (y1 - y0) * i / 8)
+    touch("touchEnd")
+    assert settled_label(page) == "7"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-phone-seven.png"), full_page=True)
