@@ -92,6 +92,77 @@ class TrainResult:
         }
 
 
+def start_run(
+    cfg: TrainConfig,
+    run: RunDir | None,
+    model: LeNet,
+    optimizer: torch.optim.Optimizer,
+    engine: str,
+    resume: bool,
+    log: Callable[[str], None],
+) -> tuple[int, list[dict]]:
+    """Write config.json; with `resume`, restore the last checkpoint. Returns (finished epochs, rows)."""
+    if run is None:
+        return 0, []
+    start_epoch, rows = 0, []
+    if resume and run.checkpoint.is_file():
+        start_epoch, rows = load_checkpoint(run.checkpoint, model, optimizer)
+        log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
+    write_json(run.config, {"config": cfg.to_dict(), **provenance(next(model.parameters()).device, engine)})
+    write_jsonl(run.metrics, rows)  # drop rows of an epoch whose checkpoint was never written
+    return start_epoch, rows
+
+
+def end_epoch(
+    cfg: TrainConfig,
+    run: RunDir | None,
+    model: LeNet,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    rows: list[dict],
+    train_loss: float,
+    seconds: float,
+    log: Callable[[str], None],
+) -> None:
+    """Validate, print the epoch line, append the metrics row and checkpoint (atomically)."""
+    val_loss, val_correct = evaluate(model, split.val_x, split.val_y)
+    epoch = len(rows) + 1
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_correct / len(split.val_x),
+        "lr": cfg.lr,
+        "seconds": seconds,
+    }
+    rows.append(row)
+    extra = f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"
+    log(epoch_line(epoch, train_loss, cfg.lr, extra))
+    if run is not None:
+        save_checkpoint(run.checkpoint, model, optimizer, epoch, rows)
+        write_jsonl(run.metrics, rows)
+
+
+def finish_run(
+    cfg: TrainConfig,
+    run: RunDir | None,
+    model: LeNet,
+    split: Split,
+    rows: list[dict],
+    log: Callable[[str], None],
+) -> TrainResult:
+    """Evaluate the test set once, print the test line, save the model and result.json."""
+    test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
+    log(evaluation_line(test_loss, test_correct, len(split.test_x)))
+    result = TrainResult(
+        model, rows, test_loss, test_correct, len(split.test_x), sum(r["seconds"] for r in rows)
+    )
+    if run is not None:
+        save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
+        write_json(run.result, result.summary())
+    return result
+
+
 def train(
     cfg: TrainConfig,
     split: Split,
@@ -105,60 +176,69 @@ def train(
     run = RunDir(out) if out is not None else None
     model = make_model(cfg.init_std, cfg.fc_init_std, cfg.seed).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    start_epoch, rows = 0, []
-    if run is not None:
-        if resume and run.checkpoint.is_file():
-            start_epoch, rows = load_checkpoint(run.checkpoint, model, optimizer)
-            log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
-        write_json(run.config, {"config": cfg.to_dict(), **provenance(device, engine.name)})
-        write_jsonl(run.metrics, rows)  # drop rows of an epoch whose checkpoint was never written
-
+    start_epoch, rows = start_run(cfg, run, model, optimizer, engine.name, resume, log)
     n = len(split.train_x)
-    started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)  # (steps, B)
         total = torch.zeros((), device=device)
-        with tqdm(
-            total=len(batches),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="step",
-            leave=False,
-            file=sys.stderr,
-            disable=not sys.stderr.isatty(),
-        ) as bar:
+        with progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
             for chunk in batches.split(PROGRESS_CHUNK):
                 total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
                 bar.update(len(chunk))
         train_loss = total.item() / len(batches)  # the epoch's one host sync
-        val_loss, val_correct = evaluate(model, split.val_x, split.val_y)
-        seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_correct / len(split.val_x),
-            "lr": cfg.lr,
-            "seconds": seconds,
-        }
-        rows.append(row)
-        log(
-            epoch_line(
-                epoch + 1,
-                train_loss,
-                cfg.lr,
-                f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s",
-            )
-        )
-        if run is not None:
-            save_checkpoint(run.checkpoint, model, optimizer, epoch + 1, rows)
-            write_jsonl(run.metrics, rows)
+        end_epoch(cfg, run, model, optimizer, split, rows, train_loss, time.perf_counter() - t0, log)
+    return finish_run(cfg, run, model, split, rows, log)
 
-    test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
-    log(evaluation_line(test_loss, test_correct, len(split.test_x)))
-    seconds = sum(r["seconds"] for r in rows) if rows else time.perf_counter() - started
-    result = TrainResult(model, rows, test_loss, test_correct, len(split.test_x), seconds)
-    if run is not None:
-        save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
-        write_json(run.result, result.summary())
-    return result
+
+def train_many(
+    cfgs: list[TrainConfig],
+    split: Split,
+    outs: list[Path | None],
+    logs: list[Callable[[str], None]],
+    resume: bool = False,
+) -> list[TrainResult]:
+    """Train plain-SGD runs as one vectorised group; each ends as if trained alone (to float tolerance).
+
+    The runs must share epochs and batch size and, when resuming, have finished the same number of epochs.
+    """
+    from lenet.engines.many import StackedModels
+
+    if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
+        raise ValueError("a vectorised group needs one epochs and batch size")
+    device = split.train_x.device
+    runs = [RunDir(o) if o is not None else None for o in outs]
+    models = [make_model(c.init_std, c.fc_init_std, c.seed).to(device) for c in cfgs]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=c.lr) for m, c in zip(models, cfgs, strict=True)]
+    starts = [
+        start_run(c, r, m, o, "many", resume, lg)
+        for c, r, m, o, lg in zip(cfgs, runs, models, optimizers, logs, strict=True)
+    ]
+    if len({epoch for epoch, _ in starts}) != 1:
+        raise ValueError("a vectorised group must resume from one epoch")
+    start_epoch, all_rows = starts[0][0], [rows for _, rows in starts]
+    stack = StackedModels(models, [c.lr for c in cfgs], device)
+    epochs, n = cfgs[0].epochs, len(split.train_x)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        batches = torch.stack([epoch_batches(n, c.batch_size, c.seed, epoch) for c in cfgs])  # (M, steps, B)
+        total = torch.zeros(len(cfgs), device=device)
+        for chunk in batches.split(PROGRESS_CHUNK, dim=1):
+            total += stack.train_steps(split.train_x, split.train_y, chunk)
+        losses = (total / batches.shape[1]).tolist()
+        seconds = (time.perf_counter() - t0) / len(cfgs)  # each model's share of the group's time
+        for i, cfg in enumerate(cfgs):
+            models[i] = stack.model(i)
+            optimizers[i] = torch.optim.SGD(models[i].parameters(), lr=cfg.lr)  # plain SGD: no state to carry
+            end_epoch(cfg, runs[i], models[i], optimizers[i], split, all_rows[i], losses[i], seconds, logs[i])
+    return [
+        finish_run(c, r, m, split, rows, lg)
+        for c, r, m, rows, lg in zip(cfgs, runs, models, all_rows, logs, strict=True)
+    ]
+
+
+def progress(total: int, desc: str) -> tqdm:
+    """A progress bar on stderr, shown only when stderr is a terminal."""
+    return tqdm(
+        total=total, desc=desc, unit="step", leave=False, file=sys.stderr, disable=not sys.stderr.isatty()
+    )
