@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import lenet.predict
 from lenet.data import Split
 from lenet.serve.app import INLINE_PIXELS, MAX_BODY_BYTES, background, create_app
 
@@ -65,6 +66,12 @@ def huge_png(width: int, height: int) -> bytes:
         + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
         + png_chunk(b"IEND", b"")
     )
+
+
+def tiff_in_lab() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("LAB", (40, 40), (50, 0, 0)).save(buffer, format="TIFF")
+    return buffer.getvalue()
 
 
 def pixels_body(pixels) -> dict:
@@ -172,6 +179,20 @@ def test_bad_input_is_refused_with_a_message(client, content, ctype, status, wor
     r = client.post("/api/predict", content=content, headers={"content-type": ctype} if ctype else {})
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
+
+
+def test_an_unforeseen_failure_on_an_input_is_still_a_400(client, monkeypatch, mnist_split: Split):
+    """The safety net: whatever escapes preprocessing on a stranger's bytes is answered 400, not 500."""
+    lab = client.post("/api/predict", content=tiff_in_lab(), headers={"content-type": "image/tiff"})
+    assert lab.status_code == 400  # Pillow cannot convert LAB to RGB
+
+    def broken(image):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(lenet.predict, "preprocess", broken)
+    digit = drawing(mnist_split.test_x[0].reshape(28, 28))
+    r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "cannot read this input (error: unpack" in r.json()["detail"]
 
 
 def test_multipart_without_a_usable_file(client):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import socket
@@ -33,6 +34,7 @@ from starlette.datastructures import UploadFile
 from lenet import predict as P
 from lenet.model import ARCHITECTURE, LeNet, count_parameters
 
+log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1_000_000  # a drawn 280x280 PNG is ~10 kB; anything near 1 MB is not a digit drawing
 # A 5 kB PNG can claim 40 megapixels, and preprocessing costs ~30 bytes of memory per pixel: cap the
 # pixels well below lenet.predict's file limit, and how many images are decoded at once.
@@ -215,10 +217,16 @@ def check_image(data: bytes) -> int | None:
 
 
 def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
+    """Input -> network input -> answer. Every failure while reading a stranger's bytes is their 400."""
     try:
         x = parse_pixels(body) if is_json else predictor.image_to_input(body)
+    except HTTPException:
+        raise
     except P.ImageError as e:
         raise fail(400, str(e)) from None
+    except Exception as e:  # a decoder or preprocessing gap met by an odd input: logged, and still a 400
+        log.exception("an input failed outside the known image errors")
+        raise fail(400, f"cannot read this input ({type(e).__name__}: {P.one_line(e)[:200]})") from None
     return predictor.answer(x)
 
 
