@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -78,6 +79,7 @@ def build_library() -> Path:
             first = (done.stderr.strip().splitlines() or ["no output"])[0]
             raise EngineError(f"fast engine: {cxx} failed to build {SOURCE.name}: {first}")
         os.replace(tmp, target)
+        print(f"lenet: compiled the fast CPU engine into {target.parent} (once per machine)", file=sys.stderr)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
