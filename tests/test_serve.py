@@ -194,6 +194,10 @@ def test_an_unforeseen_failure_on_an_input_is_still_a_400(client, monkeypatch, m
     r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
     assert r.status_code == 400 and "cannot read this input (error: unpack" in r.json()["detail"]
 
+    monkeypatch.setattr(lenet.predict, "preprocess", lambda image: torch.full((28, 28), float("nan")))
+    r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "not finite" in r.json()["detail"]
+
 
 def test_multipart_without_a_usable_file(client):
     r = client.post("/api/predict", data={"note": "no file here"}, files={})

@@ -135,7 +135,7 @@ class Predictor:
         return P.preprocess(P.load_image(data))
 
     @torch.no_grad()
-    def answer(self, x: torch.Tensor) -> bytes:  # x: (28, 28) in [0, 1], finite (preprocessing checks)
+    def answer(self, x: torch.Tensor) -> bytes:  # x: (28, 28) in [0, 1], finite (work() checks)
         probs = P.predict(self.model, x[None])[0]  # (10,)
         conv1 = self.model.features(x[None, None])["conv1"][0]  # (4, 24, 24)
         label = int(probs.argmax())
@@ -227,6 +227,8 @@ def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
     except Exception as e:  # a decoder or preprocessing gap met by an odd input: logged, and still a 400
         log.exception("an input failed outside the known image errors")
         raise fail(400, f"cannot read this input ({type(e).__name__}: {P.one_line(e)[:200]})") from None
+    if not torch.isfinite(x).all():  # a float TIFF can hold NaN; it must not reach the network
+        raise fail(400, "the image holds values that are not finite numbers (NaN or infinity)")
     return predictor.answer(x)
 
 
