@@ -66,6 +66,15 @@ PREDICT_BODY = {  # documents the three accepted bodies in /docs, since the endp
         },
     },
 }
+NUMBERS = {"type": "array", "items": {"type": "number"}}
+PREDICT_ANSWER = {"type": "object", "properties": {
+    "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the most likely digit"},
+    "confidence": {"type": "number", "description": "its probability"},
+    "probabilities": {**NUMBERS, "description": "ten probabilities, digits 0-9 (6 places)"},
+    "input": {"type": "array", "items": NUMBERS, "description": "the 28x28 image the network saw (3 places)"},
+    "conv1": {"type": "array", "items": {"type": "array", "items": NUMBERS},
+              "description": "conv1's four 24x24 feature maps after ReLU (3 places)"},
+}}  # fmt: skip
 
 
 def rounded(t: torch.Tensor, places: int = 3) -> list:
@@ -172,7 +181,9 @@ def create_app(model: Path | str | None = None) -> FastAPI:
         return predictor.facts
 
     @app.post("/api/predict", summary="Read one digit from an image or 28x28 pixels", openapi_extra={
-        "requestBody": PREDICT_BODY}, responses={400: {"description": "not a usable image or pixel array"},
+        "requestBody": PREDICT_BODY}, responses={
+        200: {"description": "the reading", "content": {"application/json": {"schema": PREDICT_ANSWER}}},
+        400: {"description": "not a usable image or pixel array"},
         413: {"description": "body over 1 MB"}, 415: {"description": "unsupported content type"},
         422: {"description": "JSON without a 28x28 `pixels` array"}})  # fmt: skip
     async def predict(request: Request) -> Response:
