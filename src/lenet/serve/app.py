@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,9 +44,9 @@ MAX_DECODING = 4  # large images preprocessed at the same time; worst case ~4 x 
 # Up to this many pixels (a 280x280 drawing is 78,400) an image is read on the event loop: a hop to a
 # worker thread costs more CPU than the ~1 ms of work. Larger ones go to a thread, so they never stall it.
 INLINE_PIXELS = 250_000
+WORKER_MODEL_ENV = "LENET_SERVE_MODEL"  # how `serve(workers=N)` tells its worker processes the model file
 # Formats Pillow decodes itself. Not EPS/PDF: Pillow hands those to Ghostscript, a program that should
 # never see a stranger's upload.
-WORKER_MODEL_ENV = "LENET_SERVE_MODEL"  # how `serve(workers=N)` tells its worker processes the model file
 RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -300,7 +301,7 @@ def background(app: FastAPI, host: str = "127.0.0.1", **uvicorn_args: Any) -> It
         while not server.started:
             if not thread.is_alive():
                 raise RuntimeError("the server thread stopped before it started")
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
