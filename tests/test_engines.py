@@ -136,3 +136,12 @@ def test_cuda_graph_engine_runs_cpu_tensors_on_the_torch_engine(small_split: Spl
         run(CudaGraphEngine(), model, x, y, batches[:3]), run(TorchEngine(), ref, x, y, batches[:3])
     )
     assert max_diff(model, ref) == 0.0
+
+
+def test_fast_evaluate_matches_torch(small_split: Split):
+    from lenet.train import evaluate
+
+    model = make_model(seed=8)
+    loss, correct = FastEngine(strict=True).evaluate(model, small_split.val_x, small_split.val_y)
+    ref_loss, ref_correct = evaluate(model, small_split.val_x, small_split.val_y)
+    assert abs(loss - ref_loss) < 1e-5 * ref_loss and correct == ref_correct

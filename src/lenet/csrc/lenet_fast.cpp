@@ -355,6 +355,26 @@ void fold(const Grad& g, float* out) {  // lanes summed: the flat gradient in Py
   }
 }
 
+// forward only: the logits of images [lo, hi) of x into out (10 per image)
+void logits_range(const float* P, const float* x, int64_t lo, int64_t hi, float* out) {
+  Work* w = new Work();
+  float w2t[100 * 12];
+  for (int o = 0; o < 12; o++)
+    for (int k = 0; k < 100; k++) w2t[k * 12 + o] = P[OW2 + o * 100 + k];
+  for (int64_t i = lo; i < hi; i++) {
+    split_image(x + i * 784, *w);
+    conv1_pool(P, *w);
+    make_windows(*w);
+    conv2_pool(P, w2t, *w);
+    for (int c = 0; c < 10; c++) {
+      vf a = vf{};
+      for (int oc = 0; oc < 12; oc++) a += load(P + OWF + c * 192 + oc * L) * w->p2[oc];
+      out[i * 10 + c] = P[OBF + c] + hsum(a);
+    }
+  }
+  delete w;
+}
+
 class Barrier {  // spins briefly, then yields: a busy machine must not stall on a descheduled peer
  public:
   explicit Barrier(int n) : n_(n) {}
@@ -438,7 +458,7 @@ void run_thread(Job& job, Barrier& bar, int t) {
 
 extern "C" {
 
-int lenet_fast_version() { return 1; }
+int lenet_fast_version() { return 2; }
 
 // k SGD steps of batch B (rows of `batches`, indices into x: (N, 784) float32, y: (N,) int64).
 // params: the six parameter arrays in PyTorch order, updated in place. Returns the summed step losses.
@@ -469,6 +489,17 @@ float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, c
   for (auto& g : job->shards) delete g;
   delete job;
   return total;
+}
+
+// the logits of n images (n x 784) into out (n x 10), images split evenly over the threads
+void lenet_fast_logits(float** params, const float* x, int64_t n, float* out, int threads) {
+  std::vector<float> P(NPARAM);
+  for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) memcpy(P.data() + off, params[i], kSizes[i] * sizeof(float));
+  threads = threads < 1 ? 1 : (threads > 64 ? 64 : threads);
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; t++) pool.emplace_back(logits_range, P.data(), x, n * t / threads, n * (t + 1) / threads, out);
+  logits_range(P.data(), x, 0, n / threads, out);
+  for (auto& th : pool) th.join();
 }
 
 }  // extern "C"

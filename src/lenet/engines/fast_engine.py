@@ -19,13 +19,14 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lenet.config import ConfigError
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lenet_fast.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
-ABI_VERSION = 1  # lenet_fast_version() of the source this module speaks to
+ABI_VERSION = 2  # lenet_fast_version() of the source this module speaks to
 PARAM_SHAPES = ((4, 1, 5, 5), (4,), (12, 4, 5, 5), (12,), (10, 192), (10,))  # conv1, conv2, fc: w then b
 BUILD_TIMEOUT_S = 120
 
@@ -98,7 +99,14 @@ def load_library() -> ctypes.CDLL:
     lib.lenet_fast_train_steps.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
                                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
                                            ctypes.c_int]  # fmt: skip
+    lib.lenet_fast_logits.restype = None
+    lib.lenet_fast_logits.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_void_p, ctypes.c_int]  # fmt: skip
     return lib
+
+
+def param_pointers(model: nn.Module) -> ctypes.Array:
+    return (ctypes.c_void_p * 6)(*[p.detach().data_ptr() for p in model.parameters()])
 
 
 def plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
@@ -168,10 +176,27 @@ class FastEngine:
             return self.reference.train_steps(model, optimizer, x, y, batches)
         model.train()
         optimizer.zero_grad(set_to_none=True)  # the kernel keeps no gradients; don't leave stale ones
-        params = [p.detach() for p in model.parameters()]
-        pointers = (ctypes.c_void_p * len(params))(*[p.data_ptr() for p in params])
+        lr, (steps, batch) = plain_sgd_lr(optimizer), batches.shape
         threads = max(1, torch.get_num_threads())
-        total = self.lib.lenet_fast_train_steps(pointers, x.data_ptr(), y.data_ptr(), batches.data_ptr(),
-                                                batches.shape[0], batches.shape[1], plain_sgd_lr(optimizer),
-                                                threads)  # fmt: skip
+        ptrs = param_pointers(model), x.data_ptr(), y.data_ptr(), batches.data_ptr()
+        total = self.lib.lenet_fast_train_steps(*ptrs, steps, batch, lr, threads)
         return torch.tensor(total, dtype=torch.float32)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """(mean cross-entropy, number correct) over all of x, as `lenet.train.evaluate`, on the kernel."""
+        params = list(model.parameters())
+        fits = tuple(tuple(p.shape) for p in params) == PARAM_SHAPES and tuple(x.shape[1:]) == (1, 28, 28)
+        plain = all(
+            t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in [*params, x]
+        )
+        if fits and plain:
+            logits = torch.empty(len(x), 10)
+            threads = max(1, torch.get_num_threads())
+            self.lib.lenet_fast_logits(
+                param_pointers(model), x.data_ptr(), len(x), logits.data_ptr(), threads
+            )
+        else:
+            logits = model.eval()(x)
+        loss = F.cross_entropy(logits, y, reduction="sum").item() / len(x)
+        return loss, int((logits.argmax(1) == y).sum())
