@@ -5,7 +5,8 @@ Rows, all measured in this one run, alternating, `--repeats` times:
                    forward, cross_entropy, backward, step, loss.item(); batches sliced from an
                    in-memory tensor), in its own process
   lenet train      `lenet train --device cpu` (engine auto) in its own process: seconds per epoch from
-                   its metrics, which include the per-epoch validation pass; its peak RSS
+                   its metrics (the training steps); its peak RSS; its wall time / epochs, which adds
+                   start-up, loading the data, the validation pass after each epoch and the test pass
   engine <name>    the training steps alone (one epoch of engine.train_steps in chunks of 50)
 GFLOP/s counts the dense forward + backward arithmetic: 0.703 MFLOP per image, 38.6 GFLOP per epoch.
 
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 FLOP_PER_IMAGE = 2 * (57_600 + 76_800 + 1_920) + 2 * (76_800 + 76_800 + 57_600 + 2 * 1_920)  # fwd + bwd
@@ -74,20 +76,28 @@ def reference(epochs: int, data_dir: str, threads: int = 0) -> tuple[list[float]
     return json.loads(out.strip().splitlines()[-1]), rss
 
 
-def lenet_train(epochs: int, engine: str, data_dir: str) -> tuple[list[float], float]:
+def lenet_train(epochs: int, engine: str, data_dir: str) -> tuple[list[float], float, float]:
+    """Per-epoch seconds from metrics.jsonl (training steps), peak RSS MiB, and the process's wall seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "lenet.cli", "train", "--epochs", str(epochs), "--engine", engine,
                "--device", "cpu", "--out", str(out)]  # fmt: skip
+        t0 = time.perf_counter()
         _, rss = run_child(cmd + (["--data-dir", data_dir] if data_dir else []))
+        wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["seconds"] for r in rows], rss
+    return [r["seconds"] for r in rows], rss, wall
 
 
-def engine_epoch(engine_name: str, split, seed: int = 0) -> float:
-    """Seconds for one epoch of training steps on `engine_name`, called as `lenet train` calls it."""
+def engine_epoch(engine_name: str, split, seed: int = 0, threads: int = 0) -> tuple[float, float]:
+    """(wall s, process CPU s) of one epoch of training steps on `engine_name`, called as `lenet train` does.
+
+    CPU seconds barely depend on the machine's load: divided by the threads they estimate an idle machine.
+    """
     import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
     from lenet.data import epoch_batches
     from lenet.engines import select_engine
     from lenet.model import make_model
@@ -96,11 +106,28 @@ def engine_epoch(engine_name: str, split, seed: int = 0) -> float:
     model = make_model(seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     batches = epoch_batches(len(split.train_x), 100, seed, 0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     total = torch.zeros(())
     for chunk in batches.split(50):
         total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
     total.item()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    torch.set_num_threads(before)
+    return wall, cpu
+
+
+def validation_pass(split, fast: bool) -> float:
+    """Seconds of one validation pass (5,000 images), as `lenet train` runs after every epoch."""
+    from lenet.engines.fast_engine import FastEngine
+    from lenet.model import make_model
+    from lenet.train import evaluate
+
+    model = make_model()
+    t0 = time.perf_counter()
+    if fast:
+        FastEngine().evaluate(model, split.val_x, split.val_y)
+    else:
+        evaluate(model, split.val_x, split.val_y)
     return time.perf_counter() - t0
 
 
@@ -137,8 +164,64 @@ def row(name: str, times: list[float], rss: float | None, ref: float) -> str:
     med = statistics.median(times)
     gflops = FLOP_PER_IMAGE * IMAGES_PER_EPOCH / med / 1e9
     mem = f"{rss:>10.0f}" if rss is not None else f"{'-':>10}"
-    return (f"{name:<44}{med:>9.3f}{min(times):>8.3f}{max(times):>8.3f}{len(times):>4}{mem}"
+    return (f"{name:<62}{med:>9.3f}{min(times):>8.3f}{max(times):>8.3f}{len(times):>4}{mem}"
             f"{gflops:>9.1f}{ref / med:>9.2f}x")  # fmt: skip
+
+
+def measure(args: argparse.Namespace, split) -> dict[str, list[float]]:
+    """Every measurement, alternating, `args.repeats` times."""
+    m: dict[str, list[float]] = defaultdict(list)
+    for _ in range(args.repeats):
+        t, rss = reference(args.ref_epochs, args.data_dir)
+        m["ref"] += t
+        m["ref_rss"].append(rss)
+        m["ref1"] += reference(args.ref_epochs, args.data_dir, threads=1)[0]  # no oversubscription under load
+        t, rss, wall = lenet_train(args.epochs, "auto", args.data_dir)
+        m["ours"] += t
+        m["ours_rss"].append(rss)
+        m["ours_wall"].append(wall / args.epochs)
+        for _ in range(3):
+            for key, threads in (("fast", 0), ("fast1", 1)):
+                wall, cpu = engine_epoch("fast", split, threads=threads)
+                m[key].append(wall)
+                m[f"{key}_cpu"].append(cpu)
+            m["val_torch"].append(validation_pass(split, fast=False))
+            m["val_fast"].append(validation_pass(split, fast=True))
+        if args.torch_engine:
+            m["torch"].append(engine_epoch("torch", split)[0])
+    return m
+
+
+def report(m: dict[str, list[float]], epochs: int) -> None:
+    import torch
+
+    n = torch.get_num_threads()
+    header = f"{'median':>9}{'min':>8}{'max':>8}{'n':>4}{'RSS MiB':>10}{'GFLOP/s':>9}{'vs ref':>10}"
+    print(f"{'s/epoch':<62}{header}")
+    r = statistics.median(m["ref"])
+    print(row("reference: plain PyTorch eager loop", m["ref"], max(m["ref_rss"]), r))
+    print(row("  the same loop with torch.set_num_threads(1)", m["ref1"], None, r))
+    print(row(f"lenet train (auto: fast engine), {epochs} epochs", m["ours"], max(m["ours_rss"]), r))
+    print(row("  its whole process (start, data, validation, test) / epochs", m["ours_wall"], None, r))
+    print(row("  of which training steps: engine fast", m["fast"], None, r))
+    print(
+        row(
+            f"    the same, CPU s / {n} threads (idle-machine estimate)",
+            [c / n for c in m["fast_cpu"]],
+            None,
+            r,
+        )
+    )
+    print(row("    engine fast with 1 thread", m["fast1"], None, r))
+    print(row("    engine fast with 1 thread, CPU seconds", m["fast1_cpu"], None, r))
+    if m["torch"]:
+        print(row("  the same steps on engine torch", m["torch"], None, r))
+    vt, vf = statistics.median(m["val_torch"]), statistics.median(m["val_fast"])
+    print(f"validation pass after each epoch (5,000 images): torch evaluate {vt:.3f} s, fast engine's "
+          f"evaluate {vf:.3f} s (medians of {len(m['val_fast'])})")  # fmt: skip
+    ours, r1 = statistics.median(m["ours"]), statistics.median(m["ref1"])
+    print(f"`lenet train` path vs reference: {r / ours:.2f}x faster ({ours:.3f} vs {r:.3f} s/epoch, medians; "
+          f"vs the 1-thread reference {r1 / ours:.2f}x; goal <= 0.5 s/epoch)")  # fmt: skip
 
 
 def main() -> None:
@@ -155,32 +238,12 @@ def main() -> None:
 
     split = load_split(data_dir=args.data_dir or None)
     load_before = os.getloadavg()
-    ref, ref_rss, ref1, ours, ours_rss, fast, torch_steps = [], [], [], [], [], [], []
-    for _ in range(args.repeats):
-        t, rss = reference(args.ref_epochs, args.data_dir)
-        ref, ref_rss = ref + t, [*ref_rss, rss]
-        ref1 += reference(args.ref_epochs, args.data_dir, threads=1)[0]  # no oversubscription under load
-        t, rss = lenet_train(args.epochs, "auto", args.data_dir)
-        ours, ours_rss = ours + t, [*ours_rss, rss]
-        fast += [engine_epoch("fast", split) for _ in range(3)]
-        torch_steps += [engine_epoch("torch", split)] if args.torch_engine else []
+    measurements = measure(args, split)
     load_after = os.getloadavg()
-
     print(f"machine: {machine()}; {time.strftime('%F %T %Z')}")
     before, after = (" ".join(f"{v:.2f}" for v in load) for load in (load_before, load_after))
     print(f"load average (1, 5, 15 min): before {before}, after {after}")
-    header = f"{'median':>9}{'min':>8}{'max':>8}{'n':>4}{'RSS MiB':>10}{'GFLOP/s':>9}{'vs ref':>10}"
-    print(f"{'s/epoch':<44}{header}")
-    r = statistics.median(ref)
-    print(row("reference: plain PyTorch eager loop", ref, max(ref_rss), r))
-    print(row("  the same loop with torch.set_num_threads(1)", ref1, None, r))
-    print(row(f"lenet train (auto: fast engine), {args.epochs} epochs", ours, max(ours_rss), r))
-    print(row("  of which training steps: engine fast", fast, None, r))
-    if torch_steps:
-        print(row("  the same steps on engine torch", torch_steps, None, r))
-    ours_med, r1 = statistics.median(ours), statistics.median(ref1)
-    print(f"`lenet train` path vs reference: {r / ours_med:.2f}x faster ({ours_med:.3f} vs {r:.3f} s/epoch, "
-          f"medians; vs the 1-thread reference {r1 / ours_med:.2f}x; goal <= 0.5 s/epoch)")  # fmt: skip
+    report(measurements, args.epochs)
     if args.accuracy_seeds:
         print(f"accuracy, full protocol, seeds 0..{args.accuracy_seeds - 1}:")
         accuracy(args.accuracy_seeds, split)
