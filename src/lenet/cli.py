@@ -40,10 +40,17 @@ def add_settings(parser: argparse.ArgumentParser, nargs: str | None = None) -> N
     group = parser.add_argument_group("training settings (defaults: the original report's protocol)")
     for f in dataclasses.fields(TrainConfig):
         unit = f" [{f.metadata['unit']}]" if f.metadata["unit"] else ""
-        group.add_argument(f"--{flag_name(f)}", type=setting_type(f), nargs=nargs, default=None,
-                           choices=None, metavar=f.name.upper() if not f.metadata["choices"] else
-                           "{" + ",".join(f.metadata["choices"]) + "}",
-                           help=f"{f.metadata['help']}{unit} (default: {f.default})")  # fmt: skip
+        group.add_argument(
+            f"--{flag_name(f)}",
+            type=setting_type(f),
+            nargs=nargs,
+            default=None,
+            choices=None,
+            metavar=f.name.upper()
+            if not f.metadata["choices"]
+            else "{" + ",".join(f.metadata["choices"]) + "}",
+            help=f"{f.metadata['help']}{unit} (default: {f.default})",
+        )
 
 
 def positive_int(text: str) -> int:
@@ -107,8 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run = RunDir(args.resume)
         if given:
-            raise UsageError(f"--resume takes its settings from {run.config}; drop "
-                             + ", ".join(f"--{k.replace('_', '-')}" for k in given))  # fmt: skip
+            raise UsageError(
+                f"--resume takes its settings from {run.config}; drop "
+                + ", ".join(f"--{k.replace('_', '-')}" for k in given)
+            )
         cfg = run.read_config()
         if run.finished():
             print(f"{run.path} already finished; nothing to resume (see {run.result})")
@@ -120,8 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (out / "config.json").exists():
             raise UsageError(f"--out {out} already holds a run; pick another folder or use --resume {out}")
     device = resolve_device(cfg.device)
-    split = load_split(cfg.dataset, args.data_dir, device, fetch_missing=True,
-                       log=lambda s: print(s, file=sys.stderr))  # fmt: skip
+    split = load_split(
+        cfg.dataset, args.data_dir, device, fetch_missing=True, log=lambda s: print(s, file=sys.stderr)
+    )
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "a") as logfile:
 
@@ -178,6 +188,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from lenet.reproduce import reproduce_specs, run_reproduce
+    from lenet.sweep import LocalRunner
+
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    specs = reproduce_specs(args.out, seeds, args.long_epochs, args.epochs, args.device)
+    print(f"reproducing the original's analysis: {sum(map(len, specs.values()))} runs in {args.out}")
+    runner = LocalRunner(args.data_dir, args.backend, args.workers)
+    command = " ".join(["lenet", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else "lenet reproduce"
+    with sweep_progress([s for g in specs.values() for s in g], "reproduce") as bar:
+        report, verdicts = run_reproduce(
+            args.out,
+            runner,
+            seeds,
+            args.long_epochs,
+            command,
+            args.epochs,
+            args.device,
+            on_epoch=lambda: bar.update(1),
+        )
+    for letter, v in zip("ABC", verdicts, strict=True):
+        print(f"Claim {letter}: {v.word} ({v.holds} of {v.n}). {v.ours}")
+    print(f"wrote {report} and {args.out / 'report.md'}")
+    return 0
+
+
 # ---------------------------------------------------------------- inspect, export, predict
 
 
@@ -197,8 +233,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export(args.run, args.format, out=args.out, data_dir=args.data_dir)
     if args.format == "onnx":
         print(f"wrote {report['path']} (opset {report['opset']}, input {report['input']}, batch dynamic)")
-        print(f"verified: onnxruntime matches PyTorch on {report['checked_images']} test images, max |logit "
-              f"difference| {report['max_abs_logit_difference']:.2e} <= {report['tolerance']:g}")  # fmt: skip
+        print(
+            f"verified: onnxruntime matches PyTorch on {report['checked_images']} test images, max |logit "
+            f"difference| {report['max_abs_logit_difference']:.2e} <= {report['tolerance']:g}"
+        )
     else:
         print(f"weights {report['model']}\nconfig  {report['config']}")
     return 0
@@ -263,9 +301,12 @@ def build_parser() -> Parser:
     data_args(info)
     info.set_defaults(func=cmd_data_info)
 
-    tr = sub.add_parser("train", help="train one model (default: the original report's protocol)",
-                        description="Train one model and write a run directory. The defaults reproduce the "
-                        "original report: plain SGD, lr 0.01, batch 100, 20 epochs.")  # fmt: skip
+    tr = sub.add_parser(
+        "train",
+        help="train one model (default: the original report's protocol)",
+        description="Train one model and write a run directory. The defaults reproduce the "
+        "original report: plain SGD, lr 0.01, batch 100, 20 epochs.",
+    )
     add_settings(tr)
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<settings>)")
     tr.add_argument(
@@ -300,48 +341,117 @@ def build_parser() -> Parser:
         "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
     )
     sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser(
+        "reproduce",
+        help="rerun the original's whole analysis over n seeds; write report.md and report.html",
+        description="Train the seed protocol, lr 0.1 and 0.001, init std 0.5 and 1.0 (and longer runs of the "
+        "larger inits) with every seed, then write a report with plots and a computed verdict per claim.",
+    )
+    rp.add_argument("--seeds", type=positive_int, default=5, help="seeds per configuration (default: 5)")
+    rp.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    rp.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=20,
+        help="epochs per run (default: the original's 20; fewer only for a quick smoke run)",
+    )
+    rp.add_argument(
+        "--long-epochs",
+        type=int,
+        default=60,
+        help="epochs of the longer init-std runs for claim C (default: 60; 0 skips them)",
+    )
+    rp.add_argument(
+        "--out", type=Path, default=Path("reports/reproduce"), help="report folder (default: %(default)s)"
+    )
+    rp.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train")
+    rp.add_argument(
+        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    )
+    rp.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="how runs are trained (see lenet sweep)"
+    )
+    rp.add_argument(
+        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
+    )
+    rp.set_defaults(func=cmd_reproduce)
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
     data_dir_help = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    ins = sub.add_parser("inspect", help="pictures of a run: confusion, worst errors, filters, curves",
-                         description="Write into RUN/inspect/: the test-set confusion matrix (PNG and "
-                         "text) with per-class accuracy, the most confidently wrong test digits, the learned "
-                         "conv filters, the feature maps of one test digit, the loss and accuracy curves, "
-                         "and index.html showing all of it.")  # fmt: skip
+    ins = sub.add_parser(
+        "inspect",
+        help="pictures of a run: confusion, worst errors, filters, curves",
+        description="Write into RUN/inspect/: the test-set confusion matrix (PNG and "
+        "text) with per-class accuracy, the most confidently wrong test digits, the learned "
+        "conv filters, the feature maps of one test digit, the loss and accuracy curves, "
+        "and index.html showing all of it.",
+    )
     ins.add_argument("run", type=Path, metavar="RUN", help="run directory (made by `lenet train`)")
-    ins.add_argument("--index", type=int, default=0, metavar="N",
-                     help="test image whose feature maps are drawn (0-9999, default: 0)")  # fmt: skip
+    ins.add_argument(
+        "--index",
+        type=int,
+        default=0,
+        metavar="N",
+        help="test image whose feature maps are drawn (0-9999, default: 0)",
+    )
     ins.add_argument("--data-dir", type=Path, help=data_dir_help)
     ins.set_defaults(func=cmd_inspect)
-    ex = sub.add_parser("export", help="export a run's model to ONNX (verified against PyTorch)",
-                        description="ONNX: writes RUN/model.onnx (dynamic batch axis) and RUN/model.json, "
-                        "after checking that onnxruntime reproduces the PyTorch logits on 1,000 test images "
-                        "within 1e-5. safetensors: names the run's own weights and config.")  # fmt: skip
+    ex = sub.add_parser(
+        "export",
+        help="export a run's model to ONNX (verified against PyTorch)",
+        description="ONNX: writes RUN/model.onnx (dynamic batch axis) and RUN/model.json, "
+        "after checking that onnxruntime reproduces the PyTorch logits on 1,000 test images "
+        "within 1e-5. safetensors: names the run's own weights and config.",
+    )
     ex.add_argument("run", type=Path, metavar="RUN", help="run directory (made by `lenet train`)")
     ex.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
     ex.add_argument("--out", type=Path, metavar="FILE", help="ONNX file to write (default: RUN/model.onnx)")
     ex.add_argument("--data-dir", type=Path, help=data_dir_help)
     ex.set_defaults(func=cmd_export)
-    pr = sub.add_parser("predict", help="read handwritten digits from your own image files",
-                        description="Predict the digit in each image (PNG, JPEG, BMP, GIF, WebP; any size, "
-                        "colour or grayscale, dark ink on light paper or the reverse). Each image is "
-                        "preprocessed the way MNIST was made.")  # fmt: skip
+    pr = sub.add_parser(
+        "predict",
+        help="read handwritten digits from your own image files",
+        description="Predict the digit in each image (PNG, JPEG, BMP, GIF, WebP; any size, "
+        "colour or grayscale, dark ink on light paper or the reverse). Each image is "
+        "preprocessed the way MNIST was made.",
+    )
     pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--model", type=Path, metavar="RUN",
-                    help="run directory or model.safetensors (default: the shipped model)")  # fmt: skip
+    pr.add_argument(
+        "--model",
+        type=Path,
+        metavar="RUN",
+        help="run directory or model.safetensors (default: the shipped model)",
+    )
     pr.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    pr.add_argument("--save-input", type=Path, metavar="DIR",
-                    help="also write the 28x28 image the network saw, as DIR/NAME.28x28.png")  # fmt: skip
+    pr.add_argument(
+        "--save-input",
+        type=Path,
+        metavar="DIR",
+        help="also write the 28x28 image the network saw, as DIR/NAME.28x28.png",
+    )
     pr.set_defaults(func=cmd_predict)
     # ---- serve (issue 6): parser here, cmd_serve in its own section above
-    sv = sub.add_parser("serve", help="draw digits in the browser; a small JSON API (needs the serve extra)",
-                        description="Serve a page to draw a digit on and watch the model read it, and a JSON "
-                        "API (/api/predict, /api/model, /healthz; docs at /docs).")  # fmt: skip
-    sv.add_argument("--model", type=Path, metavar="RUN", help="run directory or model.safetensors "
-                    "(default: the shipped model)")  # fmt: skip
+    sv = sub.add_parser(
+        "serve",
+        help="draw digits in the browser; a small JSON API (needs the serve extra)",
+        description="Serve a page to draw a digit on and watch the model read it, and a JSON "
+        "API (/api/predict, /api/model, /healthz; docs at /docs).",
+    )
+    sv.add_argument(
+        "--model",
+        type=Path,
+        metavar="RUN",
+        help="run directory or model.safetensors (default: the shipped model)",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    sv.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port, "
-                    "to use more cores (default: 1)")  # fmt: skip
+    sv.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port, to use more cores (default: 1)",
+    )
     sv.set_defaults(func=cmd_serve)
     return parser
 

@@ -69,6 +69,16 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def log_scale_plain(ax) -> None:
+    """A log y-axis labelled with plain numbers (0.2, 0.5, 1, 2) rather than powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
 def by_config(results: list[RunResult]) -> dict[tuple, list[RunResult]]:
     groups: dict[tuple, list[RunResult]] = {}
     for r in results:
@@ -93,7 +103,7 @@ def plot_loss_curves(results: list[RunResult], path: Path, title: str = "Trainin
         ax.fill_between(list(epochs), low, high, color=line.get_color(), alpha=0.18)
     ax.axhline(CHANCE_LOSS, color="grey", linestyle="--", linewidth=1, label="chance level, ln 10 = 2.303")
     ax.set(xlabel="epoch", ylabel="average training loss (cross-entropy, nats)", title=title)
-    ax.set_yscale("log")
+    log_scale_plain(ax)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8, title="mean line, min-max band over seeds", title_fontsize=8)
     return save_figure(fig, path)
@@ -131,6 +141,7 @@ def plot_heatmap(rows: list[dict[str, Any]], names: list[str], path: Path) -> Pa
         grid[i][j] = r["test_acc_mean"]
         text[i][j] = f"{r['test_acc_mean']:.1f}\n± {r['test_acc_sd']:.1f}"
     fig, ax = plt.subplots(figsize=(1.4 * len(xs) + 2.5, 1.0 * len(ys) + 2))
+    ax.grid(False)
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, origin="lower", aspect="auto")
     for i in range(len(ys)):
         for j in range(len(xs)):
