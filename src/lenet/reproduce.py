@@ -21,7 +21,15 @@ from pathlib import Path
 
 from lenet.atomic import write_text
 from lenet.config import TrainConfig
-from lenet.report import markdown_table, plot_accuracy, plot_loss_curves, pyplot, save_figure, write_tables
+from lenet.report import (
+    log_scale_plain,
+    markdown_table,
+    plot_accuracy,
+    plot_loss_curves,
+    pyplot,
+    save_figure,
+    write_tables,
+)
 from lenet.sweep import CHANCE_LOSS, Runner, RunResult, RunSpec, is_stalled, run_dir_name, summarise
 
 # The original's one run (SPEC.md): epoch 1..20 average losses and the test result.
@@ -153,7 +161,7 @@ def verdict_c(
     """Slower: after the same epochs, at least MUCH_SLOWER x the seed protocol's loss (same seed). Gets there:
     a long run reaches the seed protocol's final loss."""
     base = {r.spec.config.seed: losses(r) for r in seed_runs}
-    holds, n, details = 0, 0, []
+    holds, n, slower_count, reached_count, details = 0, 0, 0, 0, []
     for name, runs in init_runs.items():
         for r in runs:
             seed = r.spec.config.seed
@@ -163,6 +171,8 @@ def verdict_c(
             slower = ratio >= MUCH_SLOWER
             ok = slower and (reached is not None if long_runs else True)
             holds += ok
+            slower_count += slower
+            reached_count += reached is not None
             n += 1
             where = (
                 f"; reaches the seed protocol's final loss at epoch {reached}"
@@ -184,7 +194,8 @@ def verdict_c(
         f"{MUCH_SLOWER:g}x the "
         "seed protocol's"
         + (" and the long run reaches the seed protocol's final loss" if long_runs else "")
-        + f": {holds} of {n}.",
+        + f": {holds} of {n} (slower: {slower_count} of {n}"
+        + (f"; long run gets there: {reached_count} of {n})." if long_runs else ")."),
         holds=holds,
         n=n,
         details=details,
@@ -208,10 +219,10 @@ def plot_with_original(seed_runs: list[RunResult], path: Path) -> Path:
         markersize=3,
         label="the original's one run",
     )
+    log_scale_plain(ax)
     ax.set(
         xlabel="epoch",
         ylabel="average training loss (cross-entropy, nats)",
-        yscale="log",
         title="Claim A: the seed protocol, ours vs the original",
     )
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -298,6 +309,7 @@ def run_reproduce(
     by_spec = dict(zip(flat, results, strict=True))
     res = {name: [by_spec[s] for s in group] for name, group in specs.items()}
     wall = time.perf_counter() - started
+    train_seconds = sum(r.summary["train_seconds"] for r in results)
     twenty = [r for name, group in res.items() for r in group if r.spec.config.epochs == epochs]
     write_tables(out, summarise(twenty))
 
@@ -329,7 +341,8 @@ def run_reproduce(
             [
                 f"Command: `{command}`",
                 f"Seeds: {', '.join(map(str, seeds))} (n = {len(seeds)} per configuration). "
-                f"Wall time: {wall:.0f} s.",
+                f"Wall time of this invocation: {wall:.0f} s (runs already finished are reused); training "
+                f"time summed over all runs: {train_seconds:.0f} s.",
                 f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
                 f"{platform.python_version()}; torch {torch_version()}; lenet {lenet_version()}.",
                 f"Protocol: the original's (SPEC.md): plain SGD, batch 100, {epochs} epochs, conv init "
