@@ -312,23 +312,24 @@ void conv1_backward(Work& w, Grad& g) {
   }
 }
 
-// one shard of one step: forward and backward of images idx[0..n), gradients summed into g (per lane)
-double shard_grad(const float* P, const float* w2t, const float* x, const int64_t* y, const int64_t* idx,
-                  int n, float inv_batch, Work& w, Grad& g) {
+// one shard of one step: forward and backward of images idx[0..n), gradients summed into g (per lane).
+// Gives up (returns false) as soon as `state` leaves `open`: another thread has published this shard.
+bool shard_grad(const float* P, const float* w2t, const float* x, const int64_t* y, const int64_t* idx, int n,
+                float inv_batch, Work& w, Grad& g, const std::atomic<int64_t>& state, int64_t open) {
   memset(&g, 0, sizeof g);
-  double loss = 0;
   for (int i = 0; i < n; i++) {
+    if (state.load(std::memory_order_relaxed) != open) return false;
     split_image(x + idx[i] * 784, w);
     conv1_pool(P, w);
     make_windows(w);
     conv2_pool(P, w2t, w);
-    loss += head(P, static_cast<int>(y[idx[i]]), inv_batch, w, g);
+    g.loss += head(P, static_cast<int>(y[idx[i]]), inv_batch, w, g);
     conv2_wgrad(w, g);
     conv2_dgrad(w2t, w);
     scatter_windows(w);
     conv1_backward(w, g);
   }
-  return loss;
+  return true;
 }
 
 constexpr int kGradVectors = offsetof(Grad, bfc) / sizeof(vf);
@@ -375,32 +376,25 @@ void logits_range(const float* P, const float* x, int64_t lo, int64_t hi, float*
   delete w;
 }
 
-class Barrier {  // spins briefly, then yields: a busy machine must not stall on a descheduled peer
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
-      count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; spins++) {
-      if (spins < 2000) {
+void pause_or_yield(int spins) {  // spin briefly, then yield: a busy machine must not stall on a peer
+  if (spins < 2000) {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+    __builtin_ia32_pause();
 #endif
-      } else {
-        sched_yield();
-      }
-    }
+  } else {
+    sched_yield();
   }
+}
 
- private:
-  int n_;
-  std::atomic<int> count_{0}, gen_{0};
-};
+constexpr int kMaxThreads = NSHARD;
 
+// Scheduling. Threads claim the 4 shards of the current step first come, first served; a thread with
+// nothing left to claim computes a shard that another thread still holds, and the first to finish
+// publishes it (a compare-and-swap on the shard's state). Every copy of a shard is bit-identical, so who
+// wins never changes the result, and a thread the OS deschedules under load never stalls the others.
+// The thread publishing the last shard sums the winners in shard order and takes the SGD step.
+// States are tagged with the step (step * 16 + owner + 1, owner 0: open), so late work never counts.
+// A late thread may still read P while it is updated; its result is then always discarded.
 struct Job {
   float* params[6];
   const float* x;
@@ -412,9 +406,11 @@ struct Job {
   alignas(64) float P[NPARAM];
   alignas(64) float w2t[100 * 12];  // conv2's weight as [ic*25 + ky*5 + kx][oc], for broadcasts in order
   alignas(64) float grad[NPARAM];
-  Grad* shards[NSHARD];
-  double losses[NSHARD];
-  std::atomic<int> next_shard{0};
+  Grad* bufs[kMaxThreads][NSHARD];  // each thread's copy of each shard's gradient
+  std::atomic<int64_t> state[NSHARD];
+  std::atomic<int64_t> claims{0};  // step * 16 + shards claimed
+  std::atomic<int> published{0};
+  std::atomic<int64_t> step{0};
 
   void transpose_w2() {
     for (int o = 0; o < 12; o++)
@@ -424,32 +420,62 @@ struct Job {
 
 const int kSizes[6] = {100, 4, 1200, 12, 1920, 10};
 
-// shards are taken first come, first served (a descheduled thread holds up at most one), but each
-// lands in its own buffer and the buffers are summed in shard order: the bits never depend on who ran what
-void step_end(Job& job) {
+void step_end(Job& job, int64_t k) {
+  Grad* winner[NSHARD];
   double loss = 0;
-  for (int s = 0; s < NSHARD; s++) loss += job.losses[s];
+  for (int s = 0; s < NSHARD; s++) {
+    winner[s] = job.bufs[job.state[s].load(std::memory_order_acquire) % 16 - 1][s];
+    loss += winner[s]->loss;
+  }
   job.total += static_cast<float>(loss / static_cast<double>(job.batch));
-  for (int s = 1; s < NSHARD; s++) add_into(*job.shards[0], *job.shards[s]);
-  fold(*job.shards[0], job.grad);
+  for (int s = 1; s < NSHARD; s++) add_into(*winner[0], *winner[s]);
+  fold(*winner[0], job.grad);
   for (int i = 0; i < NPARAM; i++) job.P[i] -= job.lr * job.grad[i];  // plain SGD
   job.transpose_w2();
-  job.next_shard.store(0, std::memory_order_relaxed);
+  job.published.store(0, std::memory_order_relaxed);
+  for (int s = 0; s < NSHARD; s++) job.state[s].store((k + 1) * 16, std::memory_order_relaxed);
+  job.claims.store((k + 1) * 16, std::memory_order_relaxed);
+  job.step.store(k + 1, std::memory_order_release);
 }
 
-void run_thread(Job& job, Barrier& bar, int t) {
+int claim(Job& job, int64_t k) {  // a fresh shard of step k, or -1
+  int64_t c = job.claims.load(std::memory_order_relaxed);
+  while (c / 16 == k && c % 16 < NSHARD)
+    if (job.claims.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) return static_cast<int>(c % 16);
+  return -1;
+}
+
+int unpublished(Job& job, int64_t k, int after) {  // a shard of step k nobody has published yet, or -1
+  for (int i = 1; i <= NSHARD; i++) {
+    int s = (after + i) % NSHARD;
+    if (job.state[s].load(std::memory_order_acquire) == k * 16) return s;
+  }
+  return -1;
+}
+
+void run_thread(Job& job, int t) {
   Work* w = new Work();
   const float inv_batch = 1.0f / static_cast<float>(job.batch);
-  for (int64_t step = 0; step < job.steps; step++) {
-    const int64_t* idx = job.batches + step * job.batch;
-    for (int s; (s = job.next_shard.fetch_add(1, std::memory_order_relaxed)) < NSHARD;) {
-      int64_t lo = job.batch * s / NSHARD, hi = job.batch * (s + 1) / NSHARD;
-      job.losses[s] = shard_grad(job.P, job.w2t, job.x, job.y, idx + lo, static_cast<int>(hi - lo), inv_batch,
-                                 *w, *job.shards[s]);
+  int last = t, spins = 0;
+  for (int64_t k; (k = job.step.load(std::memory_order_acquire)) < job.steps;) {
+    int s = claim(job, k);
+    if (s < 0) s = unpublished(job, k, last);
+    if (s < 0) {  // all published: the last publisher is taking the step
+      pause_or_yield(spins++);
+      continue;
     }
-    bar.wait();
-    if (t == 0) step_end(job);
-    bar.wait();
+    spins = 0;
+    last = s;
+    int64_t lo = job.batch * s / NSHARD, hi = job.batch * (s + 1) / NSHARD;
+    const int64_t* idx = job.batches + k * job.batch + lo;
+    Grad& g = *job.bufs[t][s];
+    if (!shard_grad(job.P, job.w2t, job.x, job.y, idx, static_cast<int>(hi - lo), inv_batch, *w, g,
+                    job.state[s], k * 16))
+      continue;
+    int64_t open = k * 16;
+    if (job.state[s].compare_exchange_strong(open, k * 16 + t + 1, std::memory_order_acq_rel) &&
+        job.published.fetch_add(1, std::memory_order_acq_rel) + 1 == NSHARD)
+      step_end(job, k);
   }
   delete w;
 }
@@ -475,18 +501,20 @@ float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, c
   job->steps = steps;
   job->batch = batch;
   job->lr = lr;
-  job->threads = threads < 1 ? 1 : (threads > NSHARD ? NSHARD : threads);
+  job->threads = threads < 1 ? 1 : (threads > kMaxThreads ? kMaxThreads : threads);
   job->total = 0.0f;
   job->transpose_w2();
-  for (auto& g : job->shards) g = new Grad();
-  Barrier bar(job->threads);
+  for (int t = 0; t < job->threads; t++)
+    for (auto& g : job->bufs[t]) g = new Grad();
+  for (auto& st : job->state) st.store(0);
   std::vector<std::thread> pool;
-  for (int t = 1; t < job->threads; t++) pool.emplace_back(run_thread, std::ref(*job), std::ref(bar), t);
-  run_thread(*job, bar, 0);
+  for (int t = 1; t < job->threads; t++) pool.emplace_back(run_thread, std::ref(*job), t);
+  run_thread(*job, 0);
   for (auto& th : pool) th.join();
   for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) memcpy(params[i], job->P + off, kSizes[i] * sizeof(float));
   float total = job->total;
-  for (auto& g : job->shards) delete g;
+  for (int t = 0; t < job->threads; t++)
+    for (auto& g : job->bufs[t]) delete g;
   delete job;
   return total;
 }
