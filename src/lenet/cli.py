@@ -196,7 +196,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     specs = reproduce_specs(args.out, seeds, args.long_epochs, args.epochs, args.device)
     print(f"reproducing the original's analysis: {sum(map(len, specs.values()))} runs in {args.out}")
     runner = LocalRunner(args.data_dir, args.backend, args.workers)
-    command = " ".join(["lenet", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else "lenet reproduce"
+    command = (
+        f"lenet reproduce --seeds {args.seeds} --first-seed {args.first_seed} --epochs {args.epochs} "
+        f"--long-epochs {args.long_epochs} --out {args.out}"
+    )
     with sweep_progress([s for g in specs.values() for s in g], "reproduce") as bar:
         report, verdicts = run_reproduce(
             args.out,
