@@ -1,0 +1,63 @@
+"""Model-epochs per second of a sweep, for each backend, measured in the same run.
+
+The sweep: 6 configurations (lr 0.01, 0.03, 0.1 x init std 0.1, 0.5) x 4 seeds = 24 runs of
+--epochs epochs. "sequential" trains them one by one (the fast engine on CPU), the reference;
+"processes" runs one worker per core; "vectorised" trains them as one group of many models.
+    python benchmarks/bench_sweep.py [--epochs 2] [--backends sequential processes vectorised] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lenet.sweep import LocalRunner, expand_grid, sweep_specs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--backends", nargs="+", help="default: sequential processes on cpu, sequential vectorised else"
+    )
+    args = p.parse_args()
+    # On the CPU a grouped-conv backward step is ~14x slower than the same convs one model at a time
+    # (measured: benchmarks/bench_grouped_conv.py), so vectorised is left out there unless asked for.
+    args.backends = args.backends or (
+        ["sequential", "processes"] if args.device == "cpu" else ["sequential", "vectorised"]
+    )
+    grid = {"lr": [0.01, 0.03, 0.1], "init_std": [0.1, 0.5], "epochs": [args.epochs]}
+    cfgs = [replace(c, device=args.device) for c in expand_grid(grid, range(args.seeds))]
+    model_epochs = len(cfgs) * args.epochs
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"device {args.device}; "
+        f"{len(cfgs)} runs x {args.epochs} epochs = {model_epochs} model-epochs; {time.strftime('%F %T')}"
+    )
+    rates = {}
+    for backend in args.backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            specs = sweep_specs(cfgs, Path(tmp))
+            runner = LocalRunner(backend=backend)
+            runner.split(cfgs[0])  # load the data before timing
+            t0 = time.perf_counter()
+            runner.run(specs)
+            seconds = time.perf_counter() - t0
+        rates[backend] = model_epochs / seconds
+        print(f"{backend:<12} {seconds:8.1f} s  {rates[backend]:6.2f} model-epochs/s", flush=True)
+    if "sequential" in rates:
+        for backend, rate in rates.items():
+            print(f"{backend} / sequential: {rate / rates['sequential']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
