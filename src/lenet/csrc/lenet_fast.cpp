@@ -5,9 +5,9 @@
 // Why this layout: both max-pools are 2x2/2, so each conv is computed per pool phase (dy, dx).
 // Pooling then is an element-wise max of four vectors, and conv2's 4x4 pooled output per channel
 // is exactly one 16-lane vector. conv1 reads four parity-split copies of the image (14x14 each,
-// row width 14: 11 vectors per phase); conv2 reads 144 "windows" (4x4 stride-2 samples of the
-// pooled conv1 map). Gradients of a batch shard are summed in a fixed order, so the result is
-// bit-identical for a given input whatever the thread count.
+// row width 14: 12 vectors per phase); conv2 reads 144 "windows" (4x4 stride-2 samples of the
+// pooled conv1 map). A batch is cut into 4 fixed shards whose gradients are summed in a fixed order,
+// so the result is bit-identical for a given input whatever the thread count (see Job below).
 #include <atomic>
 #include <cmath>
 #include <cstdint>
