@@ -10,8 +10,14 @@ from torch import nn
 class TorchEngine:
     name = "torch"
 
-    def train_steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                    y: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
+    def train_steps(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batches: torch.Tensor,
+    ) -> torch.Tensor:
         """One SGD step per row of `batches` (k, B); returns the sum of the k batch losses, on the device."""
         model.train()
         total = torch.zeros((), device=x.device)
