@@ -167,6 +167,8 @@ def main() -> None:
     p.add_argument("--graph-steps", type=int, default=550, help="steps per graph in the on-device row")
     p.add_argument("--skip-train", action="store_true", help="skip the `lenet train` subprocess row")
     args = p.parse_args()
+    if (EPOCHS * STEPS) % args.graph_steps:
+        raise SystemExit(f"--graph-steps must divide {EPOCHS * STEPS} (got {args.graph_steps})")
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA device visible to torch " + torch.__version__)
     device = torch.device("cuda")
