@@ -107,12 +107,15 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lenet.data import load_split
+    from lenet.recipe import recipe_config
     from lenet.runs import RunDir
     from lenet.train import default_run_dir, resolve_device, train
 
     given = given_settings(args)
     if args.resume is not None:
         run = RunDir(args.resume)
+        if args.recipe is not None:
+            given["recipe"] = args.recipe
         if given:
             raise UsageError(
                 f"--resume takes its settings from {run.config}; drop "
@@ -124,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
         out = run.path
     else:
-        cfg = TrainConfig(**given)
+        cfg = recipe_config(args.recipe, given)
         out = Path(args.out) if args.out else default_run_dir(cfg)
         if (out / "config.json").exists():
             raise UsageError(f"--out {out} already holds a run; pick another folder or use --resume {out}")
@@ -167,13 +170,13 @@ def sweep_progress(specs: list, desc: str):
 def cmd_sweep(args: argparse.Namespace) -> int:
     from datetime import datetime
 
+    from lenet.recipe import recipe_config
     from lenet.report import write_sweep_report
     from lenet.sweep import LocalRunner, expand_grid, prepare_sweep
 
     grid = {k: v for k, v in given_settings(args).items() if k != "seed"}
-    cfgs = expand_grid(
-        grid, range(args.first_seed, args.first_seed + args.seeds)
-    )  # fails before any training
+    base = recipe_config(args.recipe, {})
+    cfgs = expand_grid(grid, range(args.first_seed, args.first_seed + args.seeds), base)  # checks first
     out = Path(args.out) if args.out else Path("sweeps") / f"{datetime.now():%Y%m%d-%H%M%S}"
     specs = prepare_sweep(out, cfgs, " ".join(["lenet", *sys.argv[1:]]))
     runner = LocalRunner(args.data_dir, args.backend, args.workers)
@@ -214,6 +217,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for letter, v in zip("ABC", verdicts, strict=True):
         print(f"Claim {letter}: {v.word} ({v.holds} of {v.n}). {v.ours}")
     print(f"wrote {report} and {args.out / 'report.md'}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from lenet.ablation import ablation_specs, write_ablation_report
+    from lenet.sweep import LocalRunner
+
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    steps = ablation_specs(args.out, seeds, args.epochs, args.dataset, args.device)
+    specs = [s for _, group in steps for s in group]
+    print(f"ablation: {len(steps)} steps x {len(seeds)} seeds = {len(specs)} runs in {args.out}")
+    command = " ".join(["lenet", *sys.argv[1:]]) if sys.argv[1:2] == ["ablate"] else "lenet ablate"
+    with sweep_progress(specs, "ablate") as bar:
+        results = LocalRunner(args.data_dir, args.backend, args.workers).run(
+            specs, on_epoch=lambda: bar.update(1)
+        )
+    by_spec = dict(zip([s.out for s in specs], results, strict=True))
+    grouped = [(label, [by_spec[s.out] for s in group]) for label, group in steps]
+    for path in write_ablation_report(args.out, grouped, command):
+        print(f"wrote {path}")
+    print((args.out / "ablation.md").read_text(), end="")
     return 0
 
 
@@ -311,6 +335,12 @@ def build_parser() -> Parser:
         "original report: plain SGD, lr 0.01, batch 100, 20 epochs.",
     )
     add_settings(tr)
+    tr.add_argument(
+        "--recipe",
+        metavar="NAME|FILE",
+        help="start from a recipe: a preset (seed, improved) or a JSON file like "
+        "src/lenet/presets/improved.json; flags given override its values (default: seed)",
+    )
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<settings>)")
     tr.add_argument(
         "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
@@ -327,6 +357,12 @@ def build_parser() -> Parser:
         "lenet sweep --lr 0.01 0.1 --init-std 0.1 0.5 1.0 --seeds 5 --out sweeps/lr-std",
     )
     add_settings(sw, nargs="+")
+    sw.add_argument(
+        "--recipe",
+        metavar="NAME|FILE",
+        help="the base every grid point starts from: a preset (seed, improved) or a JSON file like "
+        "src/lenet/presets/improved.json; flags given override its values (default: seed)",
+    )
     sw.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default: 3)")
     sw.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
     sw.add_argument("--out", type=Path, help="sweep folder (default: sweeps/<time>)")
@@ -379,6 +415,33 @@ def build_parser() -> Parser:
         "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
     )
     rp.set_defaults(func=cmd_reproduce)
+    ab = sub.add_parser(
+        "ablate",
+        help="from the seed recipe to the improved one, one ingredient at a time; write ablation.md/.png",
+        description="Train the seed recipe, then add the improved recipe's ingredients one at a time "
+        "(init, optimiser, schedule, batch and epochs, augmentation, label smoothing, EMA; TTA last), "
+        "each with every seed, and tabulate and plot the accuracy each one adds.",
+    )
+    ab.add_argument("--seeds", type=positive_int, default=5, help="seeds per step (default: 5)")
+    ab.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    ab.add_argument(
+        "--epochs", type=positive_int, help="one length for every step (default: each recipe's own)"
+    )
+    ab.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    ab.add_argument(
+        "--out", type=Path, default=Path("reports/ablation"), help="report folder (default: %(default)s)"
+    )
+    ab.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train")
+    ab.add_argument(
+        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    )
+    ab.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="how runs are trained (see lenet sweep)"
+    )
+    ab.add_argument(
+        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
+    )
+    ab.set_defaults(func=cmd_ablate)
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
     data_dir_help = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
     ins = sub.add_parser(

@@ -43,10 +43,26 @@ def init_seed_(model: LeNet, init_std: float, fc_init_std: float, generator: tor
             p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
-def make_model(init_std: float = 0.1, fc_init_std: float = 1.0, seed: int = 0) -> LeNet:
+def init_kaiming_(model: LeNet, generator: torch.Generator) -> None:
+    """He-normal conv weights (ReLU follows), LeCun-normal fc weights (logits), zero biases."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+                continue
+            fan_in = p[0].numel()  # conv: in_channels * 5 * 5; fc: 192
+            gain = 1.0 if name.startswith("fc.") else 2.0
+            p.copy_(torch.randn(p.shape, generator=generator) * (gain / fan_in) ** 0.5)
+
+
+def make_model(init_std: float = 0.1, fc_init_std: float = 1.0, seed: int = 0, init: str = "seed") -> LeNet:
     """A freshly initialised network on the CPU; the same seed always gives the same weights."""
     model = LeNet()
-    init_seed_(model, init_std, fc_init_std, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if init == "kaiming":
+        init_kaiming_(model, generator)
+    else:
+        init_seed_(model, init_std, fc_init_std, generator)
     return model
 
 

@@ -159,10 +159,17 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
 
 
 def save_checkpoint(
-    path: Path, model: LeNet, optimizer: torch.optim.Optimizer, epoch: int, rows: list[dict]
+    path: Path,
+    model: LeNet,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    rows: list[dict],
+    ema: LeNet | None = None,
 ) -> None:
     """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:  # the weight average (--ema)
+        tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, state in opt["state"].items():
@@ -180,8 +187,10 @@ def save_checkpoint(
     write_atomic(path, st_save(tensors, metadata=meta))
 
 
-def load_checkpoint(path: Path, model: LeNet, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore `model` and `optimizer` in place; returns (finished epochs, metric rows so far)."""
+def load_checkpoint(
+    path: Path, model: LeNet, optimizer: torch.optim.Optimizer, ema: LeNet | None = None
+) -> tuple[int, list[dict]]:
+    """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far)."""
     from safetensors import safe_open
 
     try:
@@ -192,6 +201,8 @@ def load_checkpoint(path: Path, model: LeNet, optimizer: torch.optim.Optimizer) 
         raise RunError(f"{path}: unreadable checkpoint ({e}); delete it to restart the run") from None
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     state: dict[int, dict[str, Any]] = {int(i): dict(s) for i, s in json.loads(meta["optim_scalars"]).items()}
     for key, value in tensors.items():
         if key.startswith("optim."):

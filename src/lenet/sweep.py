@@ -218,8 +218,11 @@ class LocalRunner:
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
         from lenet.train import train_many
 
+        recipes = [i for i in todo if specs[i].config.step_extras()]
+        if recipes:  # the vectorised step is plain SGD only: the rest run one after another
+            self._run_sequential(specs, recipes, done, on_epoch)
         groups: dict[tuple, list[int]] = {}
-        for i in todo:  # runs train together when they share data, length, batch size and progress
+        for i in (i for i in todo if i not in recipes):  # grouped by data, length, batch size, progress
             cfg = specs[i].config
             key = (cfg.dataset, cfg.device, cfg.epochs, cfg.batch_size, finished_epochs(specs[i].out))
             groups.setdefault(key, []).append(i)

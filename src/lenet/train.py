@@ -18,6 +18,7 @@ from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
 from lenet.engines import select_engine
 from lenet.model import LeNet, count_parameters, make_model
+from lenet.recipe import RecipeSteps, evaluate_tta, make_optimizer
 from lenet.runs import RunDir, load_checkpoint, provenance, save_checkpoint, save_model
 
 PROGRESS_CHUNK = 50  # steps per engine call: the progress bar's granularity
@@ -75,6 +76,7 @@ class TrainResult:
     test_correct: int
     test_total: int
     seconds: float
+    test_correct_tta: int | None = None  # with test-time augmentation (--tta), beside the plain count
 
     @property
     def test_accuracy(self) -> float:
@@ -89,6 +91,11 @@ class TrainResult:
             "train_seconds": self.seconds,
             "final_train_loss": self.rows[-1]["train_loss"],
             "parameters": count_parameters(self.model),
+            **(
+                {}
+                if self.test_correct_tta is None
+                else {"test_accuracy_tta": self.test_correct_tta / self.test_total}
+            ),
         }
 
 
@@ -100,13 +107,14 @@ def start_run(
     engine: str,
     resume: bool,
     log: Callable[[str], None],
+    ema: LeNet | None = None,
 ) -> tuple[int, list[dict]]:
     """Write config.json; with `resume`, restore the last checkpoint. Returns (finished epochs, rows)."""
     if run is None:
         return 0, []
     start_epoch, rows = 0, []
     if resume and run.checkpoint.is_file():
-        start_epoch, rows = load_checkpoint(run.checkpoint, model, optimizer)
+        start_epoch, rows = load_checkpoint(run.checkpoint, model, optimizer, ema)
         log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
     write_json(run.config, {"config": cfg.to_dict(), **provenance(next(model.parameters()).device, engine)})
     write_jsonl(run.metrics, rows)  # drop rows of an epoch whose checkpoint was never written
@@ -123,23 +131,25 @@ def end_epoch(
     train_loss: float,
     seconds: float,
     log: Callable[[str], None],
+    ema: LeNet | None = None,
 ) -> None:
-    """Validate, print the epoch line, append the metrics row and checkpoint (atomically)."""
-    val_loss, val_correct = evaluate(model, split.val_x, split.val_y)
+    """Validate (the weight average when on), print the epoch line, append the metrics row, checkpoint."""
+    val_loss, val_correct = evaluate(ema or model, split.val_x, split.val_y)
     epoch = len(rows) + 1
+    lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (schedules move it)
     row = {
         "epoch": epoch,
         "train_loss": train_loss,
         "val_loss": val_loss,
         "val_accuracy": val_correct / len(split.val_x),
-        "lr": cfg.lr,
+        "lr": lr,
         "seconds": seconds,
     }
     rows.append(row)
     extra = f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"
-    log(epoch_line(epoch, train_loss, cfg.lr, extra))
+    log(epoch_line(epoch, train_loss, lr, extra))
     if run is not None:
-        save_checkpoint(run.checkpoint, model, optimizer, epoch, rows)
+        save_checkpoint(run.checkpoint, model, optimizer, epoch, rows, ema)
         write_jsonl(run.metrics, rows)
 
 
@@ -154,8 +164,12 @@ def finish_run(
     """Evaluate the test set once, print the test line, save the model and result.json."""
     test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
     log(evaluation_line(test_loss, test_correct, len(split.test_x)))
+    tta = evaluate_tta(model, split.test_x, split.test_y) if cfg.tta != "off" else None
+    if tta is not None:
+        total = len(split.test_x)
+        log(f"Test Set with TTA ({cfg.tta}): Accuracy: {tta}/{total} ({100 * tta / total:.2f}%)")
     result = TrainResult(
-        model, rows, test_loss, test_correct, len(split.test_x), sum(r["seconds"] for r in rows)
+        model, rows, test_loss, test_correct, len(split.test_x), sum(r["seconds"] for r in rows), tta
     )
     if run is not None:
         save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
@@ -172,23 +186,29 @@ def train(
 ) -> TrainResult:
     """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it)."""
     device = split.train_x.device
-    engine = select_engine(cfg.engine, device.type)
+    extras = cfg.step_extras()
+    engine = select_engine(cfg.engine, device.type, cfg.optimizer, extras)
     run = RunDir(out) if out is not None else None
-    model = make_model(cfg.init_std, cfg.fc_init_std, cfg.seed).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    start_epoch, rows = start_run(cfg, run, model, optimizer, engine.name, resume, log)
+    model = make_model(cfg.init_std, cfg.fc_init_std, cfg.seed, cfg.init).to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
     n = len(split.train_x)
+    if extras:  # scheduled lr, augmentation, smoothing or EMA: the torch step with the recipe's extras
+        engine = RecipeSteps(cfg, model, n // cfg.batch_size)
+    ema = engine.ema.model if isinstance(engine, RecipeSteps) and engine.ema else None
+    start_epoch, rows = start_run(cfg, run, model, optimizer, engine.name, resume, log, ema)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)  # (steps, B)
+        if isinstance(engine, RecipeSteps):
+            engine.begin_epoch(epoch, batches)
         total = torch.zeros((), device=device)
         with progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
             for chunk in batches.split(PROGRESS_CHUNK):
                 total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
                 bar.update(len(chunk))
         train_loss = total.item() / len(batches)  # the epoch's one host sync
-        end_epoch(cfg, run, model, optimizer, split, rows, train_loss, time.perf_counter() - t0, log)
-    return finish_run(cfg, run, model, split, rows, log)
+        end_epoch(cfg, run, model, optimizer, split, rows, train_loss, time.perf_counter() - t0, log, ema)
+    return finish_run(cfg, run, ema or model, split, rows, log)
 
 
 def train_many(
@@ -206,9 +226,11 @@ def train_many(
 
     if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
         raise ValueError("a vectorised group needs one epochs and batch size")
+    if any(c.step_extras() for c in cfgs):
+        raise ValueError("a vectorised group trains plain SGD only (use train() for recipes)")
     device = split.train_x.device
     runs = [RunDir(o) if o is not None else None for o in outs]
-    models = [make_model(c.init_std, c.fc_init_std, c.seed).to(device) for c in cfgs]
+    models = [make_model(c.init_std, c.fc_init_std, c.seed, c.init).to(device) for c in cfgs]
     optimizers = [torch.optim.SGD(m.parameters(), lr=c.lr) for m, c in zip(models, cfgs, strict=True)]
     starts = [
         start_run(c, r, m, o, "many", resume, lg)

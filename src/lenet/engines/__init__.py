@@ -32,13 +32,21 @@ class Engine(Protocol):
     ) -> torch.Tensor: ...
 
 
-def select_engine(name: str, device_type: str, optimizer: str = "sgd") -> Engine:
-    """The engine called `name` ("auto" picks the fastest that applies to this device and optimiser)."""
-    if name == "torch" or (name == "auto" and optimizer != "sgd"):
+def select_engine(
+    name: str, device_type: str, optimizer: str = "sgd", extras: list[str] | tuple[str, ...] = ()
+) -> Engine:
+    """The engine called `name` ("auto" picks the fastest that applies to this device and optimiser).
+
+    `extras` are what the step does beyond plain SGD at a constant lr (TrainConfig.step_extras:
+    momentum, a schedule, augmentation, label smoothing, EMA): only the torch engine runs those.
+    """
+    plain = optimizer == "sgd" and not extras
+    if name == "torch" or (name == "auto" and not plain):
         return TorchEngine()
     if name == "fast":
-        if device_type != "cpu" or optimizer != "sgd":
-            raise EngineError(f"--engine fast runs plain SGD on the CPU only (asked: {optimizer} on "
+        if device_type != "cpu" or not plain:
+            asked = ", ".join([optimizer, *extras])
+            raise EngineError(f"--engine fast runs plain SGD on the CPU only (asked: {asked} on "
                               f"{device_type}); use --engine auto or torch")  # fmt: skip
         from lenet.engines.fast_engine import FastEngine
 

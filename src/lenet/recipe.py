@@ -1,0 +1,197 @@
+"""Recipes beyond the original: presets, optimisers, lr schedules, augmentation, weight averaging, TTA.
+
+The network stays the seed's 3,246-parameter LeNet; only how it is trained changes. Every piece is
+a pure function of the config, the seed and the step, so a resumed run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenet.config import ConfigError, TrainConfig
+from lenet.data import epoch_seed
+
+AUGMENT_SALT = 0x0A06_5EED  # keeps the augmentation stream apart from the batch-order stream
+RUN_SETTINGS = ("seed", "device", "engine", "dataset")  # where and which run, never part of a recipe
+
+
+# ---------------------------------------------------------------- presets
+
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """A preset by name (seed, improved) or a JSON file; returns its checked settings.
+
+    The file holds {"config": {setting: value}, ...notes}; settings it leaves out keep their defaults.
+    """
+    text = str(name_or_path)
+    if text in preset_names():
+        raw = (PRESETS / f"{text}.json").read_text()
+        where = f"preset {text}"
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"--recipe {text}: not a preset ({', '.join(preset_names())}) nor a file")
+        raw, where = path.read_text(), str(path)
+    try:
+        values = json.loads(raw)["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"--recipe {where}: expected JSON with a 'config' object ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--recipe {where}: 'config' must be an object")
+    bad = sorted(set(values) & set(RUN_SETTINGS))
+    if bad:
+        raise ConfigError(f"--recipe {where}: {', '.join(bad)} belong to a run, not a recipe")
+    try:
+        TrainConfig.from_dict(values)  # validates every value
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"--recipe {where}: {e}") from None
+    return values
+
+
+def recipe_config(recipe: str | Path | None, given: dict[str, Any]) -> TrainConfig:
+    """The recipe's settings with explicitly given ones on top."""
+    values = load_recipe(recipe) if recipe is not None else {}
+    return TrainConfig.from_dict({**values, **given})
+
+
+# ---------------------------------------------------------------- optimiser and schedule
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    momentum = cfg.momentum if cfg.optimizer in ("momentum", "nesterov") else 0.0
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=momentum,
+        nesterov=cfg.optimizer == "nesterov",
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The lr of 0-based training step `step`: linear warm-up to --lr, then the schedule's decay."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warmup) / max(1, total - warmup)  # 0 at the peak, -> 1 at the end
+    if cfg.schedule == "onecycle":
+        return cfg.lr * (1 - progress)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def augment_thetas(cfg: TrainConfig, epoch: int, shape: tuple[int, int]) -> torch.Tensor | None:
+    """One epoch's random affine maps, (steps, B, 2, 3), a pure function of (seed, epoch); None if off."""
+    if not cfg.augments():
+        return None
+    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) ^ AUGMENT_SALT)
+    u = torch.rand(*shape, 4, generator=g) * 2 - 1  # uniform in [-1, 1): shift x, shift y, angle, scale
+    pixel = 2 / 28  # one pixel in affine_grid's [-1, 1] coordinates (align_corners=False)
+    angle = u[..., 2] * math.radians(cfg.rotate)
+    zoom = 1 + u[..., 3] * cfg.scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    row0 = torch.stack([cos, -sin, u[..., 0] * cfg.shift * pixel], -1)
+    row1 = torch.stack([sin, cos, u[..., 1] * cfg.shift * pixel], -1)
+    return torch.stack([row0, row1], -2)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply per-image affine maps: x (B, 1, 28, 28), theta (B, 2, 3); zero (background) fill, range kept."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ---------------------------------------------------------------- weight averaging
+
+
+class Ema:
+    """An exponential moving average of the weights; its decay ramps up over the first steps."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.model, self.decay = copy.deepcopy(model).eval(), decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # a pure function of the step: resume-safe
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
+
+
+# ---------------------------------------------------------------- the training steps
+
+
+class RecipeSteps:
+    """The torch engine's step with the recipe's extras: scheduled lr, augmentation, smoothing, EMA."""
+
+    name = "torch"
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> None:
+        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+        self.ema = Ema(model, cfg.ema) if cfg.ema > 0 else None
+        self.step, self.thetas = 0, None
+
+    def begin_epoch(self, epoch: int, batches: torch.Tensor) -> None:
+        self.step, self.index = epoch * self.steps_per_epoch, 0
+        self.thetas = augment_thetas(self.cfg, epoch, tuple(batches.shape))
+
+    def train_steps(self, model, optimizer, x, y, batches) -> torch.Tensor:
+        model.train()
+        total = torch.zeros((), device=x.device)
+        for idx in batches.to(x.device):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(self.cfg, self.step, self.steps_per_epoch)
+            xb = x[idx] if self.thetas is None else warp(x[idx], self.thetas[self.index])
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=self.cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if self.ema is not None:
+                self.ema.update(model, self.step)
+            total += loss.detach()
+            self.step, self.index = self.step + 1, self.index + 1
+        return total
+
+
+# ---------------------------------------------------------------- test-time augmentation
+
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # pixels (x, y)
+
+
+@torch.no_grad()
+def evaluate_tta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> int:
+    """Number correct when the softmax is averaged over the image and its four one-pixel shifts."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        probs = torch.zeros(len(xb), 10, device=x.device)
+        for dx, dy in TTA_SHIFTS:
+            theta = torch.tensor([[1.0, 0.0, -dx * 2 / 28], [0.0, 1.0, -dy * 2 / 28]]).expand(len(xb), 2, 3)
+            probs += model(warp(xb, theta)).softmax(1)
+        correct += int((probs.argmax(1) == y[start : start + batch_size]).sum())
+    return correct

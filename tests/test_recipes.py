@@ -1,0 +1,178 @@
+"""Recipes (issue 7): presets, the new settings, augmentation, schedules, EMA resume, engine choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from lenet.cli import build_parser, given_settings
+from lenet.config import ConfigError, TrainConfig
+from lenet.engines import EngineError, select_engine
+from lenet.recipe import (
+    augment_thetas,
+    evaluate_tta,
+    load_recipe,
+    lr_at,
+    make_optimizer,
+    preset_names,
+    recipe_config,
+    warp,
+)
+from lenet.runs import RunDir
+from lenet.train import train
+
+
+def test_presets_load_and_validate():
+    assert {"seed", "improved"} <= set(preset_names())
+    for name in preset_names():
+        values = load_recipe(name)
+        TrainConfig.from_dict(values)  # every preset is a valid config
+    assert recipe_config("seed", {}) == TrainConfig()  # the seed preset is exactly the defaults
+
+
+def test_improved_sets_values_and_flags_override():
+    improved = recipe_config("improved", {})
+    assert improved.optimizer == "adamw" and improved.ema > 0 and improved.augments()
+    args = build_parser().parse_args(["train", "--recipe", "improved", "--epochs", "3", "--ema", "0"])
+    cfg = recipe_config(args.recipe, given_settings(args))
+    assert cfg.epochs == 3 and cfg.ema == 0.0
+    assert cfg.optimizer == improved.optimizer and cfg.shift == improved.shift
+
+
+def test_recipe_file(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"selection": "by hand", "config": {"optimizer": "nesterov", "lr": 0.05}}))
+    cfg = recipe_config(path, {"seed": 3})
+    assert (cfg.optimizer, cfg.lr, cfg.seed, cfg.epochs) == ("nesterov", 0.05, 3, 20)
+    path.write_text(json.dumps({"config": {"optimizer": "lbfgs"}}))
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_recipe(path)
+    path.write_text(json.dumps({"config": {"seed": 1}}))
+    with pytest.raises(ConfigError, match="belong to a run"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="not a preset"):
+        load_recipe(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"init": "xavier"},
+        {"optimizer": "adam"},
+        {"momentum": 1.5},
+        {"weight_decay": -1.0},
+        {"schedule": "step"},
+        {"warmup_epochs": -0.5},
+        {"shift": 9.0},
+        {"rotate": 90.0},
+        {"scale": 0.9},
+        {"label_smoothing": 0.7},
+        {"ema": 1.0},
+        {"tta": "flips"},
+    ],
+)
+def test_new_settings_are_validated(change):
+    with pytest.raises(ConfigError, match="--" + next(iter(change)).replace("_", "-")):
+        TrainConfig(**change)
+
+
+def test_old_run_configs_still_load():
+    old = {"lr": 0.01, "epochs": 20, "batch_size": 100, "init_std": 0.1, "fc_init_std": 1.0, "seed": 0}
+    assert TrainConfig.from_dict(old) == TrainConfig()
+
+
+def test_augmentation_is_deterministic_and_keeps_shape_and_range(small_split):
+    cfg = TrainConfig(shift=2.0, rotate=10.0, scale=0.1, seed=4)
+    a, b = augment_thetas(cfg, 3, (5, 8)), augment_thetas(cfg, 3, (5, 8))
+    assert a.shape == (5, 8, 2, 3) and torch.equal(a, b)
+    assert not torch.equal(a, augment_thetas(cfg, 4, (5, 8)))  # another epoch, other maps
+    assert not torch.equal(a, augment_thetas(dataclasses.replace(cfg, seed=5), 3, (5, 8)))
+    assert augment_thetas(TrainConfig(), 0, (5, 8)) is None
+    x = small_split.train_x[:8]
+    out = warp(x, a[0])
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, x)
+    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
+    assert torch.allclose(warp(x, identity), x, atol=1e-5)  # bilinear at the pixel centres
+
+
+def test_schedules():
+    steps = 10  # per epoch; 5 epochs = 50 steps, 1 epoch of warm-up
+    cfg = TrainConfig(lr=0.1, epochs=5, schedule="onecycle", warmup_epochs=1.0)
+    assert lr_at(cfg, 0, steps) == pytest.approx(0.01)  # warm-up starts near 0
+    assert lr_at(cfg, 9, steps) == pytest.approx(0.1)  # peak at the end of warm-up
+    assert lr_at(cfg, 10, steps) == pytest.approx(0.1)
+    assert lr_at(cfg, 30, steps) == pytest.approx(0.05)  # halfway down, linearly
+    assert 0 < lr_at(cfg, 49, steps) < 0.003  # nearly 0 at the end
+    cos = dataclasses.replace(cfg, schedule="cosine")
+    assert lr_at(cos, 30, steps) == pytest.approx(0.05)
+    assert lr_at(cos, 20, steps) == pytest.approx(0.1 * 0.5 * (1 + 0.5**0.5))
+    const = TrainConfig(lr=0.1, epochs=5)
+    assert {lr_at(const, s, steps) for s in range(50)} == {0.1}
+
+
+def test_optimizers():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(make_optimizer(TrainConfig(optimizer="adamw"), params), torch.optim.AdamW)
+    nesterov = make_optimizer(TrainConfig(optimizer="nesterov", momentum=0.8), params).param_groups[0]
+    assert nesterov["nesterov"] and nesterov["momentum"] == 0.8
+    plain = make_optimizer(TrainConfig(), params).param_groups[0]
+    assert plain["momentum"] == 0 and plain["weight_decay"] == 0
+
+
+def test_fast_engine_only_for_plain_sgd():
+    assert select_engine("auto", "cpu", "sgd", TrainConfig().step_extras()).name in ("fast", "torch")
+    for change in [
+        {"optimizer": "momentum"},
+        {"optimizer": "adamw"},
+        {"weight_decay": 1e-4},
+        {"schedule": "cosine"},
+        {"warmup_epochs": 1.0},
+        {"shift": 1.0},
+        {"label_smoothing": 0.1},
+        {"ema": 0.99},
+    ]:
+        cfg = TrainConfig(**change)
+        assert cfg.step_extras(), change
+        assert select_engine("auto", "cpu", cfg.optimizer, cfg.step_extras()).name == "torch"
+        assert select_engine("auto", "cuda", cfg.optimizer, cfg.step_extras()).name == "torch"
+        with pytest.raises(EngineError):
+            select_engine("fast", "cpu", cfg.optimizer, cfg.step_extras())
+    assert not TrainConfig(init="kaiming", tta="shifts").step_extras()  # init and TTA change no step
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adamw"])
+def test_resume_with_state_and_ema_is_bit_identical(small_split, tmp_path, optimizer):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        epochs=3, batch_size=250, optimizer=optimizer, lr=0.01, weight_decay=1e-4, schedule="onecycle",
+        warmup_epochs=0.5, shift=1.5, rotate=5.0, label_smoothing=0.1, ema=0.9, init="kaiming", seed=2,
+    )  # fmt: skip
+    whole = train(cfg, small_split, tmp_path / "whole", log=lambda s: None)
+
+    def interrupt(line: str) -> None:  # the epoch-3 line comes before epoch 3's checkpoint
+        if line.startswith("Train Set: Epoch 3,"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, small_split, tmp_path / "cut", log=interrupt)
+    assert not RunDir(tmp_path / "cut").finished()
+    resumed = train(cfg, small_split, tmp_path / "cut", log=lambda s: None, resume=True)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [r["train_loss"] for r in whole.rows] == [r["train_loss"] for r in resumed.rows]
+    assert whole.rows[-1]["lr"] == resumed.rows[-1]["lr"] < cfg.lr  # the lr actually used, scheduled down
+
+
+def test_ema_is_what_gets_evaluated_and_tta_is_reported(small_split):
+    cfg = TrainConfig(epochs=1, batch_size=250, ema=0.9, tta="shifts", optimizer="adamw", lr=0.005)
+    result = train(cfg, small_split, log=lambda s: None)
+    summary = result.summary()
+    assert 0 < summary["test_accuracy_tta"] <= 1
+    assert (
+        evaluate_tta(result.model, small_split.test_x, small_split.test_y) / 1000
+        == (summary["test_accuracy_tta"])
+    )
