@@ -30,7 +30,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--no-autotune", action="store_true", help="leave cuDNN's algorithm autotuning off")
     args = p.parse_args()
+    torch.backends.cudnn.benchmark = not args.no_autotune  # grouped convs have many algorithms to pick from
     device = torch.device(args.device)
     t0 = time.perf_counter()
     split = load_split("mnist", args.data_dir, device)
