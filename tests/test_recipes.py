@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -176,3 +177,16 @@ def test_ema_is_what_gets_evaluated_and_tta_is_reported(small_split):
         evaluate_tta(result.model, small_split.test_x, small_split.test_y) / 1000
         == (summary["test_accuracy_tta"])
     )
+
+
+def test_ablation_adds_one_ingredient_at_a_time():
+    from lenet.ablation import ablation_steps
+
+    start, target = recipe_config("seed", {}), recipe_config("improved", {})
+    steps = ablation_steps(start, target)
+    assert steps[0] == ("seed recipe", start)
+    assert dataclasses.replace(steps[-1][1], seed=target.seed) == target  # ends at the improved recipe
+    for (_, before), (_, after) in itertools.pairwise(steps):
+        assert before != after  # every step changes something
+    short = ablation_steps(start, target, epochs=2)
+    assert {c.epochs for _, c in short} == {2} and len(short) <= len(steps)

@@ -121,8 +121,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 def write_ablation_report(out: Path, steps: list[tuple[str, list[RunResult]]], command: str) -> list[Path]:
     rows = ablation_rows(steps)
     cfgs = [results[0].spec.config for _, results in steps]
-    n = rows[0]["n"]
-    title = f"Ablation: seed recipe -> improved, one ingredient at a time (n={n} seeds each)"
+    ns = sorted({r["n"] for r in rows})
+    title = f"Ablation: seed recipe -> improved, one ingredient at a time (n={'/'.join(map(str, ns))} seeds)"
     skip = ("seed", "device", "engine")
     settings = "\n".join(
         f"- {label}: `{', '.join(f'{k}={v}' for k, v in c.to_dict().items() if k not in skip)}`"
