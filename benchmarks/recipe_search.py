@@ -28,6 +28,11 @@ from lenet.ablation import ablation_specs
 from lenet.config import TrainConfig
 from lenet.recipe import PRESETS, recipe_config
 
+DRAFT = {  # the starting point of the search: the draft improved preset, before selection
+    "lr": 0.01, "epochs": 40, "batch_size": 128, "init": "kaiming", "optimizer": "adamw",
+    "weight_decay": 1e-4, "schedule": "onecycle", "warmup_epochs": 2.0,
+    "shift": 2.0, "rotate": 10.0, "scale": 0.1, "label_smoothing": 0.1, "ema": 0.999, "tta": "shifts",
+}  # fmt: skip
 TUNING_SEEDS = (100, 101)
 TUNING_EPOCHS = 40
 AXES: dict[str, list[tuple[str, dict]]] = {  # axis -> (variant, settings changed from the base)
@@ -94,7 +99,7 @@ def main() -> int:
     axes = dict(list(AXES.items())[:2]) if args.smoke else AXES
     start = time.time()
     epochs = 1 if args.smoke else TUNING_EPOCHS
-    base = dataclasses.replace(recipe_config("improved", {"device": args.device}), epochs=epochs)
+    base = TrainConfig.from_dict({**DRAFT, "device": args.device, "epochs": epochs})
 
     # ---- phase A: selection on the validation split
     jobs, keys = [], {}
