@@ -173,6 +173,7 @@ def test_ema_is_what_gets_evaluated_and_tta_is_reported(small_split):
     result = train(cfg, small_split, log=lambda s: None)
     summary = result.summary()
     assert 0 < summary["test_accuracy_tta"] <= 1
+    assert summary["parameters"] == 3246  # the weight average is the same network
     assert (
         evaluate_tta(result.model, small_split.test_x, small_split.test_y) / 1000
         == (summary["test_accuracy_tta"])

@@ -132,9 +132,7 @@ class Ema:
     def __init__(self, model: nn.Module, decay: float) -> None:
         import copy
 
-        self.model, self.decay = copy.deepcopy(model).eval(), decay
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model, self.decay = copy.deepcopy(model).eval(), decay  # updated under no_grad only
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
