@@ -112,7 +112,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.scatter(
             [i] * len(r["accs"]), r["accs"], color="C1", s=12, zorder=3, label="one seed" if i == 0 else None
         )
-    ax.set_xticks(list(xs), [r["step"].replace("+ ", "+\n") for r in rows], fontsize=8)
+    ax.set_xticks(list(xs), [r["step"].replace("+ ", "+\n").replace(" (", "\n(") for r in rows], fontsize=8)
     ax.set(ylabel="test accuracy (%, 10,000 images)", title=title)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
