@@ -15,7 +15,7 @@ import torch
 
 import lenet.export
 from lenet.cli import main
-from lenet.export import OPSET, TOLERANCE, ExportError, export
+from lenet.export import OPSET, TOLERANCE, ExportError, export, logit_error
 from lenet.predict import DEFAULT_MODEL
 from lenet.runs import load_model
 
@@ -42,7 +42,7 @@ def onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
 
 def test_export_writes_a_verified_file_and_its_record(run_dir, exported):
     assert Path(exported["path"]) == run_dir / "model.onnx" and (run_dir / "model.onnx").is_file()
-    assert exported["checked_images"] == 1000 and exported["max_abs_logit_difference"] <= TOLERANCE
+    assert exported["checked_images"] == 1000 and exported["max_logit_error"] <= TOLERANCE
     assert json.loads((run_dir / "model.json").read_text()) == exported
     assert not list(run_dir.glob(".*.tmp"))  # the temporary file was renamed, not left behind
 
@@ -56,7 +56,7 @@ def test_onnx_matches_pytorch_at_any_batch_size(run_dir, exported, mnist_split, 
         expected = model(images).numpy()
     got = onnx_logits(run_dir / "model.onnx", images)
     assert got.shape == (batch, 10)
-    assert float(np.abs(got - expected).max()) <= TOLERANCE
+    assert logit_error(got, expected) <= TOLERANCE
 
 
 def test_onnx_file_states_opset_batch_axis_and_provenance(run_dir, exported):
@@ -102,3 +102,9 @@ def test_cli_export_of_a_missing_run(tmp_path, capsys):
     assert main(["export", str(tmp_path / "no-run")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "not a run directory" in err
+
+
+def test_logit_error_is_absolute_below_one_and_relative_above():
+    theirs = np.array([0.5, -40.0])
+    assert logit_error(theirs + np.array([2e-5, 0.0]), theirs) == pytest.approx(2e-5)
+    assert logit_error(theirs + np.array([0.0, 4e-4]), theirs) == pytest.approx(1e-5)

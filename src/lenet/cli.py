@@ -262,7 +262,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {report['path']} (opset {report['opset']}, input {report['input']}, batch dynamic)")
         print(
             f"verified: onnxruntime matches PyTorch on {report['checked_images']} test images, max |logit "
-            f"difference| {report['max_abs_logit_difference']:.2e} <= {report['tolerance']:g}"
+            f"difference| {report['max_abs_logit_difference']:.2e}, error |difference| / max(1, |logit|) "
+            f"{report['max_logit_error']:.2e} <= {report['tolerance']:g}"
         )
     else:
         print(f"weights {report['model']}\nconfig  {report['config']}")
