@@ -301,6 +301,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- entry point
 
 
+def runner_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how the runs of reproduce/ablate train: device, data, sweep backend, workers."""
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="how runs are trained (see lenet sweep)"
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
+    )
+
+
 def build_parser() -> Parser:
     from lenet import __version__
 
@@ -405,16 +421,7 @@ def build_parser() -> Parser:
     rp.add_argument(
         "--out", type=Path, default=Path("reports/reproduce"), help="report folder (default: %(default)s)"
     )
-    rp.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train")
-    rp.add_argument(
-        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    )
-    rp.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="how runs are trained (see lenet sweep)"
-    )
-    rp.add_argument(
-        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
-    )
+    runner_args(rp)
     rp.set_defaults(func=cmd_reproduce)
     ab = sub.add_parser(
         "ablate",
@@ -432,16 +439,7 @@ def build_parser() -> Parser:
     ab.add_argument(
         "--out", type=Path, default=Path("reports/ablation"), help="report folder (default: %(default)s)"
     )
-    ab.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train")
-    ab.add_argument(
-        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    )
-    ab.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="how runs are trained (see lenet sweep)"
-    )
-    ab.add_argument(
-        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
-    )
+    runner_args(ab)
     ab.set_defaults(func=cmd_ablate)
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
     data_dir_help = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
