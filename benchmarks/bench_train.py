@@ -11,49 +11,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# The reference: a plain eager loop written the usual way (loss.item() every step).
-REFERENCE = """
-import sys, time, torch, torch.nn.functional as F
-from lenet.data import load_split
-from lenet.model import make_model
-epochs = int(sys.argv[1])
-s = load_split()
-model = make_model(seed=0)
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
-g = torch.Generator().manual_seed(0)
-times = []
-for epoch in range(epochs):
-    t0 = time.perf_counter()
-    model.train()
-    perm = torch.randperm(len(s.train_x), generator=g)
-    total = 0.0
-    for i in range(0, 55000, 100):
-        idx = perm[i:i + 100]
-        opt.zero_grad()
-        loss = F.cross_entropy(model(s.train_x[idx]), s.train_y[idx])
-        loss.backward()
-        opt.step()
-        total += loss.item()
-    times.append(time.perf_counter() - t0)
-print(times)
-"""
-
-
-def run_child(cmd: list[str]) -> tuple[str, float]:
-    """Run `cmd`; return its stdout and its peak resident memory in MiB (from wait4's rusage)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with status {proc.returncode}")
-    return out, usage.ru_maxrss / 1024
+# The reference loop (a plain eager loop written the usual way) and the child runner are bench_speed's.
+from bench_speed import reference, run_child
 
 
 def lenet_train(epochs: int, engine: str) -> tuple[list[float], float]:
@@ -79,11 +43,6 @@ def lenet_train(epochs: int, engine: str) -> tuple[list[float], float]:
     return [r["seconds"] for r in rows], rss
 
 
-def reference(epochs: int) -> tuple[list[float], float]:
-    out, rss = run_child([sys.executable, "-c", REFERENCE, str(epochs)])
-    return json.loads(out.strip().splitlines()[-1]), rss
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
@@ -92,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     ours, ref, ours_rss, ref_rss = [], [], [], []
     for _ in range(args.repeats):
-        t, rss = reference(args.epochs)
+        t, rss = reference(args.epochs, data_dir="")
         ref += t
         ref_rss.append(rss)
         t, rss = lenet_train(args.epochs, args.engine)

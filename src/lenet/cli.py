@@ -11,6 +11,8 @@ from pathlib import Path
 from lenet.config import ConfigError, TrainConfig, flag_name, parse_value
 from lenet.sweep import BACKENDS
 
+DATA_DIR_HELP = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
@@ -301,16 +303,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- entry point
 
 
-def runner_args(parser: argparse.ArgumentParser) -> None:
-    """Where and how the runs of reproduce/ablate train: device, data, sweep backend, workers."""
+def seed_args(parser: argparse.ArgumentParser, default: int, unit: str) -> None:
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train"
+        "--seeds", type=positive_int, default=default, help=f"seeds per {unit} (default: {default})"
     )
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+
+
+def runner_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """Where and how the runs of sweep/reproduce/ablate train: device, data, sweep backend, workers."""
+    if device:
+        parser.add_argument(
+            "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train"
+        )
+    parser.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     parser.add_argument(
-        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    )
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="how runs are trained (see lenet sweep)"
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how runs are trained: auto (measured fastest: processes on CPU, vectorised on GPU), "
+        "vectorised (many models in one step), sequential, processes (one per core)",
     )
     parser.add_argument(
         "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
@@ -331,7 +343,7 @@ def build_parser() -> Parser:
         p.add_argument(
             "--data-dir",
             type=Path,
-            help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)",
+            help=DATA_DIR_HELP,
         )
 
     data = sub.add_parser("data", help="fetch and check the MNIST files")
@@ -359,9 +371,7 @@ def build_parser() -> Parser:
         "src/lenet/presets/improved.json; flags given override its values (default: seed)",
     )
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<settings>)")
-    tr.add_argument(
-        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    )
+    tr.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     tr.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
     tr.set_defaults(func=cmd_train)
 
@@ -380,22 +390,9 @@ def build_parser() -> Parser:
         help="the base every grid point starts from: a preset (seed, improved) or a JSON file like "
         "src/lenet/presets/improved.json; flags given override its values (default: seed)",
     )
-    sw.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default: 3)")
-    sw.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    seed_args(sw, default=3, unit="configuration")
     sw.add_argument("--out", type=Path, help="sweep folder (default: sweeps/<time>)")
-    sw.add_argument(
-        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    )
-    sw.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="how runs are trained: auto (measured fastest: processes on CPU, vectorised on GPU), "
-        "vectorised (many models in one step), sequential, processes (one per core)",
-    )
-    sw.add_argument(
-        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
-    )
+    runner_args(sw, device=False)  # --device is one of the grid's settings here
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser(
@@ -404,8 +401,7 @@ def build_parser() -> Parser:
         description="Train the seed protocol, lr 0.1 and 0.001, init std 0.5 and 1.0 (and longer runs of the "
         "larger inits) with every seed, then write a report with plots and a computed verdict per claim.",
     )
-    rp.add_argument("--seeds", type=positive_int, default=5, help="seeds per configuration (default: 5)")
-    rp.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    seed_args(rp, default=5, unit="configuration")
     rp.add_argument(
         "--epochs",
         type=positive_int,
@@ -430,8 +426,7 @@ def build_parser() -> Parser:
         "(init, optimiser, schedule, batch and epochs, augmentation, label smoothing, EMA; TTA last), "
         "each with every seed, and tabulate and plot the accuracy each one adds.",
     )
-    ab.add_argument("--seeds", type=positive_int, default=5, help="seeds per step (default: 5)")
-    ab.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    seed_args(ab, default=5, unit="step")
     ab.add_argument(
         "--epochs", type=positive_int, help="one length for every step (default: each recipe's own)"
     )
@@ -442,7 +437,6 @@ def build_parser() -> Parser:
     runner_args(ab)
     ab.set_defaults(func=cmd_ablate)
     # ---- inspect, export, predict (issue 5): parsers here, cmd_ functions in their own section above
-    data_dir_help = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
     ins = sub.add_parser(
         "inspect",
         help="pictures of a run: confusion, worst errors, filters, curves",
@@ -459,7 +453,7 @@ def build_parser() -> Parser:
         metavar="N",
         help="test image whose feature maps are drawn (0-9999, default: 0)",
     )
-    ins.add_argument("--data-dir", type=Path, help=data_dir_help)
+    ins.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     ins.set_defaults(func=cmd_inspect)
     ex = sub.add_parser(
         "export",
@@ -471,7 +465,7 @@ def build_parser() -> Parser:
     ex.add_argument("run", type=Path, metavar="RUN", help="run directory (made by `lenet train`)")
     ex.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
     ex.add_argument("--out", type=Path, metavar="FILE", help="ONNX file to write (default: RUN/model.onnx)")
-    ex.add_argument("--data-dir", type=Path, help=data_dir_help)
+    ex.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     ex.set_defaults(func=cmd_export)
     pr = sub.add_parser(
         "predict",
