@@ -104,8 +104,9 @@ def test_fast_engine_rejects_bad_indices(small_split: Split):
 def test_select_engine():
     assert select_engine("auto", "cpu").name == "fast"
     assert select_engine("torch", "cpu").name == "torch"
-    assert select_engine("auto", "cpu", optimizer="adam").name == "torch"
+    assert select_engine("auto", "cpu", optimizer="adamw").name == "fast"  # it gives recipes their gradient
     assert select_engine("auto", "cuda").name == "cuda-graph"
+    assert select_engine("auto", "cuda", optimizer="adamw").name == "torch"
     assert select_engine("auto", "mps").name == "torch"
     with pytest.raises(EngineError, match="CPU only"):
         select_engine("fast", "cuda")
@@ -136,6 +137,19 @@ def test_cuda_graph_engine_runs_cpu_tensors_on_the_torch_engine(small_split: Spl
         run(CudaGraphEngine(), model, x, y, batches[:3]), run(TorchEngine(), ref, x, y, batches[:3])
     )
     assert max_diff(model, ref) == 0.0
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fast_gradient_matches_autograd(small_split: Split, smoothing: float):
+    model, ref = make_model(init="kaiming", seed=5), make_model(init="kaiming", seed=5)
+    x, y = small_split.train_x[:77], small_split.train_y[:77]  # 77: shards of unequal size
+    loss = F.cross_entropy(ref(x), y, label_smoothing=smoothing)
+    loss.backward()
+    fast_loss = FastEngine(strict=True).gradient(model, x, y, smoothing)
+    assert fast_loss == pytest.approx(loss.item(), rel=1e-6)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert (p.grad - q.grad).abs().max() <= 1e-5 * q.grad.abs().max()
+    assert FastEngine(strict=True).gradient(model, x, y, 0.5) != pytest.approx(fast_loss)  # smoothing counts
 
 
 def test_fast_evaluate_matches_torch(small_split: Split):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +144,20 @@ class Ema:
 # ---------------------------------------------------------------- the training steps
 
 
+Gradient = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], float]  # FastEngine.gradient
+
+
 class RecipeSteps:
-    """The torch engine's step with the recipe's extras: scheduled lr, augmentation, smoothing, EMA."""
+    """A step with the recipe's extras: scheduled lr, augmentation, smoothing, the optimiser, EMA.
 
-    name = "torch"
+    The gradient comes from `gradient` (the fast engine's kernel) when given, else from autograd.
+    """
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> None:
-        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+    def __init__(
+        self, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, gradient: Gradient | None = None
+    ) -> None:
+        self.cfg, self.steps_per_epoch, self.gradient = cfg, steps_per_epoch, gradient
+        self.name = "torch" if gradient is None else "fast"
         self.ema = Ema(model, cfg.ema) if cfg.ema > 0 else None
         self.step, self.thetas = 0, None
 
@@ -164,13 +172,17 @@ class RecipeSteps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(self.cfg, self.step, self.steps_per_epoch)
             xb = x[idx] if self.thetas is None else warp(x[idx], self.thetas[self.index])
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=self.cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.gradient is not None:
+                loss = self.gradient(model, xb.contiguous(), y[idx], self.cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=self.cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                loss = loss.detach()
             optimizer.step()
             if self.ema is not None:
                 self.ema.update(model, self.step)
-            total += loss.detach()
+            total += loss
             self.step, self.index = self.step + 1, self.index + 1
         return total
 

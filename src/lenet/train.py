@@ -132,9 +132,14 @@ def end_epoch(
     seconds: float,
     log: Callable[[str], None],
     ema: LeNet | None = None,
+    score: Callable[[LeNet, torch.Tensor, torch.Tensor], tuple[float, int]] = evaluate,
 ) -> None:
-    """Validate (the weight average when on), print the epoch line, append the metrics row, checkpoint."""
-    val_loss, val_correct = evaluate(ema or model, split.val_x, split.val_y)
+    """Validate (the weight average when on), print the epoch line, append the metrics row, checkpoint.
+
+    `score` is the engine's evaluation (the fast kernel's on the CPU); the test set is always scored by
+    `evaluate`, the torch reference.
+    """
+    val_loss, val_correct = score(ema or model, split.val_x, split.val_y)
     epoch = len(rows) + 1
     lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (schedules move it)
     row = {
@@ -188,12 +193,13 @@ def train(
     device = split.train_x.device
     extras = cfg.step_extras()
     engine = select_engine(cfg.engine, device.type, cfg.optimizer, extras)
+    score = getattr(engine, "evaluate", evaluate)
     run = RunDir(out) if out is not None else None
     model = make_model(cfg.init_std, cfg.fc_init_std, cfg.seed, cfg.init).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
     n = len(split.train_x)
-    if extras:  # scheduled lr, augmentation, smoothing or EMA: the torch step with the recipe's extras
-        engine = RecipeSteps(cfg, model, n // cfg.batch_size)
+    if extras:  # a recipe: its extras around the engine's gradient (the kernel's on the CPU)
+        engine = RecipeSteps(cfg, model, n // cfg.batch_size, getattr(engine, "gradient", None))
     ema = engine.ema.model if isinstance(engine, RecipeSteps) and engine.ema else None
     start_epoch, rows = start_run(cfg, run, model, optimizer, engine.name, resume, log, ema)
     for epoch in range(start_epoch, cfg.epochs):
@@ -207,7 +213,8 @@ def train(
                 total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
                 bar.update(len(chunk))
         train_loss = total.item() / len(batches)  # the epoch's one host sync
-        end_epoch(cfg, run, model, optimizer, split, rows, train_loss, time.perf_counter() - t0, log, ema)
+        seconds = time.perf_counter() - t0
+        end_epoch(cfg, run, model, optimizer, split, rows, train_loss, seconds, log, ema, score)
     return finish_run(cfg, run, ema or model, split, rows, log)
 
 

@@ -177,8 +177,9 @@ void conv2_pool(const float* P, const float* w2t, Work& w) {
   }
 }
 
-// fc, softmax cross-entropy and the fc gradients; returns the image's loss, leaves dL/dconv2 in w.d2
-float head(const float* P, int label, float inv_batch, Work& w, Grad& g) {
+// fc, softmax cross-entropy and the fc gradients; returns the image's loss, leaves dL/dconv2 in w.d2.
+// With label smoothing `smooth` the target is (1 - smooth) one-hot + smooth / 10, as PyTorch's.
+float head(const float* P, int label, float inv_batch, float smooth, Work& w, Grad& g) {
   const float* wf = P + OWF;
   float logits[10], mx = -INFINITY;
   for (int c = 0; c < 10; c++) {
@@ -189,10 +190,21 @@ float head(const float* P, int label, float inv_batch, Work& w, Grad& g) {
   }
   float e[10], sum = 0;
   for (int c = 0; c < 10; c++) sum += e[c] = expf(logits[c] - mx);
-  float loss = mx + logf(sum) - logits[label];
+  const float lse = mx + logf(sum);
+  float loss = lse - logits[label];
+  float target[10];
+  for (int c = 0; c < 10; c++) target[c] = (c == label ? 1.0f : 0.0f);
+  if (smooth > 0.0f) {
+    float mean_nll = 0.0f;
+    for (int c = 0; c < 10; c++) {
+      mean_nll += lse - logits[c];
+      target[c] = target[c] * (1.0f - smooth) + smooth / 10.0f;
+    }
+    loss = (1.0f - smooth) * loss + smooth * mean_nll / 10.0f;
+  }
   vf dp2[12] = {};
   for (int c = 0; c < 10; c++) {
-    float dl = (e[c] / sum - (c == label ? 1.0f : 0.0f)) * inv_batch;
+    float dl = (e[c] / sum - target[c]) * inv_batch;
     g.bfc[c] += dl;
     for (int oc = 0; oc < 12; oc++) {
       g.wfc[c][oc] += dl * w.p2[oc];
@@ -315,7 +327,8 @@ void conv1_backward(Work& w, Grad& g) {
 // one shard of one step: forward and backward of images idx[0..n), gradients summed into g (per lane).
 // Gives up (returns false) as soon as `state` leaves `open`: another thread has published this shard.
 bool shard_grad(const float* P, const float* w2t, const float* x, const int64_t* y, const int64_t* idx, int n,
-                float inv_batch, Work& w, Grad& g, const std::atomic<int64_t>& state, int64_t open) {
+                float inv_batch, float smooth, Work& w, Grad& g, const std::atomic<int64_t>& state,
+                int64_t open) {
   memset(&g, 0, sizeof g);
   for (int i = 0; i < n; i++) {
     if (state.load(std::memory_order_relaxed) != open) return false;
@@ -323,7 +336,7 @@ bool shard_grad(const float* P, const float* w2t, const float* x, const int64_t*
     conv1_pool(P, w);
     make_windows(w);
     conv2_pool(P, w2t, w);
-    g.loss += head(P, static_cast<int>(y[idx[i]]), inv_batch, w, g);
+    g.loss += head(P, static_cast<int>(y[idx[i]]), inv_batch, smooth, w, g);
     conv2_wgrad(w, g);
     conv2_dgrad(w2t, w);
     scatter_windows(w);
@@ -401,7 +414,8 @@ struct Job {
   const int64_t* y;
   const int64_t* batches;
   int64_t steps, batch;
-  float lr, total;
+  float lr, smooth, total;
+  float* grad_out;  // set: write the step's gradient here instead of taking the SGD step
   int threads;
   alignas(64) float P[NPARAM];
   alignas(64) float w2t[100 * 12];  // conv2's weight as [ic*25 + ky*5 + kx][oc], for broadcasts in order
@@ -430,7 +444,10 @@ void step_end(Job& job, int64_t k) {
   job.total += static_cast<float>(loss / static_cast<double>(job.batch));
   for (int s = 1; s < NSHARD; s++) add_into(*winner[0], *winner[s]);
   fold(*winner[0], job.grad);
-  for (int i = 0; i < NPARAM; i++) job.P[i] -= job.lr * job.grad[i];  // plain SGD
+  if (job.grad_out != nullptr)
+    memcpy(job.grad_out, job.grad, sizeof job.grad);
+  else
+    for (int i = 0; i < NPARAM; i++) job.P[i] -= job.lr * job.grad[i];  // plain SGD
   job.transpose_w2();
   job.published.store(0, std::memory_order_relaxed);
   for (int s = 0; s < NSHARD; s++) job.state[s].store((k + 1) * 16, std::memory_order_relaxed);
@@ -469,7 +486,7 @@ void run_thread(Job& job, int t) {
     int64_t lo = job.batch * s / NSHARD, hi = job.batch * (s + 1) / NSHARD;
     const int64_t* idx = job.batches + k * job.batch + lo;
     Grad& g = *job.bufs[t][s];
-    if (!shard_grad(job.P, job.w2t, job.x, job.y, idx, static_cast<int>(hi - lo), inv_batch, *w, g,
+    if (!shard_grad(job.P, job.w2t, job.x, job.y, idx, static_cast<int>(hi - lo), inv_batch, job.smooth, *w, g,
                     job.state[s], k * 16))
       continue;
     int64_t open = k * 16;
@@ -480,16 +497,9 @@ void run_thread(Job& job, int t) {
   delete w;
 }
 
-}  // namespace
-
-extern "C" {
-
-int lenet_fast_version() { return 2; }
-
-// k SGD steps of batch B (rows of `batches`, indices into x: (N, 784) float32, y: (N,) int64).
-// params: the six parameter arrays in PyTorch order, updated in place. Returns the summed step losses.
-float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, const int64_t* batches,
-                             int64_t steps, int64_t batch, float lr, int threads) {
+// Runs `steps` steps of batch `batch` on the threads; with grad_out, one step's gradient instead of SGD.
+float run_job(float** params, const float* x, const int64_t* y, const int64_t* batches, int64_t steps,
+              int64_t batch, float lr, float smooth, float* grad_out, int threads) {
   Job* job = new Job();
   for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) {
     job->params[i] = params[i];
@@ -501,6 +511,8 @@ float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, c
   job->steps = steps;
   job->batch = batch;
   job->lr = lr;
+  job->smooth = smooth;
+  job->grad_out = grad_out;
   job->threads = threads < 1 ? 1 : (threads > kMaxThreads ? kMaxThreads : threads);
   job->total = 0.0f;
   job->transpose_w2();
@@ -511,12 +523,35 @@ float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, c
   for (int t = 1; t < job->threads; t++) pool.emplace_back(run_thread, std::ref(*job), t);
   run_thread(*job, 0);
   for (auto& th : pool) th.join();
-  for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) memcpy(params[i], job->P + off, kSizes[i] * sizeof(float));
+  if (grad_out == nullptr)
+    for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) memcpy(params[i], job->P + off, kSizes[i] * sizeof(float));
   float total = job->total;
   for (int t = 0; t < job->threads; t++)
     for (auto& g : job->bufs[t]) delete g;
   delete job;
   return total;
+}
+
+}  // namespace
+
+extern "C" {
+
+int lenet_fast_version() { return 3; }
+
+// k SGD steps of batch B (rows of `batches`, indices into x: (N, 784) float32, y: (N,) int64).
+// params: the six parameter arrays in PyTorch order, updated in place. Returns the summed step losses.
+float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, const int64_t* batches,
+                             int64_t steps, int64_t batch, float lr, int threads) {
+  return run_job(params, x, y, batches, steps, batch, lr, 0.0f, nullptr, threads);
+}
+
+// The gradient of the mean (label-smoothed) cross-entropy over the batch x: (B, 784), y: (B,), into
+// grad (3,246 floats, PyTorch's parameter order); params are only read. Returns the batch's mean loss.
+float lenet_fast_gradient(float** params, const float* x, const int64_t* y, int64_t batch, float smooth,
+                          float* grad, int threads) {
+  std::vector<int64_t> idx(batch);
+  for (int64_t i = 0; i < batch; i++) idx[i] = i;
+  return run_job(params, x, y, idx.data(), 1, batch, 0.0f, smooth, grad, threads);
 }
 
 // the logits of n images (n x 784) into out (n x 10), images split evenly over the threads

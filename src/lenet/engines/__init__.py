@@ -1,7 +1,8 @@
 """How training steps run. Every engine takes the same inputs and returns the summed batch losses.
 
-`torch` is the reference. `fast` is a fused C++ kernel for the seed network with plain SGD on the
-CPU; `cuda-graph` replays captured steps of the torch engine on an NVIDIA GPU. `select_engine`
+`torch` is the reference. `fast` is a fused C++ kernel for the seed network on the CPU (whole
+plain-SGD steps, or the gradient for a recipe's optimiser); `cuda-graph` replays captured steps of the
+torch engine on an NVIDIA GPU. `select_engine`
 picks the fastest that applies ("auto"), or exactly the one asked for.
 """
 
@@ -38,22 +39,24 @@ def select_engine(
     """The engine called `name` ("auto" picks the fastest that applies to this device and optimiser).
 
     `extras` are what the step does beyond plain SGD at a constant lr (TrainConfig.step_extras:
-    momentum, a schedule, augmentation, label smoothing, EMA): only the torch engine runs those.
+    momentum, a schedule, augmentation, label smoothing, EMA). On the CPU the fast engine runs plain SGD
+    whole and gives recipes their gradients (`FastEngine.gradient`); the CUDA-graph engine runs plain
+    SGD only, so recipes on a GPU take the torch engine.
     """
     plain = optimizer == "sgd" and not extras
-    if name == "torch" or (name == "auto" and not plain):
+    if name == "torch":
         return TorchEngine()
     if name == "fast":
-        if device_type != "cpu" or not plain:
-            asked = ", ".join([optimizer, *extras])
-            raise EngineError(f"--engine fast runs plain SGD on the CPU only (asked: {asked} on "
-                              f"{device_type}); use --engine auto or torch")  # fmt: skip
+        if device_type != "cpu":
+            raise EngineError(
+                f"--engine fast runs on the CPU only (asked: {device_type}); use --engine auto or torch"
+            )
         from lenet.engines.fast_engine import FastEngine
 
         return FastEngine(strict=True)
     if name != "auto":
         raise EngineError(f"unknown engine '{name}'; known: auto, torch, fast")
-    if device_type == "cuda":
+    if device_type == "cuda" and plain:
         from lenet.engines.cuda_graph_engine import CudaGraphEngine
 
         return CudaGraphEngine()

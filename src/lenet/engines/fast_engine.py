@@ -1,9 +1,11 @@
-"""The fast CPU engine: a fused C++ forward + backward + plain-SGD step for exactly the seed network.
+"""The fast CPU engine: a fused C++ forward + backward (+ plain-SGD step) for exactly the seed network.
 
 The source (`lenet/csrc/lenet_fast.cpp`) is compiled with the system's C++ compiler at first use into
 a cache folder keyed by the source, the compiler and the CPU, then loaded with ctypes. No build step
 at install time: where no compiler works, `select_engine("auto", ...)` says so in one line and
-falls back to the torch engine.
+falls back to the torch engine. Plain SGD runs whole steps in the kernel; recipes (AdamW, schedules,
+augmentation, label smoothing, EMA) take only the gradient from it (`FastEngine.gradient`) and do the
+rest in torch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lenet.config import ConfigError
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lenet_fast.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
-ABI_VERSION = 2  # lenet_fast_version() of the source this module speaks to
+ABI_VERSION = 3  # lenet_fast_version() of the source this module speaks to
 PARAM_SHAPES = ((4, 1, 5, 5), (4,), (12, 4, 5, 5), (12,), (10, 192), (10,))  # conv1, conv2, fc: w then b
 BUILD_TIMEOUT_S = 120
 
@@ -99,6 +101,10 @@ def load_library() -> ctypes.CDLL:
     lib.lenet_fast_train_steps.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
                                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
                                            ctypes.c_int]  # fmt: skip
+    lib.lenet_fast_gradient.restype = ctypes.c_float
+    lib.lenet_fast_gradient.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
+                                        ctypes.c_int]  # fmt: skip
     lib.lenet_fast_logits.restype = None
     lib.lenet_fast_logits.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_int]  # fmt: skip
@@ -147,6 +153,15 @@ def unsupported(
     return None
 
 
+def fits_kernel(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the kernel can read this model and these images (the seed network; contiguous CPU float32)."""
+    params = list(model.parameters())
+    if tuple(tuple(p.shape) for p in params) != PARAM_SHAPES or tuple(x.shape[1:]) != (1, 28, 28):
+        return False
+    tensors = [*params, x]
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
 class FastEngine:
     """The fused kernel where it applies; otherwise the torch engine (auto) or an EngineError (strict)."""
 
@@ -158,6 +173,36 @@ class FastEngine:
         self.lib = load_library()
         self.strict = strict
         self.reference = TorchEngine()
+        self.grads: dict[int, torch.Tensor] = {}  # per model: one flat buffer the .grad tensors view
+
+    def gradient(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+    ) -> float:
+        """Set each parameter's .grad to d(mean cross-entropy over the batch)/d(parameter); return the loss.
+
+        As `F.cross_entropy(model(x), y, label_smoothing=...).backward()` (to float rounding), on the kernel
+        where it fits (else on autograd, or an EngineError when strict). An optimiser's step follows.
+        """
+        params = list(model.parameters())
+        y = y.to(torch.int64).contiguous()
+        if not fits_kernel(model, x) or y.device.type != "cpu" or not params[0].requires_grad:
+            if self.strict:
+                raise EngineError("--engine fast: the kernel needs the seed network and its data on the CPU")
+            model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+            loss.backward()
+            return float(loss)
+        flat = self.grads.get(id(model))
+        if flat is None:
+            flat = self.grads[id(model)] = torch.empty(sum(p.numel() for p in params))
+        threads = max(1, torch.get_num_threads())
+        ptrs = param_pointers(model), x.data_ptr(), y.data_ptr()
+        loss = self.lib.lenet_fast_gradient(*ptrs, len(x), label_smoothing, flat.data_ptr(), threads)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return loss
 
     def train_steps(
         self,
@@ -185,12 +230,7 @@ class FastEngine:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """(mean cross-entropy, number correct) over all of x, as `lenet.train.evaluate`, on the kernel."""
-        params = list(model.parameters())
-        fits = tuple(tuple(p.shape) for p in params) == PARAM_SHAPES and tuple(x.shape[1:]) == (1, 28, 28)
-        plain = all(
-            t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in [*params, x]
-        )
-        if fits and plain:
+        if fits_kernel(model, x):
             logits = torch.empty(len(x), 10)
             threads = max(1, torch.get_num_threads())
             self.lib.lenet_fast_logits(
