@@ -1,15 +1,19 @@
-"""How the improved recipe was chosen and measured (issue 7), in one script for a machine with a GPU.
+"""How the improved recipe was chosen and measured (issue 7), in one script.
 
-Phase A, selection on validation only: the draft improved preset ("base") and one-at-a-time variants
-of it, each with tuning seeds 100 and 101. These runs never read the test set: their "test" slot holds
-the validation split (the first 5,000 training images). Per axis the variant with the best mean final
-validation accuracy is kept, and the kept choices are combined into presets/improved.json.
+Phase A, selection on validation only: a base recipe and one-at-a-time variants of it, each with the
+round's tuning seeds (100 and up; the final runs use 0-4). These runs never read the test set: their
+"test" slot holds the validation split (the first 5,000 training images). Per axis the variant with
+the best mean final validation accuracy is kept, and the kept choices are combined into
+presets/improved.json. Round 1 started from a draft; round 2 starts from round 1's result and searches
+what round 1 kept untested (weight decay, EMA decay, schedule) and what the fast engine made
+affordable (longer training).
 
 Phase B, measurement: every `lenet ablate` step with seeds 0-4 on MNIST (its first step is the seed
 recipe, its last the improved recipe), then both recipes on Fashion-MNIST with seeds 0-2. Each of
 these final runs reads the test set once, at its end.
 
-    python benchmarks/recipe_search.py OUT_DIR [--workers 12] [--device cuda] [--budget-s 540]
+    python benchmarks/recipe_search.py OUT_DIR [--round 2] [--phase select|measure|all] [--workers N]
+        [--device cpu] [--budget-s 540]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,6 +50,22 @@ AXES: dict[str, list[tuple[str, dict]]] = {  # axis -> (variant, settings change
     ],
     "label smoothing": [("0.1", {}), ("0", {"label_smoothing": 0.0})],
     "batch size": [("128", {}), ("64", {"batch_size": 64})],
+}
+
+ROUND2_BASE = {  # round 1's result, the improved preset as it stood after it
+    **DRAFT, "lr": 0.005, "shift": 1.0, "rotate": 5.0, "scale": 0.05, "label_smoothing": 0.0,
+}  # fmt: skip
+ROUND2_AXES: dict[str, list[tuple[str, dict]]] = {
+    "epochs": [("40", {}), ("80", {"epochs": 80}), ("120", {"epochs": 120})],
+    "lr": [("0.005", {}), ("0.003", {"lr": 0.003}), ("0.008", {"lr": 0.008})],
+    "weight decay": [("1e-4", {}), ("0", {"weight_decay": 0.0}), ("5e-4", {"weight_decay": 5e-4})],
+    "EMA decay": [("0.999", {}), ("0.998", {"ema": 0.998}), ("0.9995", {"ema": 0.9995})],
+    "schedule": [("onecycle", {}), ("cosine", {"schedule": "cosine"})],
+    "batch size": [("128", {}), ("256", {"batch_size": 256})],
+}
+ROUNDS = {  # round -> (base, axes, tuning seeds)
+    1: (DRAFT, AXES, TUNING_SEEDS),
+    2: (ROUND2_BASE, ROUND2_AXES, (100, 101, 102)),
 }
 
 _splits: dict = {}
@@ -88,55 +109,68 @@ def run_all(jobs: list[tuple[dict, str, bool]], workers: int, deadline: float) -
     return done
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--workers", type=int, default=12)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--budget-s", type=float, default=540)
-    ap.add_argument("--smoke", action="store_true", help="1-epoch runs, two axes, two final runs")
-    args = ap.parse_args()
-    axes = dict(list(AXES.items())[:2]) if args.smoke else AXES
-    start = time.time()
-    epochs = 1 if args.smoke else TUNING_EPOCHS
-    base = TrainConfig.from_dict({**DRAFT, "device": args.device, "epochs": epochs})
-
-    # ---- phase A: selection on the validation split
+def select(args: argparse.Namespace, deadline: float) -> None:
+    """Phase A: one-at-a-time variants of the round's base on the validation split; writes the preset."""
+    base_values, axes, seeds = ROUNDS[args.round]
+    axes = dict(list(axes.items())[:2]) if args.smoke else axes
+    epochs = 1 if args.smoke else base_values.get("epochs", TUNING_EPOCHS)
+    base = TrainConfig.from_dict({**base_values, "device": args.device, "epochs": epochs})
     jobs, keys = [], {}
     for axis, variants in axes.items():
         for name, change in variants:
-            cfg = dataclasses.replace(base, **change)
+            cfg = dataclasses.replace(base, **{**change, **({"epochs": 1} if args.smoke else {})})
             key = json.dumps(change, sort_keys=True)
             keys.setdefault(key, []).append((axis, name))
             if len(keys[key]) == 1:
-                for s in TUNING_SEEDS:
+                for s in seeds:
                     out = args.out / "tuning" / f"v{len(keys)}-seed{s}"
                     jobs.append((dataclasses.replace(cfg, seed=s).to_dict(), str(out), True))
-    run_all(jobs, args.workers, start + args.budget_s * 0.45)
-    val = {}
+    jobs.sort(key=lambda job: -job[0]["epochs"] * 60000 / job[0]["batch_size"] ** 0.5)  # longest first
+    run_all(jobs, args.workers, deadline)
+    val, per_seed = {}, {}
     for i, key in enumerate(keys, 1):
         accs = []
-        for s in TUNING_SEEDS:
+        for s in seeds:
             rows = args.out / "tuning" / f"v{i}-seed{s}" / "metrics.jsonl"
             if rows.is_file() and (rows.parent / "result.json").is_file():
                 accs.append(json.loads(rows.read_text().splitlines()[-1])["val_accuracy"] * 100)
         val[key] = statistics.fmean(accs) if accs else float("nan")
+        per_seed[key] = accs
     chosen, notes = {}, []
     for axis, variants in axes.items():
         scored = [(val[json.dumps(c, sort_keys=True)], name, c) for name, c in variants]
         best = max(scored, key=lambda t: (t[0] == t[0], t[0]))  # NaN (unfinished) never wins
         chosen.update(best[2])
-        notes.append(f"{axis}: " + ", ".join(f"{n} {v:.2f}" for v, n, _ in scored) + f" -> {best[1]}")
+        notes.append(
+            f"{axis}: "
+            + "; ".join(
+                f"{n} {v:.2f} ({', '.join(f'{a:.2f}' for a in per_seed[json.dumps(c, sort_keys=True)])})"
+                for v, n, c in scored
+            )
+            + f" -> {best[1]}"
+        )
     improved = json.loads((PRESETS / "improved.json").read_text())
-    improved["config"] = {**improved["config"], "epochs": epochs, **chosen}
+    improved["config"] = {
+        **improved["config"],
+        **{k: v for k, v in base_values.items() if k != "tta"},
+        **chosen,
+    }
     TrainConfig.from_dict(improved["config"])
-    (PRESETS / "improved.json").write_text(json.dumps(improved, indent=2) + "\n")
-    selection = {"validation_accuracy_percent": notes, "chosen": chosen, "seconds": time.time() - start}
+    selection = {
+        "round": args.round,
+        "seeds": list(seeds),
+        "validation_accuracy_percent": notes,
+        "chosen": chosen,
+    }
     (args.out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     (args.out / "improved.json").write_text(json.dumps(improved, indent=2) + "\n")
+    if not args.smoke:
+        (PRESETS / "improved.json").write_text(json.dumps(improved, indent=2) + "\n")
     print("\n".join(notes), flush=True)
 
-    # ---- phase B: final runs, the test set read once each
+
+def measure(args: argparse.Namespace, deadline: float) -> None:
+    """Phase B: the ablation's steps with seeds 0-4 on MNIST, both recipes on Fashion-MNIST with seeds 0-2."""
     steps = ablation_specs(args.out / "ablation", list(range(5)), None, "mnist", args.device)
     first, last = steps[0][1], steps[-1][1]
     middle = [s for _, group in steps[1:-1] for s in group]
@@ -151,7 +185,24 @@ def main() -> int:
     ordered = [(s.config, s.out) for s in [*last, *first]] + fashion + [(s.config, s.out) for s in middle]
     if args.smoke:
         ordered = [(dataclasses.replace(c, epochs=1), o) for c, o in ordered[:2]]
-    run_all([(c.to_dict(), str(o), False) for c, o in ordered], args.workers, start + args.budget_s)
+    run_all([(c.to_dict(), str(o), False) for c, o in ordered], args.workers, deadline)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS))
+    ap.add_argument("--phase", choices=["select", "measure", "all"], default="all")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget-s", type=float, default=3600)
+    ap.add_argument("--smoke", action="store_true", help="1-epoch runs, two axes, two final runs")
+    args = ap.parse_args()
+    start = time.time()
+    if args.phase in ("select", "all"):
+        select(args, start + args.budget_s * (0.45 if args.phase == "all" else 1.0))
+    if args.phase in ("measure", "all"):
+        measure(args, start + args.budget_s)
     print(f"total {time.time() - start:.0f} s", flush=True)
     return 0
 
