@@ -43,16 +43,32 @@ def test_verdict_c_slower_and_gets_there():
 
 def test_reproduce_smoke_run_writes_a_self_contained_report(tmp_path, capsys):
     out = tmp_path / "rep"
-    code = main(["reproduce", "--seeds", "2", "--epochs", "1", "--long-epochs", "2", "--out", str(out)])
+    args = [
+        "reproduce",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--long-epochs",
+        "2",
+        "--recipes",
+        "--out",
+        str(out),
+    ]
+    code = main(args)
     assert code == 0
     printed = capsys.readouterr().out
     assert (
         len(re.findall(r"^Claim [ABC]: (holds|does not hold|holds in \d of \d+ seeds)", printed, re.M)) == 3
     )
     md = (out / "report.md").read_text()
-    for claim in ("Claim A", "Claim B", "Claim C", "95.49%", "lenet reproduce --seeds 2"):
+    for claim in ("Claim A", "Claim B", "Claim C", "95.49%", "lenet reproduce --seeds 2", "--recipes"):
         assert claim in md
+    beyond = md[md.index("## Beyond the original") :]
+    assert "| seed recipe | 2 |" in beyond and "| + He init | 2 |" in beyond and "test-time shifts" in beyond
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 5
     assert not re.search(r"""src=["'](?!data:)""", page), "the page must not load anything from outside"
     assert len(list((out / "runs").iterdir())) == 14
+    steps = {p.name.split("-")[0] for p in (out / "ablation" / "runs").iterdir()}
+    assert "step0" not in steps and len(steps) >= 5  # the seed recipe's runs are the seed protocol's

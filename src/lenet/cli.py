@@ -194,18 +194,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from lenet.reproduce import reproduce_specs, run_reproduce
+    from lenet.reproduce import plan, run_reproduce
     from lenet.sweep import LocalRunner
 
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    specs = reproduce_specs(args.out, seeds, args.long_epochs, args.epochs, args.device)
-    print(f"reproducing the original's analysis: {sum(map(len, specs.values()))} runs in {args.out}")
+    specs = plan(args.out, seeds, args.long_epochs, args.epochs, args.device, args.recipes)[2]
+    print(f"reproducing the original's analysis: {len(specs)} runs in {args.out}")
     runner = LocalRunner(args.data_dir, args.backend, args.workers)
     command = (
         f"lenet reproduce --seeds {args.seeds} --first-seed {args.first_seed} --epochs {args.epochs} "
-        f"--long-epochs {args.long_epochs} --out {args.out}"
+        f"--long-epochs {args.long_epochs} --out {args.out}{' --recipes' if args.recipes else ''}"
     )
-    with sweep_progress([s for g in specs.values() for s in g], "reproduce") as bar:
+    with sweep_progress(specs, "reproduce") as bar:
         report, verdicts = run_reproduce(
             args.out,
             runner,
@@ -215,6 +215,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             args.epochs,
             args.device,
             on_epoch=lambda: bar.update(1),
+            recipes=args.recipes,
         )
     for letter, v in zip("ABC", verdicts, strict=True):
         print(f"Claim {letter}: {v.word} ({v.holds} of {v.n}). {v.ours}")
@@ -413,6 +414,12 @@ def build_parser() -> Parser:
         type=int,
         default=60,
         help="epochs of the longer init-std runs for claim C (default: 60; 0 skips them)",
+    )
+    rp.add_argument(
+        "--recipes",
+        action="store_true",
+        help="also run the ablation from the seed recipe to the improved one (as `lenet ablate`) and add "
+        "it to the report as a last section",
     )
     rp.add_argument(
         "--out", type=Path, default=Path("reports/reproduce"), help="report folder (default: %(default)s)"
