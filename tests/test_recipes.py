@@ -92,6 +92,10 @@ def test_augmentation_is_deterministic_and_keeps_shape_and_range(small_split):
     assert not torch.equal(a, augment_thetas(cfg, 4, (5, 8)))  # another epoch, other maps
     assert not torch.equal(a, augment_thetas(dataclasses.replace(cfg, seed=5), 3, (5, 8)))
     assert augment_thetas(TrainConfig(), 0, (5, 8)) is None
+    clean = dataclasses.replace(
+        cfg, epochs=10, clean_epochs=3
+    )  # the last 3 epochs see the images as they are
+    assert [augment_thetas(clean, e, (5, 8)) is None for e in (0, 6, 7, 9)] == [False, False, True, True]
     x = small_split.train_x[:8]
     out = warp(x, a[0])
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1

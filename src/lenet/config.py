@@ -76,6 +76,9 @@ class TrainConfig:
         0.0, "augmentation: random rotation up to this angle", unit="degrees", low=0, high=45
     )
     scale: float = setting(0.0, "augmentation: random scaling by up to this fraction", low=0, high=0.5)
+    clean_epochs: int = setting(
+        0, "the last this many epochs train on the images as they are (no augmentation)", unit="epochs", low=0
+    )
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", low=0, high=0.5)
     ema: float = setting(
         0.0, "decay of the weight average evaluated and saved (0: off)", unit="per step", low=0, high=0.9999

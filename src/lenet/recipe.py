@@ -104,8 +104,11 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def augment_thetas(cfg: TrainConfig, epoch: int, shape: tuple[int, int]) -> torch.Tensor | None:
-    """One epoch's random affine maps, (steps, B, 2, 3), a pure function of (seed, epoch); None if off."""
-    if not cfg.augments():
+    """One epoch's random affine maps, (steps, B, 2, 3), a pure function of (seed, epoch); None if off.
+
+    Off as well for the last `cfg.clean_epochs` epochs, which train on the images as they are.
+    """
+    if not cfg.augments() or epoch >= cfg.epochs - cfg.clean_epochs:
         return None
     g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) ^ AUGMENT_SALT)
     u = torch.rand(*shape, 4, generator=g) * 2 - 1  # uniform in [-1, 1): shift x, shift y, angle, scale
