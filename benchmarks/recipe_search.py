@@ -6,7 +6,8 @@ round's tuning seeds (100 and up; the final runs use 0-4). These runs never read
 the best mean final validation accuracy is kept, and the kept choices are combined into
 presets/improved.json. Round 1 started from a draft; round 2 starts from round 1's result and searches
 what round 1 kept untested (weight decay, EMA decay, schedule) and what the fast engine made
-affordable (longer training).
+affordable (longer training); round 3 checks round 2's combination against round 1's with four
+tuning seeds, and tries clean final epochs and stronger augmentation with it.
 
 Phase B, measurement: every `lenet ablate` step with seeds 0-4 on MNIST (its first step is the seed
 recipe, its last the improved recipe), then both recipes on Fashion-MNIST with seeds 0-2. Each of
@@ -63,9 +64,28 @@ ROUND2_AXES: dict[str, list[tuple[str, dict]]] = {
     "schedule": [("onecycle", {}), ("cosine", {"schedule": "cosine"})],
     "batch size": [("128", {}), ("256", {"batch_size": 256})],
 }
+ROUND3_BASE = {  # round 2's choices combined (never validated together in round 2)
+    **ROUND2_BASE, "epochs": 80, "lr": 0.008, "weight_decay": 0.0, "schedule": "cosine", "batch_size": 256,
+}  # fmt: skip
+ROUND3_AXES: dict[str, list[tuple[str, dict]]] = {
+    "combination": [
+        ("round 2's", {}),
+        (
+            "round 1's",
+            {"epochs": 40, "lr": 0.005, "weight_decay": 1e-4, "schedule": "onecycle", "batch_size": 128},
+        ),
+    ],
+    "epochs": [("80", {}), ("40", {"epochs": 40})],
+    "clean epochs": [("0", {}), ("10", {"clean_epochs": 10})],
+    "augmentation": [
+        ("shift 1, rotate 5, scale 0.05", {}),
+        ("shift 1.5, rotate 7.5, scale 0.075", {"shift": 1.5, "rotate": 7.5, "scale": 0.075}),
+    ],
+}
 ROUNDS = {  # round -> (base, axes, tuning seeds)
     1: (DRAFT, AXES, TUNING_SEEDS),
     2: (ROUND2_BASE, ROUND2_AXES, (100, 101, 102)),
+    3: (ROUND3_BASE, ROUND3_AXES, (100, 101, 102, 103)),
 }
 
 _splits: dict = {}
