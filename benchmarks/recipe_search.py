@@ -7,7 +7,8 @@ the best mean final validation accuracy is kept, and the kept choices are combin
 presets/improved.json. Round 1 started from a draft; round 2 starts from round 1's result and searches
 what round 1 kept untested (weight decay, EMA decay, schedule) and what the fast engine made
 affordable (longer training); round 3 checks round 2's combination against round 1's with four
-tuning seeds, and tries clean final epochs and stronger augmentation with it.
+tuning seeds, and tries clean final epochs and stronger augmentation with it; round 4 validates
+round 3's combination at two lengths.
 
 Phase B, measurement: every `lenet ablate` step with seeds 0-4 on MNIST (its first step is the seed
 recipe, its last the improved recipe), then both recipes on Fashion-MNIST with seeds 0-2. Each of
@@ -82,10 +83,23 @@ ROUND3_AXES: dict[str, list[tuple[str, dict]]] = {
         ("shift 1.5, rotate 7.5, scale 0.075", {"shift": 1.5, "rotate": 7.5, "scale": 0.075}),
     ],
 }
+ROUND4_BASE = {  # round 3's choices combined
+    **ROUND3_BASE, "epochs": 40, "clean_epochs": 10, "shift": 1.5, "rotate": 7.5, "scale": 0.075,
+}  # fmt: skip
+ROUND4_AXES: dict[
+    str, list[tuple[str, dict]]
+] = {  # round 3 chose clean epochs at 80 epochs and 40 epochs alone
+    "epochs, clean epochs": [
+        ("40, 10", {}),
+        ("80, 10", {"epochs": 80}),
+        ("80, 20", {"epochs": 80, "clean_epochs": 20}),
+    ],
+}
 ROUNDS = {  # round -> (base, axes, tuning seeds)
     1: (DRAFT, AXES, TUNING_SEEDS),
     2: (ROUND2_BASE, ROUND2_AXES, (100, 101, 102)),
     3: (ROUND3_BASE, ROUND3_AXES, (100, 101, 102, 103)),
+    4: (ROUND4_BASE, ROUND4_AXES, (100, 101, 102, 103)),
 }
 
 _splits: dict = {}
