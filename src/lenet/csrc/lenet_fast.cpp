@@ -178,9 +178,8 @@ void conv2_pool(const float* P, const float* w2t, Work& w) {
 }
 
 // fc, softmax cross-entropy and the fc gradients; returns the image's loss, leaves dL/dconv2 in w.d2.
-// With label smoothing `smooth` the target is (1 - smooth) one-hot + smooth / 10, as PyTorch's; with
-// `soft` (10 probabilities) the target is soft itself, and the loss its cross-entropy with the softmax.
-float head(const float* P, int label, const float* soft, float inv_batch, float smooth, Work& w, Grad& g) {
+// With label smoothing `smooth` the target is (1 - smooth) one-hot + smooth / 10, as PyTorch's.
+float head(const float* P, int label, float inv_batch, float smooth, Work& w, Grad& g) {
   const float* wf = P + OWF;
   float logits[10], mx = -INFINITY;
   for (int c = 0; c < 10; c++) {
@@ -195,13 +194,7 @@ float head(const float* P, int label, const float* soft, float inv_batch, float 
   float loss = lse - logits[label];
   float target[10];
   for (int c = 0; c < 10; c++) target[c] = (c == label ? 1.0f : 0.0f);
-  if (soft != nullptr) {
-    loss = 0.0f;
-    for (int c = 0; c < 10; c++) {
-      target[c] = soft[c];
-      loss += soft[c] * (lse - logits[c]);
-    }
-  } else if (smooth > 0.0f) {
+  if (smooth > 0.0f) {
     float mean_nll = 0.0f;
     for (int c = 0; c < 10; c++) {
       mean_nll += lse - logits[c];
@@ -333,9 +326,9 @@ void conv1_backward(Work& w, Grad& g) {
 
 // one shard of one step: forward and backward of images idx[0..n), gradients summed into g (per lane).
 // Gives up (returns false) as soon as `state` leaves `open`: another thread has published this shard.
-bool shard_grad(const float* P, const float* w2t, const float* x, const int64_t* y, const float* soft,
-                const int64_t* idx, int n, float inv_batch, float smooth, Work& w, Grad& g,
-                const std::atomic<int64_t>& state, int64_t open) {
+bool shard_grad(const float* P, const float* w2t, const float* x, const int64_t* y, const int64_t* idx, int n,
+                float inv_batch, float smooth, Work& w, Grad& g, const std::atomic<int64_t>& state,
+                int64_t open) {
   memset(&g, 0, sizeof g);
   for (int i = 0; i < n; i++) {
     if (state.load(std::memory_order_relaxed) != open) return false;
@@ -343,8 +336,7 @@ bool shard_grad(const float* P, const float* w2t, const float* x, const int64_t*
     conv1_pool(P, w);
     make_windows(w);
     conv2_pool(P, w2t, w);
-    const float* target = soft == nullptr ? nullptr : soft + idx[i] * 10;
-    g.loss += head(P, static_cast<int>(y[idx[i]]), target, inv_batch, smooth, w, g);
+    g.loss += head(P, static_cast<int>(y[idx[i]]), inv_batch, smooth, w, g);
     conv2_wgrad(w, g);
     conv2_dgrad(w2t, w);
     scatter_windows(w);
@@ -420,7 +412,6 @@ struct Job {
   float* params[6];
   const float* x;
   const int64_t* y;
-  const float* soft;  // per-image target distributions (N x 10), or null: the labels
   const int64_t* batches;
   int64_t steps, batch;
   float lr, smooth, total;
@@ -495,7 +486,7 @@ void run_thread(Job& job, int t) {
     int64_t lo = job.batch * s / NSHARD, hi = job.batch * (s + 1) / NSHARD;
     const int64_t* idx = job.batches + k * job.batch + lo;
     Grad& g = *job.bufs[t][s];
-    if (!shard_grad(job.P, job.w2t, job.x, job.y, job.soft, idx, static_cast<int>(hi - lo), inv_batch, job.smooth, *w, g,
+    if (!shard_grad(job.P, job.w2t, job.x, job.y, idx, static_cast<int>(hi - lo), inv_batch, job.smooth, *w, g,
                     job.state[s], k * 16))
       continue;
     int64_t open = k * 16;
@@ -507,8 +498,8 @@ void run_thread(Job& job, int t) {
 }
 
 // Runs `steps` steps of batch `batch` on the threads; with grad_out, one step's gradient instead of SGD.
-float run_job(float** params, const float* x, const int64_t* y, const float* soft, const int64_t* batches,
-              int64_t steps, int64_t batch, float lr, float smooth, float* grad_out, int threads) {
+float run_job(float** params, const float* x, const int64_t* y, const int64_t* batches, int64_t steps,
+              int64_t batch, float lr, float smooth, float* grad_out, int threads) {
   Job* job = new Job();
   for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) {
     job->params[i] = params[i];
@@ -516,7 +507,6 @@ float run_job(float** params, const float* x, const int64_t* y, const float* sof
   }
   job->x = x;
   job->y = y;
-  job->soft = soft;
   job->batches = batches;
   job->steps = steps;
   job->batch = batch;
@@ -546,23 +536,22 @@ float run_job(float** params, const float* x, const int64_t* y, const float* sof
 
 extern "C" {
 
-int lenet_fast_version() { return 4; }
+int lenet_fast_version() { return 3; }
 
 // k SGD steps of batch B (rows of `batches`, indices into x: (N, 784) float32, y: (N,) int64).
 // params: the six parameter arrays in PyTorch order, updated in place. Returns the summed step losses.
 float lenet_fast_train_steps(float** params, const float* x, const int64_t* y, const int64_t* batches,
                              int64_t steps, int64_t batch, float lr, int threads) {
-  return run_job(params, x, y, nullptr, batches, steps, batch, lr, 0.0f, nullptr, threads);
+  return run_job(params, x, y, batches, steps, batch, lr, 0.0f, nullptr, threads);
 }
 
 // The gradient of the mean (label-smoothed) cross-entropy over the batch x: (B, 784), y: (B,), into
 // grad (3,246 floats, PyTorch's parameter order); params are only read. Returns the batch's mean loss.
-// soft (B x 10, or null): target distributions that replace the labels (distillation).
-float lenet_fast_gradient(float** params, const float* x, const int64_t* y, const float* soft, int64_t batch,
-                          float smooth, float* grad, int threads) {
+float lenet_fast_gradient(float** params, const float* x, const int64_t* y, int64_t batch, float smooth,
+                          float* grad, int threads) {
   std::vector<int64_t> idx(batch);
   for (int64_t i = 0; i < batch; i++) idx[i] = i;
-  return run_job(params, x, y, soft, idx.data(), 1, batch, 0.0f, smooth, grad, threads);
+  return run_job(params, x, y, idx.data(), 1, batch, 0.0f, smooth, grad, threads);
 }
 
 // the logits of n images (n x 784) into out (n x 10), images split evenly over the threads

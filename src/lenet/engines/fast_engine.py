@@ -28,7 +28,7 @@ from lenet.config import ConfigError
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lenet_fast.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
-ABI_VERSION = 4  # lenet_fast_version() of the source this module speaks to
+ABI_VERSION = 3  # lenet_fast_version() of the source this module speaks to
 PARAM_SHAPES = ((4, 1, 5, 5), (4,), (12, 4, 5, 5), (12,), (10, 192), (10,))  # conv1, conv2, fc: w then b
 BUILD_TIMEOUT_S = 120
 
@@ -103,7 +103,7 @@ def load_library() -> ctypes.CDLL:
                                            ctypes.c_int]  # fmt: skip
     lib.lenet_fast_gradient.restype = ctypes.c_float
     lib.lenet_fast_gradient.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
-                                        ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
+                                        ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
                                         ctypes.c_int]  # fmt: skip
     lib.lenet_fast_logits.restype = None
     lib.lenet_fast_logits.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_int64,
@@ -176,39 +176,27 @@ class FastEngine:
         self.grads: dict[int, torch.Tensor] = {}  # per model: one flat buffer the .grad tensors view
 
     def gradient(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        label_smoothing: float = 0.0,
-        soft: torch.Tensor | None = None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
     ) -> float:
         """Set each parameter's .grad to d(mean cross-entropy over the batch)/d(parameter); return the loss.
 
         As `F.cross_entropy(model(x), y, label_smoothing=...).backward()` (to float rounding), on the kernel
-        where it fits (else on autograd, or an EngineError when strict). `soft` (B, 10), target
-        distributions, replaces the labels (and the smoothing). An optimiser's step follows.
+        where it fits (else on autograd, or an EngineError when strict). An optimiser's step follows.
         """
         params = list(model.parameters())
         y = y.to(torch.int64).contiguous()
-        if soft is not None:
-            soft = soft.to(torch.float32).contiguous()
-        on_cpu = y.device.type == "cpu" and (soft is None or soft.device.type == "cpu")
-        if not fits_kernel(model, x) or not on_cpu or not params[0].requires_grad:
+        if not fits_kernel(model, x) or y.device.type != "cpu" or not params[0].requires_grad:
             if self.strict:
                 raise EngineError("--engine fast: the kernel needs the seed network and its data on the CPU")
             model.zero_grad(set_to_none=True)
-            target = y if soft is None else soft
-            loss = F.cross_entropy(
-                model(x), target, label_smoothing=0.0 if soft is not None else label_smoothing
-            )
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
             loss.backward()
             return float(loss)
         flat = self.grads.get(id(model))
         if flat is None:
             flat = self.grads[id(model)] = torch.empty(sum(p.numel() for p in params))
         threads = max(1, torch.get_num_threads())
-        ptrs = param_pointers(model), x.data_ptr(), y.data_ptr(), None if soft is None else soft.data_ptr()
+        ptrs = param_pointers(model), x.data_ptr(), y.data_ptr()
         loss = self.lib.lenet_fast_gradient(*ptrs, len(x), label_smoothing, flat.data_ptr(), threads)
         offset = 0
         for p in params:
