@@ -8,7 +8,7 @@ presets/improved.json. Round 1 started from a draft; round 2 starts from round 1
 what round 1 kept untested (weight decay, EMA decay, schedule) and what the fast engine made
 affordable (longer training); round 3 checks round 2's combination against round 1's with four
 tuning seeds, and tries clean final epochs and stronger augmentation with it; round 4 validates
-round 3's combination at two lengths.
+round 3's combination at two lengths; round 5 tries stronger augmentation and a higher lr with it.
 
 Phase B, measurement: every `lenet ablate` step with seeds 0-4 on MNIST (its first step is the seed
 recipe, its last the improved recipe), then both recipes on Fashion-MNIST with seeds 0-2. Each of
@@ -95,11 +95,21 @@ ROUND4_AXES: dict[
         ("80, 20", {"epochs": 80, "clean_epochs": 20}),
     ],
 }
+ROUND5_BASE = {**ROUND4_BASE, "epochs": 80}  # round 4's choice
+ROUND5_AXES: dict[str, list[tuple[str, dict]]] = {  # stronger augmentation worked with clean epochs: more?
+    "augmentation": [
+        ("shift 1.5, rotate 7.5, scale 0.075", {}),
+        ("shift 2, rotate 10, scale 0.1", {"shift": 2.0, "rotate": 10.0, "scale": 0.1}),
+        ("shift 2.5, rotate 12.5, scale 0.125", {"shift": 2.5, "rotate": 12.5, "scale": 0.125}),
+    ],
+    "lr": [("0.008", {}), ("0.012", {"lr": 0.012})],
+}
 ROUNDS = {  # round -> (base, axes, tuning seeds)
     1: (DRAFT, AXES, TUNING_SEEDS),
     2: (ROUND2_BASE, ROUND2_AXES, (100, 101, 102)),
     3: (ROUND3_BASE, ROUND3_AXES, (100, 101, 102, 103)),
     4: (ROUND4_BASE, ROUND4_AXES, (100, 101, 102, 103)),
+    5: (ROUND5_BASE, ROUND5_AXES, (100, 101, 102, 103)),
 }
 
 _splits: dict = {}
