@@ -10,10 +10,12 @@ from lenet.data import epoch_batches
 from lenet.engines import TorchEngine
 from lenet.engines.many import StackedModels
 from lenet.model import make_model
+from lenet.recipe import recipe_config
 from lenet.sweep import (
     CHANCE_LOSS,
     RunResult,
     RunSpec,
+    config_label,
     expand_grid,
     is_stalled,
     summarise,
@@ -68,6 +70,14 @@ def test_summary_statistics():
     assert rows[0]["test_acc_sd"] == pytest.approx(math.sqrt(2))
     assert rows[0]["final_loss_mean"] == pytest.approx(0.15) and rows[0]["stalled"] == 0
     assert rows[1]["stalled"] == 1 and rows[1]["test_acc_sd"] == 0.0
+
+
+def test_a_sweep_of_one_configuration_is_labelled_by_its_recipe():
+    improved = recipe_config("improved", {"seed": 3, "dataset": "fashion-mnist", "device": "cpu"})
+    assert config_label(improved, []) == "improved recipe"
+    assert config_label(TrainConfig(seed=2, engine="torch"), []) == "seed protocol"
+    assert config_label(TrainConfig(lr=0.02), []) == "one configuration"
+    assert config_label(TrainConfig(lr=0.02), ["lr"]) == "lr=0.02"
 
 
 # ---------------------------------------------------------------- many models at once

@@ -70,7 +70,18 @@ def config_key(cfg: TrainConfig) -> tuple:
 
 
 def config_label(cfg: TrainConfig, varied: list[str]) -> str:
-    return ", ".join(f"{flag_name(field_named(n))}={getattr(cfg, n)}" for n in varied) or "seed protocol"
+    """The varied settings' values; with none, the preset it is ("seed protocol", "improved recipe")."""
+    if varied:
+        return ", ".join(f"{flag_name(field_named(n))}={getattr(cfg, n)}" for n in varied)
+    from lenet.recipe import RUN_SETTINGS, preset_names, recipe_config
+
+    def recipe_part(c: TrainConfig) -> dict:
+        return {k: v for k, v in c.to_dict().items() if k not in RUN_SETTINGS}
+
+    for name in preset_names():
+        if recipe_part(recipe_config(name, {})) == recipe_part(cfg):
+            return "seed protocol" if name == "seed" else f"{name} recipe"
+    return "one configuration"
 
 
 def varied_settings(cfgs: list[TrainConfig]) -> list[str]:
