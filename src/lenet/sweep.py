@@ -258,6 +258,7 @@ class LocalRunner:
             workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
         ) as pool:
             data_dir = str(self.data_dir) if self.data_dir else None
+            left = {i: specs[i].config.epochs - finished_epochs(specs[i].out) for i in todo}  # for the bar
             futures = {
                 pool.submit(_train_in_worker, specs[i].config.to_dict(), str(specs[i].out), data_dir): i
                 for i in todo
@@ -265,8 +266,8 @@ class LocalRunner:
             for future in as_completed(futures):
                 future.result()  # re-raise a worker's error here
                 i = futures[future]
-                if on_epoch is not None:
-                    for _ in range(specs[i].config.epochs - 0):
+                if on_epoch is not None:  # a worker's epochs are counted when its run ends
+                    for _ in range(left[i]):
                         on_epoch()
                 done(i)
 
