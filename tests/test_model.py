@@ -10,8 +10,10 @@ def test_parameter_count_is_3246():
 def test_shapes():
     model = make_model()
     assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
-    feats = model.features(torch.zeros(2, 1, 28, 28))
+    x = torch.rand(2, 1, 28, 28)
+    feats = model.features(x)
     assert feats["conv1"].shape == (2, 4, 24, 24) and feats["conv2"].shape == (2, 12, 8, 8)
+    assert torch.equal(feats["logits"], model(x))  # the same forward pass
 
 
 def test_init_statistics_match_the_report():

@@ -353,6 +353,13 @@ def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     for name, (data, words) in files.items():
         (folder / name).write_bytes(data)
         out[name] = (folder / name, words)
+    nan = np.zeros((32, 32), np.float32)
+    nan[10:20, 15] = 1.0
+    nan[0, 0] = np.nan
+    Image.fromarray(nan, mode="F").save(folder / "nan.tif")
+    out["nan.tif"] = (folder / "nan.tif", "not finite")
+    Image.new("LAB", (32, 32), (50, 0, 0)).save(folder / "lab.tif")
+    out["lab.tif"] = (folder / "lab.tif", "LAB")
     out["missing.png"] = (folder / "missing.png", "no such file")
     return out
 
@@ -372,7 +379,9 @@ def test_cli_bad_inputs_one_line_each_and_the_rest_still_predicted(digit_files, 
     assert predicted == [str(x) for x in labels[:2]]
 
 
-@pytest.mark.parametrize("name", ["not-image.png", "empty.png", "blank.png", "bomb.png", "missing.png"])
+@pytest.mark.parametrize(
+    "name", ["not-image.png", "empty.png", "blank.png", "bomb.png", "nan.tif", "lab.tif", "missing.png"]
+)
 def test_cli_each_bad_input_alone(tmp_path, capsys, name):
     path, words = bad_inputs(tmp_path)[name]
     assert main(["predict", str(path)]) == 1

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lenet.config import ConfigError, TrainConfig, flag_name, parse_value
+from lenet.config import DATASETS, ConfigError, TrainConfig, flag_name, parse_value
 from lenet.sweep import BACKENDS
 
 DATA_DIR_HELP = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
@@ -77,20 +77,22 @@ def given_settings(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from lenet.data import DATASETS, fetch, resolve_data_dir
+    from lenet.data import DATASETS as SPECS
+    from lenet.data import fetch, resolve_data_dir
 
     folder = resolve_data_dir(args.data_dir, args.dataset)
     print(f"fetching {args.dataset} into {folder}")
-    fetch(DATASETS[args.dataset], folder)
+    fetch(SPECS[args.dataset], folder)
     print(f"{args.dataset} ready in {folder}")
     return 0
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from lenet.data import DATASETS, load_arrays, make_split, resolve_data_dir
+    from lenet.data import DATASETS as SPECS
+    from lenet.data import load_arrays, make_split, resolve_data_dir
 
     folder = resolve_data_dir(args.data_dir, args.dataset)
-    spec = DATASETS[args.dataset]
+    spec = SPECS[args.dataset]
     arrays = load_arrays(spec, folder)
     split = make_split(arrays)
     print(f"dataset     {spec.name}")
@@ -340,7 +342,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     def data_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+        p.add_argument("--dataset", choices=DATASETS, default="mnist")
         p.add_argument(
             "--data-dir",
             type=Path,
@@ -437,7 +439,7 @@ def build_parser() -> Parser:
     ab.add_argument(
         "--epochs", type=positive_int, help="one length for every step (default: each recipe's own)"
     )
-    ab.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    ab.add_argument("--dataset", choices=DATASETS, default="mnist")
     ab.add_argument(
         "--out", type=Path, default=Path("reports/ablation"), help="report folder (default: %(default)s)"
     )

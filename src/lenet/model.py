@@ -25,10 +25,10 @@ class LeNet(nn.Module):
         return self.fc(x.flatten(1))  # (B, 10)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The activations after each ReLU, for pictures of what the network looks at."""
+        """The activations after each ReLU, for pictures of what the network looks at, and the logits."""
         conv1 = F.relu(self.conv1(x))  # (B, 4, 24, 24)
         conv2 = F.relu(self.conv2(F.max_pool2d(conv1, 2)))  # (B, 12, 8, 8)
-        return {"conv1": conv1, "conv2": conv2}
+        return {"conv1": conv1, "conv2": conv2, "logits": self.fc(F.max_pool2d(conv2, 2).flatten(1))}
 
 
 def init_seed_(model: LeNet, init_std: float, fc_init_std: float, generator: torch.Generator) -> None:

@@ -106,13 +106,18 @@ def grayscale(image: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None]:
     mode = image.mode
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale: PIL's "L" would clip
         values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise ImageError("the image holds values that are not finite numbers (NaN or infinity)")
         top = 1.0 if mode == "F" and values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
         return np.clip(values / top, 0, 1), None
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
-        return np.asarray(rgba.convert("L"), dtype=np.float32) / 255, alpha
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255, None
+    try:
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+            return np.asarray(rgba.convert("L"), dtype=np.float32) / 255, alpha
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255, None
+    except (ValueError, OSError) as e:  # a mode Pillow cannot turn into grayscale (LAB, ...)
+        raise ImageError(f"cannot read {mode} images ({one_line(e)}); save it as RGB or grayscale") from None
 
 
 def flatten_alpha(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
+from lenet import __version__
 from lenet import predict as P
 from lenet.model import ARCHITECTURE, LeNet, count_parameters
 
@@ -45,9 +46,6 @@ MAX_DECODING = 4  # large images preprocessed at the same time; worst case ~4 x 
 # worker thread costs more CPU than the ~1 ms of work. Larger ones go to a thread, so they never stall it.
 INLINE_PIXELS = 250_000
 WORKER_MODEL_ENV = "LENET_SERVE_MODEL"  # how `serve(workers=N)` tells its worker processes the model file
-# Formats Pillow decodes itself. Not EPS/PDF: Pillow hands those to Ghostscript, a program that should
-# never see a stranger's upload.
-RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 BINARY = {"type": "string", "format": "binary"}
@@ -141,13 +139,10 @@ class Predictor:
                       "file": Path(str(info.get("path", ""))).name, "extra": extra}  # fmt: skip
         self.path = str(info.get("path", ""))
 
-    def image_to_input(self, data: bytes) -> torch.Tensor:
-        return P.preprocess(P.load_image(data))
-
     @torch.no_grad()
     def answer(self, x: torch.Tensor) -> bytes:  # x: (28, 28) in [0, 1], finite (work() checks)
-        probs = P.predict(self.model, x[None])[0]  # (10,)
-        conv1 = self.model.features(x[None, None])["conv1"][0]  # (4, 24, 24)
+        features = self.model.features(x[None, None])  # one forward pass: the maps and the logits
+        probs, conv1 = features["logits"][0].softmax(0), features["conv1"][0]  # (10,), (4, 24, 24)
         label = int(probs.argmax())
         out = {"label": label, "confidence": round(float(probs[label]), 6),
                "probabilities": rounded(probs, 6), "input": rounded(x), "conv1": rounded(conv1)}  # fmt: skip
@@ -165,7 +160,7 @@ def create_app(model: Path | str | None = None) -> FastAPI:
         return limiter[0]
 
     app = FastAPI(
-        title="lenet", version=_version(), summary="Read a handwritten digit with a 3,246-parameter LeNet."
+        title="lenet", version=__version__, summary="Read a handwritten digit with a 3,246-parameter LeNet."
     )
     app.state.predictor = predictor
 
@@ -212,7 +207,7 @@ def create_app(model: Path | str | None = None) -> FastAPI:
 
 
 def check_image(data: bytes) -> int | None:
-    """Judge an image from its header, before anything is decoded: refuse a format outside RASTER_FORMATS
+    """Judge an image from its header, before anything is decoded: refuse a format outside P.RASTER_FORMATS
     or a size over MAX_PIXELS. Returns the pixel count, or None when there is no readable header."""
     from PIL import Image
 
@@ -220,8 +215,8 @@ def check_image(data: bytes) -> int | None:
         image = Image.open(io.BytesIO(data))
     except Exception:  # not an image, or a damaged one: load_image then says which, in its own words
         return None
-    if image.format not in RASTER_FORMATS:
-        raise fail(400, f"{image.format} images are not accepted; send {', '.join(RASTER_FORMATS)}")
+    if image.format not in P.RASTER_FORMATS:
+        raise fail(400, f"{image.format} images are not accepted; send {', '.join(P.RASTER_FORMATS)}")
     pixels = image.size[0] * image.size[1]
     if pixels > MAX_PIXELS:
         raise fail(400, f"image of {pixels:,} pixels is too large (limit {MAX_PIXELS:,}); scale it down")
@@ -231,7 +226,7 @@ def check_image(data: bytes) -> int | None:
 def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
     """Input -> network input -> answer. Every failure while reading a stranger's bytes is their 400."""
     try:
-        x = parse_pixels(body) if is_json else predictor.image_to_input(body)
+        x = parse_pixels(body) if is_json else P.preprocess(P.load_image(body))
     except HTTPException:
         raise
     except P.ImageError as e:
@@ -242,12 +237,6 @@ def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
     if not torch.isfinite(x).all():  # a float TIFF can hold NaN; it must not reach the network
         raise fail(400, "the image holds values that are not finite numbers (NaN or infinity)")
     return predictor.answer(x)
-
-
-def _version() -> str:
-    from lenet import __version__
-
-    return __version__
 
 
 def serve(model: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
