@@ -117,14 +117,19 @@ def test_auto_falls_back_with_one_line_when_the_kernel_cannot_build(monkeypatch,
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     monkeypatch.setattr(fast_engine, "SOURCE", tmp_path / "broken.cpp")
     (tmp_path / "broken.cpp").write_text("this is not C++")
-    fast_engine.load_library.cache_clear()
+    fast_engine.build_and_load.cache_clear()
     monkeypatch.setattr("lenet.engines._fallback_noticed", False)
+    builds = []
+    build = fast_engine.build_library
+    monkeypatch.setattr(fast_engine, "build_library", lambda: builds.append(1) or build())
     try:
         assert select_engine("auto", "cpu").name == "torch"
+        assert select_engine("auto", "cpu").name == "torch"  # a sweep's next run: no second build
         with pytest.raises(EngineError, match="failed to build"):
             select_engine("fast", "cpu")
+        assert len(builds) == 1
     finally:
-        fast_engine.load_library.cache_clear()
+        fast_engine.build_and_load.cache_clear()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "using the torch engine" in err
 

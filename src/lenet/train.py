@@ -122,7 +122,6 @@ def start_run(
 
 
 def end_epoch(
-    cfg: TrainConfig,
     run: RunDir | None,
     model: LeNet,
     optimizer: torch.optim.Optimizer,
@@ -214,7 +213,7 @@ def train(
                 bar.update(len(chunk))
         train_loss = total.item() / len(batches)  # the epoch's one host sync
         seconds = time.perf_counter() - t0
-        end_epoch(cfg, run, model, optimizer, split, rows, train_loss, seconds, log, ema, score)
+        end_epoch(run, model, optimizer, split, rows, train_loss, seconds, log, ema, score)
     return finish_run(cfg, run, ema or model, split, rows, log)
 
 
@@ -259,7 +258,7 @@ def train_many(
         for i, cfg in enumerate(cfgs):
             models[i] = stack.model(i)
             optimizers[i] = torch.optim.SGD(models[i].parameters(), lr=cfg.lr)  # plain SGD: no state to carry
-            end_epoch(cfg, runs[i], models[i], optimizers[i], split, all_rows[i], losses[i], seconds, logs[i])
+            end_epoch(runs[i], models[i], optimizers[i], split, all_rows[i], losses[i], seconds, logs[i])
     return [
         finish_run(c, r, m, split, rows, lg)
         for c, r, m, rows, lg in zip(cfgs, runs, models, all_rows, logs, strict=True)

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from lenet.engines.fast_engine import EngineError
+from lenet.engines.fast_engine import EngineError, FastEngine
 from lenet.engines.torch_engine import TorchEngine
 
 __all__ = ["Engine", "EngineError", "TorchEngine", "select_engine"]
@@ -51,8 +51,6 @@ def select_engine(
             raise EngineError(
                 f"--engine fast runs on the CPU only (asked: {device_type}); use --engine auto or torch"
             )
-        from lenet.engines.fast_engine import FastEngine
-
         return FastEngine(strict=True)
     if name != "auto":
         raise EngineError(f"unknown engine '{name}'; known: auto, torch, fast")
@@ -71,8 +69,6 @@ _fallback_noticed = False
 def fast_or_fallback() -> Engine:
     """The fast engine, or the torch engine with a one-line notice (once a process) where it cannot build."""
     global _fallback_noticed
-    from lenet.engines.fast_engine import FastEngine
-
     try:
         return FastEngine()
     except EngineError as e:
