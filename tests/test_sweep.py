@@ -184,3 +184,8 @@ def test_bad_grid_exits_2_and_trains_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--lr", "--out", str(tmp_path / "sw")])
     assert not (tmp_path / "sw").exists()
+    capsys.readouterr()
+    # --seed as a grid axis was once dropped without a word
+    assert main(["sweep", "--seed", "1", "2", "--out", str(tmp_path / "sw")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lenet.config import DATASETS, ConfigError, TrainConfig, flag_name, parse_value
+from lenet.config import DATASETS, DEVICES, ConfigError, TrainConfig, flag_name, parse_value
 from lenet.sweep import BACKENDS
 
 DATA_DIR_HELP = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
@@ -178,7 +178,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lenet.report import write_sweep_report
     from lenet.sweep import LocalRunner, expand_grid, prepare_sweep
 
-    grid = {k: v for k, v in given_settings(args).items() if k != "seed"}
+    grid = given_settings(args)  # a --seed list is refused by expand_grid: seeds come from --seeds
     base = recipe_config(args.recipe, {})
     cfgs = expand_grid(grid, range(args.first_seed, args.first_seed + args.seeds), base)  # checks first
     out = Path(args.out) if args.out else Path("sweeps") / f"{datetime.now():%Y%m%d-%H%M%S}"
@@ -316,9 +316,7 @@ def seed_args(parser: argparse.ArgumentParser, default: int, unit: str) -> None:
 def runner_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
     """Where and how the runs of sweep/reproduce/ablate train: device, data, sweep backend, workers."""
     if device:
-        parser.add_argument(
-            "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train"
-        )
+        parser.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     parser.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     parser.add_argument(
         "--backend",

@@ -357,12 +357,20 @@ def load_split(
     log: Callable[[str], None] = print,
 ) -> Split:
     """The split of `dataset`, fetching the files first when they are missing and `fetch_missing` is set."""
+    folder = ensure_files(dataset, data_dir, log) if fetch_missing else resolve_data_dir(data_dir, dataset)
+    return make_split(load_arrays(DATASETS[dataset], folder), device)
+
+
+def ensure_files(
+    dataset: str, data_dir: Path | str | None = None, log: Callable[[str], None] = print
+) -> Path:
+    """The data folder of `dataset`, after fetching its files there when any is missing."""
     spec = DATASETS[dataset]
     folder = resolve_data_dir(data_dir, dataset)
-    if fetch_missing and any(find_file(folder, f) is None for f in spec.files.values()):
+    if any(find_file(folder, f) is None for f in spec.files.values()):
         log(f"{spec.name} data not found in {folder}; fetching it")
         fetch(spec, folder, log=log)
-    return make_split(load_arrays(spec, folder), device)
+    return folder
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -315,7 +315,8 @@ def run_reproduce(
     wall = time.perf_counter() - started
     train_seconds = sum(r.summary["train_seconds"] for r in results)
     twenty = [r for name, group in res.items() for r in group if r.spec.config.epochs == epochs]
-    write_tables(out, summarise(twenty))
+    table = summarise(twenty)
+    write_tables(out, table)
 
     images = out / "images"
     lr_runs = res["lr 0.001"] + res["seed protocol"] + res["lr 0.1"]
@@ -364,7 +365,7 @@ def run_reproduce(
                 f"{statistics.median(seed_acc):.2f}%, "
                 f"min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}% "
                 f"({', '.join(f'{a:.2f}' for a in seed_acc)}).",
-                markdown_table(summarise(twenty)),
+                markdown_table(table),
             ],
             accuracy_plot,
         ),

@@ -159,9 +159,10 @@ def _train_in_worker(config: dict[str, Any], out: str, data_dir: str | None) -> 
     from lenet.train import resolve_device, train
 
     cfg = TrainConfig.from_dict(config)
-    if cfg.dataset not in _worker_splits:
-        _worker_splits[cfg.dataset] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
-    train(cfg, _worker_splits[cfg.dataset], Path(out), log=run_logger(Path(out)), resume=True)
+    key = (cfg.dataset, cfg.device)  # the parent fetched missing files before starting the workers
+    if key not in _worker_splits:
+        _worker_splits[key] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
+    train(cfg, _worker_splits[key], Path(out), log=run_logger(Path(out)), resume=True)
 
 
 class LocalRunner:
@@ -251,6 +252,10 @@ class LocalRunner:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from lenet.data import ensure_files
+
+        for dataset in dict.fromkeys(specs[i].config.dataset for i in todo):
+            ensure_files(dataset, self.data_dir)  # once, here: not in every worker at the same time
         workers = min(self.workers, len(todo))
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
