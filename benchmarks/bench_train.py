@@ -7,40 +7,13 @@ Each side runs in its own subprocess (so peak RSS is its own), alternating, `--r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-# The reference loop (a plain eager loop written the usual way) and the child runner are bench_speed's.
-from bench_speed import reference, run_child
-
-
-def lenet_train(epochs: int, engine: str) -> tuple[list[float], float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        _, rss = run_child(
-            [
-                sys.executable,
-                "-m",
-                "lenet.cli",
-                "train",
-                "--epochs",
-                str(epochs),
-                "--engine",
-                engine,
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-            ]
-        )
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["seconds"] for r in rows], rss
+# The reference loop (a plain eager loop written the usual way) and the `lenet train` child are bench_speed's.
+from bench_speed import lenet_train, reference
 
 
 def main() -> None:
@@ -54,7 +27,7 @@ def main() -> None:
         t, rss = reference(args.epochs, data_dir="")
         ref += t
         ref_rss.append(rss)
-        t, rss = lenet_train(args.epochs, args.engine)
+        t, rss, _ = lenet_train(args.epochs, args.engine, data_dir="")
         ours += t
         ours_rss.append(rss)
     import torch

@@ -30,7 +30,7 @@ def small_split(mnist_split: Split) -> Split:
 
 @pytest.fixture(autouse=True)
 def _fixed_threads():
-    """Bit-identity claims hold for a fixed thread count; pin it so every test sees the same one."""
+    """Tests that set the thread count (bit-identity claims) must not leak it: restore it after each."""
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)

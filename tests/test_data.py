@@ -14,15 +14,18 @@ import pytest
 import torch
 
 from lenet.data import (
+    MNIST,
     DataError,
     DataFile,
     DatasetSpec,
     epoch_batches,
     fetch,
+    find_file,
     load_arrays,
     make_split,
     parse_idx,
     read_idx,
+    resolve_data_dir,
 )
 
 
@@ -111,8 +114,9 @@ def test_split_sizes_order_and_range(mnist_split):
     assert (len(s.train_x), len(s.val_x), len(s.test_x)) == (55_000, 5_000, 10_000)
     assert s.train_x.shape[1:] == (1, 28, 28) and s.train_x.dtype == torch.float32
     assert s.train_x.min() == 0.0 and s.train_x.max() == 1.0
-    raw = read_idx(Path.home() / ".cache/lenet/mnist/train-images-idx3-ubyte")
-    labels = read_idx(Path.home() / ".cache/lenet/mnist/train-labels-idx1-ubyte")
+    folder = resolve_data_dir(None, "mnist")  # where the mnist_split fixture read them
+    raw = read_idx(find_file(folder, MNIST.files["train_images"]))
+    labels = read_idx(find_file(folder, MNIST.files["train_labels"]))
     # validation = the FIRST 5,000 images in file order, train = the rest, in order.
     assert torch.equal(s.val_x[:, 0], torch.from_numpy(raw[:5000].copy()).float() / 255)
     assert torch.equal(s.train_x[0, 0], torch.from_numpy(raw[5000].copy()).float() / 255)

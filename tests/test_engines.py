@@ -70,7 +70,7 @@ def test_short_run_matches_torch(small_split: Split, batches: torch.Tensor):
     assert max_diff(fast, ref) < RUN_ATOL
 
 
-@pytest.mark.parametrize("threads", [1, 2, 4])
+@pytest.mark.parametrize("threads", [2, 3, 4])  # against the 1-thread base run
 def test_bit_identical_for_a_seed_and_any_thread_count(
     small_split: Split, batches: torch.Tensor, threads: int
 ):

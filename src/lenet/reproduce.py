@@ -350,7 +350,7 @@ def run_reproduce(
                 f"time summed over all runs: {train_seconds:.0f} s.",
                 f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
                 f"{platform.python_version()}; torch {torch_version()}; lenet {lenet_version()}.",
-                f"Protocol: the original's (SPEC.md): plain SGD, batch 100, {epochs} epochs, conv init "
+                f"Protocol: the original's (docs/SPEC.md): plain SGD, batch 100, {epochs} epochs, conv init "
                 "N(0, 0.1), fc init N(0, 1.0), validation = the first 5,000 training images. "
                 "Each run is a run directory under `runs/`.",
             ],
