@@ -70,15 +70,15 @@ def test_onnx_file_states_opset_batch_axis_and_provenance(run_dir, exported):
 
 def test_export_that_does_not_match_fails_and_writes_nothing(run_dir, tmp_path, monkeypatch, capsys):
     """A graph whose fc bias is off by 1e-3 must be caught by the onnxruntime comparison."""
-    real_write = lenet.export.write_onnx
+    real_bytes = lenet.export.onnx_bytes
 
-    def write_perturbed(model, path, metadata):
+    def perturbed_bytes(model, metadata):
         broken = copy.deepcopy(model)
         with torch.no_grad():
             broken.fc.bias += 1e-3
-        real_write(broken, path, metadata)
+        return real_bytes(broken, metadata)
 
-    monkeypatch.setattr(lenet.export, "write_onnx", write_perturbed)
+    monkeypatch.setattr(lenet.export, "onnx_bytes", perturbed_bytes)
     target = tmp_path / "broken.onnx"
     with pytest.raises(ExportError, match="differ"):
         export(run_dir, out=target)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lenet.config import DATASETS, DEVICES, ConfigError, TrainConfig, flag_name, parse_value
+from lenet.export import FORMATS as EXPORT_FORMATS
 from lenet.sweep import BACKENDS
 
 DATA_DIR_HELP = "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
@@ -470,7 +471,7 @@ def build_parser() -> Parser:
         "within 1e-5. safetensors: names the run's own weights and config.",
     )
     ex.add_argument("run", type=Path, metavar="RUN", help="run directory (made by `lenet train`)")
-    ex.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default: onnx")
     ex.add_argument("--out", type=Path, metavar="FILE", help="ONNX file to write (default: RUN/model.onnx)")
     ex.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     ex.set_defaults(func=cmd_export)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lenet.atomic import write_json
+from lenet.atomic import write_atomic, write_json
 from lenet.data import load_split
+from lenet.model import ARCHITECTURE
 from lenet.runs import RunDir, load_model
 
 OPSET = 18  # ONNX opset of the exported graph: the torch.export-based exporter's default; onnxruntime >= 1.14
@@ -68,23 +67,15 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, target: Path, meta
     except ImportError:
         raise ExportError("ONNX export needs the onnx extra: pip install 'lenet[onnx]'") from None
     model = model.cpu().eval()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write_onnx(model, tmp, metadata)
-        onnx.checker.check_model(str(tmp))
-        diff, error = max_logit_difference(model, tmp, images)
-        if not error <= TOLERANCE:  # also catches NaN
-            raise ExportError(
-                f"ONNX logits differ from PyTorch by {diff:.3g} (error {error:.3g} > {TOLERANCE:g}) on "
-                f"{len(images)} test images; {target} was not written"
-            )
-        tmp.chmod(0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = onnx_bytes(model, metadata)
+    onnx.checker.check_model(onnx.load_from_string(data))
+    diff, error = max_logit_difference(model, data, images)
+    if not error <= TOLERANCE:  # also catches NaN
+        raise ExportError(
+            f"ONNX logits differ from PyTorch by {diff:.3g} (error {error:.3g} > {TOLERANCE:g}) on "
+            f"{len(images)} test images; {target} was not written"
+        )
+    write_atomic(target, data)
     return {
         "format": "onnx",
         "path": str(target),
@@ -102,10 +93,8 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, target: Path, meta
     }
 
 
-def write_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
+def onnx_bytes(model: torch.nn.Module, metadata: dict[str, str]) -> bytes:
     """The graph with a dynamic batch axis, and the metadata that says where it came from."""
-    import onnx
-
     example = torch.zeros(2, 1, 28, 28)
     try:
         with quiet_exporter():
@@ -122,9 +111,9 @@ def write_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> 
     except Exception as e:  # the exporter raises many types; any of them means no usable file
         raise ExportError(f"torch.onnx.export failed: {' '.join(str(e).split())[:300]}") from None
     proto = program.model_proto
-    for key, value in {"architecture": "lenet-3246", **metadata}.items():
+    for key, value in {"architecture": ARCHITECTURE, **metadata}.items():
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+    return proto.SerializeToString()
 
 
 @contextlib.contextmanager
@@ -147,11 +136,11 @@ def logit_error(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float((np.abs(ours - theirs) / np.maximum(1.0, np.abs(theirs))).max())
 
 
-def max_logit_difference(model: torch.nn.Module, path: Path, images: torch.Tensor) -> tuple[float, float]:
+def max_logit_difference(model: torch.nn.Module, data: bytes, images: torch.Tensor) -> tuple[float, float]:
     """(largest |onnxruntime - PyTorch|, largest logit_error) over the logits of `images`, as one batch."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     ours = session.run(["logits"], {"images": images.cpu().numpy().astype(np.float32)})[0]
     with torch.no_grad():
         theirs = model(images.cpu()).numpy()

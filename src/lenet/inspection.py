@@ -24,6 +24,7 @@ import torch
 from lenet.atomic import write_atomic, write_json, write_text
 from lenet.data import load_split
 from lenet.model import LeNet
+from lenet.predict import predict
 from lenet.runs import RunDir, load_model, read_jsonl
 
 if TYPE_CHECKING:
@@ -71,8 +72,7 @@ def inspect_run(run_path: Path | str, index: int = 0, data_dir: Path | str | Non
     split = load_split(cfg.dataset, data_dir)
     if not 0 <= index < len(split.test_x):
         raise InspectError(f"--index must be in 0..{len(split.test_x) - 1} (got {index})")
-    with torch.no_grad():
-        results = TestResults(split.test_x, split.test_y, torch.softmax(model(split.test_x), 1))
+    results = TestResults(split.test_x, split.test_y, predict(model, split.test_x))
     names = CLASS_NAMES[cfg.dataset]
     out = run.path / "inspect"
     confusion = results.confusion()
@@ -89,11 +89,11 @@ def inspect_run(run_path: Path | str, index: int = 0, data_dir: Path | str | Non
         files["curves.png"] = curves_figure(rows, result)
     written = {name: save_figure(fig, out / name) for name, fig in files.items()}
     summary = summarize(results, confusion, wrong, index, names)
-    write_text(out / "confusion.txt", confusion_text(confusion, names))
+    text = confusion_text(confusion, names)
+    write_text(out / "confusion.txt", text)
     write_json(out / "summary.json", summary)
     written["confusion.txt"], written["summary.json"] = out / "confusion.txt", out / "summary.json"
-    write_text(out / "index.html", index_html(run, cfg.to_dict(), summary, confusion_text(confusion, names),
-                                              sorted(files)))  # fmt: skip
+    write_text(out / "index.html", index_html(run, cfg.to_dict(), summary, text, sorted(files)))
     written["index.html"] = out / "index.html"
     return written
 
