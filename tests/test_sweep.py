@@ -1,5 +1,6 @@
 import json
 import math
+import shlex
 
 import pytest
 import torch
@@ -173,7 +174,11 @@ def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "sw"
     assert main(sweep_args(out, "--backend", "sequential")) == 0
     assert main(["sweep", "--lr", "0.5", "--epochs", "1", "--seeds", "1", "--out", str(out)]) == 2
-    assert "holds a different sweep" in capsys.readouterr().err
+    err = capsys.readouterr().err  # it names the command that made the folder (not the test runner's argv)
+    assert (
+        "holds a different sweep" in err
+        and f"lenet {shlex.join(sweep_args(out, '--backend', 'sequential'))}" in err
+    )
 
 
 def test_bad_grid_exits_2_and_trains_nothing(tmp_path, capsys):

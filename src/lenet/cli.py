@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -183,7 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = recipe_config(args.recipe, {})
     cfgs = expand_grid(grid, range(args.first_seed, args.first_seed + args.seeds), base)  # checks first
     out = Path(args.out) if args.out else Path("sweeps") / f"{datetime.now():%Y%m%d-%H%M%S}"
-    specs = prepare_sweep(out, cfgs, " ".join(["lenet", *sys.argv[1:]]))
+    specs = prepare_sweep(out, cfgs, args.command_line)
     runner = LocalRunner(args.data_dir, args.backend, args.workers)
     print(
         f"sweep: {len(cfgs) // args.seeds} configurations x {args.seeds} seeds = {len(specs)} runs in {out}"
@@ -234,7 +235,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     steps = ablation_specs(args.out, seeds, args.epochs, args.dataset, args.device)
     specs = [s for _, group in steps for s in group]
     print(f"ablation: {len(steps)} steps x {len(seeds)} seeds = {len(specs)} runs in {args.out}")
-    command = " ".join(["lenet", *sys.argv[1:]]) if sys.argv[1:2] == ["ablate"] else "lenet ablate"
+    command = args.command_line
     with sweep_progress(specs, "ablate") as bar:
         results = LocalRunner(args.data_dir, args.backend, args.workers).run(
             specs, on_epoch=lambda: bar.update(1)
@@ -533,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["lenet", *(sys.argv[1:] if argv is None else argv)])  # as recorded
     try:
         return args.func(args)
     except (UsageError, ConfigError, DeviceError, InspectError) as e:

@@ -121,8 +121,15 @@ def run_dir_name(cfg: TrainConfig, varied: list[str]) -> str:
 
 
 class Runner(Protocol):
-    def run(self, specs: list[RunSpec], on_result: Callable[[RunResult], None]) -> list[RunResult]:
-        """Train every spec (resuming unfinished run directories) and return their results, in order."""
+    def run(
+        self,
+        specs: list[RunSpec],
+        on_result: Callable[[RunResult], None] = ...,
+        on_epoch: Callable[[], None] | None = None,
+    ) -> list[RunResult]:
+        """Train every spec (resuming unfinished run directories) and return their results, in order.
+
+        `on_result` hears of each run as it finishes, `on_epoch` of each model-epoch trained (progress)."""
         ...
 
 

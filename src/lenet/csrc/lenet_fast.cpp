@@ -409,7 +409,6 @@ constexpr int kMaxThreads = NSHARD;
 // States are tagged with the step (step * 16 + owner + 1, owner 0: open), so late work never counts.
 // A late thread may still read P while it is updated; its result is then always discarded.
 struct Job {
-  float* params[6];
   const float* x;
   const int64_t* y;
   const int64_t* batches;
@@ -502,7 +501,6 @@ float run_job(float** params, const float* x, const int64_t* y, const int64_t* b
               int64_t batch, float lr, float smooth, float* grad_out, int threads) {
   Job* job = new Job();
   for (int i = 0, off = 0; i < 6; off += kSizes[i], i++) {
-    job->params[i] = params[i];
     memcpy(job->P + off, params[i], kSizes[i] * sizeof(float));
   }
   job->x = x;
