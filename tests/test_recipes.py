@@ -14,6 +14,7 @@ from lenet.config import ConfigError, TrainConfig
 from lenet.engines import EngineError, select_engine
 from lenet.recipe import (
     augment_thetas,
+    elastic_fields,
     evaluate_tta,
     load_recipe,
     lr_at,
@@ -70,6 +71,8 @@ def test_recipe_file(tmp_path):
         {"shift": 9.0},
         {"rotate": 90.0},
         {"scale": 0.9},
+        {"elastic": 5.0},
+        {"elastic_sigma": 1.0},
         {"label_smoothing": 0.7},
         {"ema": 1.0},
         {"tta": "flips"},
@@ -102,6 +105,24 @@ def test_augmentation_is_deterministic_and_keeps_shape_and_range(small_split):
     assert not torch.allclose(out, x)
     identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
     assert torch.allclose(warp(x, identity), x, atol=1e-5)  # bilinear at the pixel centres
+
+
+def test_elastic_fields_are_smooth_sized_and_drawn_from_the_epoch_stream(small_split):
+    cfg = TrainConfig(elastic=1.5, seed=4)
+    fields = [elastic_fields(cfg, torch.Generator().manual_seed(7), 8) for _ in range(2)]
+    assert fields[0].shape == (8, 28, 28, 2) and torch.equal(*fields)
+    assert not torch.equal(fields[0], elastic_fields(cfg, torch.Generator().manual_seed(8), 8))
+    rms = fields[0].square().sum(-1).mean((1, 2)).sqrt()
+    assert torch.allclose(rms, torch.full((8,), 1.5), rtol=1e-5)  # each image's field has the asked size
+    step = (fields[0][:, 1:] - fields[0][:, :-1]).square().sum(-1).mean().sqrt()
+    assert step < 0.2 * 1.5  # smooth: neighbouring pixels move nearly alike (white noise: about 1.4x)
+    rough = elastic_fields(dataclasses.replace(cfg, elastic_sigma=2.0), torch.Generator().manual_seed(7), 8)
+    assert (rough[:, 1:] - rough[:, :-1]).square().sum(-1).mean().sqrt() > step  # sigma sets the smoothness
+    x, identity = small_split.train_x[:8], torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
+    out = warp(x, identity, fields[0])
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
+    assert torch.allclose(warp(x, identity, torch.zeros(8, 28, 28, 2)), x, atol=1e-5)
+    assert cfg.augments() and "augmentation" in cfg.step_extras()
 
 
 def test_schedules():
@@ -174,7 +195,8 @@ def test_resume_with_state_and_ema_is_bit_identical(small_split, tmp_path, optim
     torch.set_num_threads(1)
     cfg = TrainConfig(
         epochs=3, batch_size=250, optimizer=optimizer, lr=0.01, weight_decay=1e-4, schedule="onecycle",
-        warmup_epochs=0.5, shift=1.5, rotate=5.0, label_smoothing=0.1, ema=0.9, init="kaiming", seed=2,
+        warmup_epochs=0.5, shift=1.5, rotate=5.0, elastic=1.0, label_smoothing=0.1, ema=0.9, init="kaiming",
+        seed=2,
     )  # fmt: skip
     whole = train(cfg, small_split, tmp_path / "whole", log=lambda s: None)
 

@@ -22,7 +22,7 @@ INGREDIENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("optimiser", ("optimizer", "lr", "momentum", "weight_decay")),
     ("lr schedule", ("schedule", "warmup_epochs")),
     ("batch and epochs", ("batch_size", "epochs")),
-    ("augmentation", ("shift", "rotate", "scale", "clean_epochs")),
+    ("augmentation", ("shift", "rotate", "scale", "elastic", "elastic_sigma", "clean_epochs")),
     ("label smoothing", ("label_smoothing",)),
     ("weight average (EMA)", ("ema",)),
 )

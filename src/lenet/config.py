@@ -76,6 +76,20 @@ class TrainConfig:
         0.0, "augmentation: random rotation up to this angle", unit="degrees", low=0, high=45
     )
     scale: float = setting(0.0, "augmentation: random scaling by up to this fraction", low=0, high=0.5)
+    elastic: float = setting(
+        0.0,
+        "augmentation: elastic distortion, a smooth random displacement field of this RMS size per image",
+        unit="pixels",
+        low=0,
+        high=4,
+    )
+    elastic_sigma: float = setting(
+        4.0,
+        "smoothness of --elastic: Gaussian width of its displacement field",
+        unit="pixels",
+        low=2,
+        high=14,
+    )
     clean_epochs: int = setting(
         0, "the last this many epochs train on the images as they are (no augmentation)", unit="epochs", low=0
     )
@@ -116,7 +130,7 @@ class TrainConfig:
         return [name for name, on in extras.items() if on]
 
     def augments(self) -> bool:
-        return self.shift > 0 or self.rotate > 0 or self.scale > 0
+        return self.shift > 0 or self.rotate > 0 or self.scale > 0 or self.elastic > 0
 
     def short_name(self) -> str:
         """A few words for directory names: the settings that differ from the defaults, and the seed."""

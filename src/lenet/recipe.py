@@ -20,6 +20,7 @@ from lenet.config import ConfigError, TrainConfig
 from lenet.data import epoch_seed
 
 AUGMENT_SALT = 0x0A06_5EED  # keeps the augmentation stream apart from the batch-order stream
+ELASTIC_SALT = 0x0E1A_571C  # and the elastic fields apart from both
 RUN_SETTINGS = ("seed", "device", "engine", "dataset")  # where and which run, never part of a recipe
 
 
@@ -121,9 +122,35 @@ def augment_thetas(cfg: TrainConfig, epoch: int, shape: tuple[int, int]) -> torc
     return torch.stack([row0, row1], -2)
 
 
-def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Apply per-image affine maps: x (B, 1, 28, 28), theta (B, 2, 3); zero (background) fill, range kept."""
+def elastic_fields(cfg: TrainConfig, generator: torch.Generator, batch: int) -> torch.Tensor:
+    """One step's elastic displacement fields, (B, 28, 28, 2) in pixels (x, y).
+
+    White noise on a lattice of 14 x 14 points (every 2 pixels), smoothed onto the 28 x 28 pixels by a
+    Gaussian of width `cfg.elastic_sigma` (two matrix products, nothing outside the image), then scaled
+    so that each image's field has an RMS length of `cfg.elastic` pixels.
+    """
+    noise = torch.rand(batch, 2, 14, 14, generator=generator) * 2 - 1
+    blur = gaussian_matrix(cfg.elastic_sigma)
+    field = blur @ noise @ blur.T
+    rms = field.square().sum(1).mean((1, 2)).sqrt().clamp_min(1e-12)
+    return (field * (cfg.elastic / rms)[:, None, None, None]).permute(0, 2, 3, 1)
+
+
+def gaussian_matrix(sigma: float) -> torch.Tensor:
+    """(28, 14): Gaussian weights from the 14 lattice points (at 0.5, 2.5, ... 26.5) to the 28 pixels.
+
+    Unnormalised: the fields are rescaled to their RMS size afterwards.
+    """
+    pixels, points = torch.arange(28.0), torch.arange(14.0) * 2 + 0.5
+    return torch.exp(-0.5 * ((pixels[:, None] - points[None, :]) / sigma) ** 2)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply per-image affine maps, then displacement fields (pixels): x (B, 1, 28, 28), theta (B, 2, 3),
+    field (B, 28, 28, 2) or None. Zero (background) fill, bilinear, so the [0, 1] range is kept."""
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    if field is not None:
+        grid = grid + field.to(x.device, x.dtype) * (2 / 28)  # pixels -> affine_grid's [-1, 1] coordinates
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -162,11 +189,14 @@ class RecipeSteps:
         self.cfg, self.steps_per_epoch, self.gradient = cfg, steps_per_epoch, gradient
         self.name = "torch" if gradient is None else "fast"
         self.ema = Ema(model, cfg.ema) if cfg.ema > 0 else None
-        self.step, self.thetas = 0, None
+        self.step, self.thetas, self.elastic = 0, None, None
 
     def begin_epoch(self, epoch: int, batches: torch.Tensor) -> None:
         self.step, self.index = epoch * self.steps_per_epoch, 0
         self.thetas = augment_thetas(self.cfg, epoch, tuple(batches.shape))
+        self.elastic = None  # the fields are drawn step by step from this epoch's own stream
+        if self.thetas is not None and self.cfg.elastic > 0:
+            self.elastic = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch) ^ ELASTIC_SALT)
 
     def train_steps(self, model, optimizer, x, y, batches) -> torch.Tensor:
         model.train()
@@ -174,7 +204,10 @@ class RecipeSteps:
         for idx in batches.to(x.device):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(self.cfg, self.step, self.steps_per_epoch)
-            xb = x[idx] if self.thetas is None else warp(x[idx], self.thetas[self.index])
+            xb = x[idx]
+            if self.thetas is not None:
+                field = None if self.elastic is None else elastic_fields(self.cfg, self.elastic, len(idx))
+                xb = warp(xb, self.thetas[self.index], field)
             if self.gradient is not None:
                 loss = self.gradient(model, xb.contiguous(), y[idx], self.cfg.label_smoothing)
             else:
