@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +137,12 @@ def elastic_fields(cfg: TrainConfig, generator: torch.Generator, batch: int) -> 
     return (field * (cfg.elastic / rms)[:, None, None, None]).permute(0, 2, 3, 1)
 
 
+@cache
 def gaussian_matrix(sigma: float) -> torch.Tensor:
     """(28, 14): Gaussian weights from the 14 lattice points (at 0.5, 2.5, ... 26.5) to the 28 pixels.
 
-    Unnormalised: the fields are rescaled to their RMS size afterwards.
+    Unnormalised: the fields are rescaled to their RMS size afterwards. Cached: built once per sigma,
+    not on every training step; read only.
     """
     pixels, points = torch.arange(28.0), torch.arange(14.0) * 2 + 0.5
     return torch.exp(-0.5 * ((pixels[:, None] - points[None, :]) / sigma) ** 2)
