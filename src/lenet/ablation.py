@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet.atomic import write_text
-from lenet.config import TrainConfig
+from lenet.config import PLACEMENT, TrainConfig, default_of
 from lenet.recipe import recipe_config
 from lenet.report import pm, pyplot, save_figure
 from lenet.sweep import RunResult, RunSpec, mean_sd
@@ -52,9 +52,13 @@ def ablation_steps(
 
 
 def ablation_specs(
-    out: Path, seeds: list[int], epochs: int | None = None, dataset: str = "mnist", device: str = "auto"
+    out: Path,
+    seeds: list[int],
+    epochs: int | None = None,
+    dataset: str | None = None,
+    device: str | None = None,
 ) -> list[tuple[str, list[RunSpec]]]:
-    where = {"dataset": dataset, "device": device}
+    where = {"dataset": dataset or default_of("dataset"), "device": device or default_of("device")}
     start, target = recipe_config("seed", where), recipe_config("improved", where)
     return [
         (label, [RunSpec(dataclasses.replace(cfg, seed=s), out / "runs" / f"step{i}-seed{s}") for s in seeds])
@@ -123,7 +127,7 @@ def write_ablation_report(out: Path, steps: list[tuple[str, list[RunResult]]], c
     cfgs = [results[0].spec.config for _, results in steps]
     ns = sorted({r["n"] for r in rows})
     title = f"Ablation: seed recipe -> improved, one ingredient at a time (n={'/'.join(map(str, ns))} seeds)"
-    skip = ("seed", "device", "engine")
+    skip = ("seed", *PLACEMENT)
     settings = "\n".join(
         f"- {label}: `{', '.join(f'{k}={v}' for k, v in c.to_dict().items() if k not in skip)}`"
         for (label, _), c in zip(steps, cfgs, strict=True)

@@ -18,6 +18,8 @@ INITS = ("seed", "kaiming")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
 TTAS = ("off", "shifts")
+PLACEMENT = ("device", "engine")  # where and how a run computes: never changes what it learns
+RUN_SETTINGS = ("seed", *PLACEMENT, "dataset")  # which run, and where: never part of a recipe
 
 
 class ConfigError(ValueError):
@@ -54,7 +56,7 @@ class TrainConfig:
         "auto", "how a training step runs (auto: the fastest that applies)", choices=ENGINES
     )
     dataset: str = setting("mnist", "which IDX dataset to train on", choices=DATASETS)
-    # ---- beyond the original (issue 7): the defaults are the seed protocol, so old runs load unchanged
+    # ---- beyond the original: the defaults are the seed protocol, so old runs load unchanged
     init: str = setting(
         "seed", "init: the report's normal(init-std, fc-init-std), or kaiming (zero biases)", choices=INITS
     )
@@ -136,6 +138,11 @@ class TrainConfig:
         """A few words for directory names: the settings that differ from the defaults, and the seed."""
         parts = [f"{flag_name(f)}{getattr(self, f.name)}" for f in changed_fields(self) if f.name != "seed"]
         return "-".join([*parts, f"seed{self.seed}"]).replace("_", "")
+
+
+def default_of(name: str) -> Any:
+    """The default of a setting, for the few places outside a TrainConfig that need one (a CLI flag)."""
+    return field_named(name).default
 
 
 def flag_name(f: dataclasses.Field) -> str:

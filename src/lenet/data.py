@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lenet.atomic import write_atomic
+from lenet.config import default_of
 
 VALIDATION_SIZE = 5_000  # TF1 read_data_sets(validation_size=5000): the FIRST 5,000 training images
 IDX_DTYPES = {
@@ -178,16 +179,20 @@ def check_known(data: bytes, file: DataFile, source: str) -> np.ndarray:
 # ---------------------------------------------------------------- where data lives
 
 
-def default_data_dir(dataset: str = "mnist") -> Path:
-    """$LENET_DATA_DIR holds the MNIST files (other datasets in a subfolder of their name), else the cache."""
+DEFAULT_DATASET = default_of("dataset")
+
+
+def default_data_dir(dataset: str = DEFAULT_DATASET) -> Path:
+    """$LENET_DATA_DIR holds the default dataset's files (others in a subfolder named after them); else the
+    cache."""
     env = os.environ.get("LENET_DATA_DIR")
     if env:
-        return Path(env).expanduser() / ("" if dataset == "mnist" else dataset)
+        return Path(env).expanduser() / ("" if dataset == DEFAULT_DATASET else dataset)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "lenet" / dataset
 
 
-def resolve_data_dir(data_dir: Path | str | None, dataset: str = "mnist") -> Path:
+def resolve_data_dir(data_dir: Path | str | None, dataset: str = DEFAULT_DATASET) -> Path:
     return Path(data_dir).expanduser() if data_dir else default_data_dir(dataset)
 
 
@@ -350,7 +355,7 @@ def make_split(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu"
 
 
 def load_split(
-    dataset: str = "mnist",
+    dataset: str = DEFAULT_DATASET,
     data_dir: Path | str | None = None,
     device: torch.device | str = "cpu",
     fetch_missing: bool = False,

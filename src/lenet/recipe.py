@@ -1,7 +1,8 @@
 """Recipes beyond the original: presets, optimisers, lr schedules, augmentation, weight averaging, TTA.
 
-The network stays the seed's 3,246-parameter LeNet; only how it is trained changes. Every piece is
-a pure function of the config, the seed and the step, so a resumed run continues bit-identically.
+Pure pieces only; `lenet.train.recipe_epoch` puts them together, step by step. The network stays the
+seed's; only how it is trained changes. Every piece is a pure function of the config, the seed, the
+epoch and the step, so a resumed run continues bit-identically.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.config import ConfigError, TrainConfig
+from lenet.config import RUN_SETTINGS, ConfigError, TrainConfig
 from lenet.data import epoch_seed
 
 AUGMENT_SALT = 0x0A06_5EED  # keeps the augmentation stream apart from the batch-order stream
 ELASTIC_SALT = 0x0E1A_571C  # and the elastic fields apart from both
-RUN_SETTINGS = ("seed", "device", "engine", "dataset")  # where and which run, never part of a recipe
 
 
 # ---------------------------------------------------------------- presets
@@ -148,6 +148,28 @@ def gaussian_matrix(sigma: float) -> torch.Tensor:
     return torch.exp(-0.5 * ((pixels[:, None] - points[None, :]) / sigma) ** 2)
 
 
+def epoch_augmentation(
+    cfg: TrainConfig, epoch: int, shape: tuple[int, int]
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """One epoch's augmentation as a function of (batch of images, step within the epoch) -> images.
+
+    The affine maps are drawn for the whole epoch at once; the elastic fields step by step from the
+    epoch's own stream (so steps must come in order). Both are pure functions of (seed, epoch).
+    """
+    thetas = augment_thetas(cfg, epoch, shape)
+    if thetas is None:
+        return lambda x, index: x
+    fields = None
+    if cfg.elastic > 0:
+        fields = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) ^ ELASTIC_SALT)
+
+    def augment(x: torch.Tensor, index: int) -> torch.Tensor:
+        field = None if fields is None else elastic_fields(cfg, fields, len(x))
+        return warp(x, thetas[index], field)
+
+    return augment
+
+
 def warp(x: torch.Tensor, theta: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:
     """Apply per-image affine maps, then displacement fields (pixels): x (B, 1, 28, 28), theta (B, 2, 3),
     field (B, 28, 28, 2) or None. Zero (background) fill, bilinear, so the [0, 1] range is kept."""
@@ -172,58 +194,6 @@ class Ema:
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))  # a pure function of the step: resume-safe
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
-
-
-# ---------------------------------------------------------------- the training steps
-
-
-Gradient = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], float]  # FastEngine.gradient
-
-
-class RecipeSteps:
-    """A step with the recipe's extras: scheduled lr, augmentation, smoothing, the optimiser, EMA.
-
-    The gradient comes from `gradient` (the fast engine's kernel) when given, else from autograd.
-    """
-
-    def __init__(
-        self, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, gradient: Gradient | None = None
-    ) -> None:
-        self.cfg, self.steps_per_epoch, self.gradient = cfg, steps_per_epoch, gradient
-        self.name = "torch" if gradient is None else "fast"
-        self.ema = Ema(model, cfg.ema) if cfg.ema > 0 else None
-        self.step, self.thetas, self.elastic = 0, None, None
-
-    def begin_epoch(self, epoch: int, batches: torch.Tensor) -> None:
-        self.step, self.index = epoch * self.steps_per_epoch, 0
-        self.thetas = augment_thetas(self.cfg, epoch, tuple(batches.shape))
-        self.elastic = None  # the fields are drawn step by step from this epoch's own stream
-        if self.thetas is not None and self.cfg.elastic > 0:
-            self.elastic = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch) ^ ELASTIC_SALT)
-
-    def train_steps(self, model, optimizer, x, y, batches) -> torch.Tensor:
-        model.train()
-        total = torch.zeros((), device=x.device)
-        for idx in batches.to(x.device):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(self.cfg, self.step, self.steps_per_epoch)
-            xb = x[idx]
-            if self.thetas is not None:
-                field = None if self.elastic is None else elastic_fields(self.cfg, self.elastic, len(idx))
-                xb = warp(xb, self.thetas[self.index], field)
-            if self.gradient is not None:
-                loss = self.gradient(model, xb.contiguous(), y[idx], self.cfg.label_smoothing)
-            else:
-                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=self.cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                loss = loss.detach()
-            optimizer.step()
-            if self.ema is not None:
-                self.ema.update(model, self.step)
-            total += loss
-            self.step, self.index = self.step + 1, self.index + 1
-        return total
 
 
 # ---------------------------------------------------------------- test-time augmentation

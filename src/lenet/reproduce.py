@@ -412,7 +412,7 @@ def plan(
         length = None if epochs == len(ORIGINAL_LOSSES) else epochs
         steps = [
             (label, [known.get(s.config, s) for s in group])
-            for label, group in ablation_specs(out / "ablation", seeds, length, "mnist", device)
+            for label, group in ablation_specs(out / "ablation", seeds, length, device=device)
         ]
     flat += [s for _, group in steps for s in group if s not in flat]
     return specs, steps, flat

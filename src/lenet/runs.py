@@ -1,4 +1,6 @@
-"""The run directory: atomic writes, checkpoints, metrics rows, the final model, and loading a run back.
+"""The run directory: its files, checkpoints, the final model, provenance, and loading a run back.
+
+Every file here is written whole or not at all, through `lenet.atomic`.
 
 A run directory holds
   config.json         every setting, the seed, versions, device, engine, git commit
@@ -161,16 +163,18 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
 def save_checkpoint(
     path: Path,
     model: LeNet,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     epoch: int,
     rows: list[dict],
     ema: LeNet | None = None,
 ) -> None:
-    """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file."""
+    """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file.
+
+    `optimizer` is None for plain SGD, whose step keeps no state."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:  # the weight average (--ema)
         tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, state in opt["state"].items():
         for key, value in state.items():
@@ -188,7 +192,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: LeNet, optimizer: torch.optim.Optimizer, ema: LeNet | None = None
+    path: Path, model: LeNet, optimizer: torch.optim.Optimizer | None, ema: LeNet | None = None
 ) -> tuple[int, list[dict]]:
     """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far)."""
     from safetensors import safe_open
@@ -208,5 +212,6 @@ def load_checkpoint(
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = value.to(device)
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    if optimizer is not None:  # plain SGD has none (checkpoints of older versions hold its lr only)
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     return int(meta["epoch"]), json.loads(meta["rows"])

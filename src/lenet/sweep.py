@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lenet.atomic import write_json
-from lenet.config import ConfigError, TrainConfig, check_value, field_named, flag_name
+from lenet.config import (
+    PLACEMENT,
+    RUN_SETTINGS,
+    ConfigError,
+    TrainConfig,
+    check_value,
+    field_named,
+    flag_name,
+)
 from lenet.runs import RunDir, read_jsonl
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
@@ -66,14 +74,14 @@ def expand_grid(
 
 def config_key(cfg: TrainConfig) -> tuple:
     """What identifies a configuration: every setting but the seed (and where it runs)."""
-    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in ("seed", "device", "engine"))
+    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in ("seed", *PLACEMENT))
 
 
 def config_label(cfg: TrainConfig, varied: list[str]) -> str:
     """The varied settings' values; with none, the preset it is ("seed protocol", "improved recipe")."""
     if varied:
         return ", ".join(f"{flag_name(field_named(n))}={getattr(cfg, n)}" for n in varied)
-    from lenet.recipe import RUN_SETTINGS, preset_names, recipe_config
+    from lenet.recipe import preset_names, recipe_config
 
     def recipe_part(c: TrainConfig) -> dict:
         return {k: v for k, v in c.to_dict().items() if k not in RUN_SETTINGS}
@@ -86,7 +94,7 @@ def config_label(cfg: TrainConfig, varied: list[str]) -> str:
 
 def varied_settings(cfgs: list[TrainConfig]) -> list[str]:
     """The settings (other than the seed) that take more than one value across `cfgs`."""
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", "device", "engine")]
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", *PLACEMENT)]
     return [n for n in names if len({getattr(c, n) for c in cfgs}) > 1]
 
 
@@ -235,7 +243,7 @@ class LocalRunner:
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
-        from lenet.train import train_many
+        from lenet.vectorised import train_group
 
         recipes = [i for i in todo if specs[i].config.step_extras()]
         if recipes:  # the vectorised step is plain SGD only: the rest run one after another
@@ -251,7 +259,7 @@ class LocalRunner:
                 cfgs = [specs[i].config for i in chunk]
                 outs = [specs[i].out for i in chunk]
                 logs = [run_logger(o, on_epoch) for o in outs]
-                train_many(cfgs, self.split(cfgs[0]), outs, logs, resume=True)
+                train_group(cfgs, self.split(cfgs[0]), outs, logs, resume=True)
                 for i in chunk:
                     done(i)
 

@@ -1,4 +1,9 @@
-"""The training loop, evaluation and resume. Prints the original's log lines; writes the run directory."""
+"""The training loop, evaluation and resume. Prints the original's log lines; writes the run directory.
+
+`train` is the one loop: per epoch a fresh batch order, then either the original's plain SGD (whole
+steps on the engine, the lr a float) or a recipe's steps written out (lr -> augmentation -> gradient ->
+optimiser step -> weight average), then validation, the log line, the metrics row and a checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,15 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lenet.atomic import write_json, write_jsonl
 from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
-from lenet.engines import select_engine
+from lenet.engines import Engine, select_engine
+from lenet.engines.torch_engine import evaluate
 from lenet.model import LeNet, count_parameters, make_model
-from lenet.recipe import RecipeSteps, evaluate_tta, make_optimizer
+from lenet.recipe import Ema, epoch_augmentation, evaluate_tta, lr_at, make_optimizer
 from lenet.runs import RunDir, load_checkpoint, provenance, save_checkpoint, save_model
 
 PROGRESS_CHUNK = 50  # steps per engine call: the progress bar's granularity
@@ -54,20 +59,6 @@ def evaluation_line(loss: float, correct: int, total: int) -> str:
     return f"Test Set: Average Loss: {loss:.6f}, Accuracy: {correct}/{total} ({100 * correct / total:.2f}%)"
 
 
-@torch.no_grad()
-def evaluate(model: LeNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> tuple[float, int]:
-    """(mean cross-entropy, number correct) over all of x."""
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
-        correct += (logits.argmax(1) == target).sum()
-    return loss_sum.item() / len(x), int(correct.item())
-
-
 @dataclass
 class TrainResult:
     model: LeNet
@@ -99,79 +90,92 @@ class TrainResult:
         }
 
 
+@dataclass
+class State:
+    """What a run carries from epoch to epoch, and what its checkpoint holds."""
+
+    model: LeNet
+    optimizer: torch.optim.Optimizer | None  # None: plain SGD, whose step keeps no state
+    ema: Ema | None  # the weight average a recipe evaluates and saves
+    rows: list[dict]  # one per finished epoch, as in metrics.jsonl
+
+    @property
+    def evaluated(self) -> LeNet:
+        """The weights that are validated, tested and saved: the average where there is one."""
+        return self.model if self.ema is None else self.ema.model
+
+
+def new_state(cfg: TrainConfig, device: torch.device) -> State:
+    model = make_model(cfg).to(device)
+    optimizer = make_optimizer(cfg, model.parameters()) if cfg.step_extras() else None
+    return State(model, optimizer, Ema(model, cfg.ema) if cfg.ema > 0 else None, [])
+
+
 def start_run(
     cfg: TrainConfig,
     run: RunDir | None,
-    model: LeNet,
-    optimizer: torch.optim.Optimizer,
+    state: State,
     engine: str,
     resume: bool,
     log: Callable[[str], None],
-    ema: LeNet | None = None,
-) -> tuple[int, list[dict]]:
-    """Write config.json; with `resume`, restore the last checkpoint. Returns (finished epochs, rows)."""
+    command: str | None = None,
+) -> int:
+    """Write config.json; with `resume`, restore the last checkpoint into `state`. Returns finished epochs."""
     if run is None:
-        return 0, []
-    start_epoch, rows = 0, []
+        return 0
+    start_epoch = 0
     if resume and run.checkpoint.is_file():
-        start_epoch, rows = load_checkpoint(run.checkpoint, model, optimizer, ema)
+        ema = state.ema.model if state.ema else None
+        start_epoch, state.rows = load_checkpoint(run.checkpoint, state.model, state.optimizer, ema)
         log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
-    write_json(run.config, {"config": cfg.to_dict(), **provenance(next(model.parameters()).device, engine)})
-    write_jsonl(run.metrics, rows)  # drop rows of an epoch whose checkpoint was never written
-    return start_epoch, rows
+    device = next(state.model.parameters()).device
+    write_json(run.config, {"config": cfg.to_dict(), **provenance(device, engine), "command": command})
+    write_jsonl(run.metrics, state.rows)  # drop rows of an epoch whose checkpoint was never written
+    return start_epoch
 
 
 def end_epoch(
     run: RunDir | None,
-    model: LeNet,
-    optimizer: torch.optim.Optimizer,
+    state: State,
+    score: Callable[[LeNet, torch.Tensor, torch.Tensor], tuple[float, int]],
     split: Split,
-    rows: list[dict],
     train_loss: float,
+    lr: float,
     seconds: float,
     log: Callable[[str], None],
-    ema: LeNet | None = None,
-    score: Callable[[LeNet, torch.Tensor, torch.Tensor], tuple[float, int]] = evaluate,
 ) -> None:
-    """Validate (the weight average when on), print the epoch line, append the metrics row, checkpoint.
-
-    `score` is the engine's evaluation (the fast kernel's on the CPU); the test set is always scored by
-    `evaluate`, the torch reference.
-    """
-    val_loss, val_correct = score(ema or model, split.val_x, split.val_y)
-    epoch = len(rows) + 1
-    lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (schedules move it)
+    """Validate with `score` (the engine's evaluation), print the epoch line, append the row, checkpoint."""
+    val_loss, val_correct = score(state.evaluated, split.val_x, split.val_y)
+    epoch = len(state.rows) + 1
     row = {
         "epoch": epoch,
         "train_loss": train_loss,
         "val_loss": val_loss,
         "val_accuracy": val_correct / len(split.val_x),
-        "lr": lr,
+        "lr": lr,  # the lr of the epoch's last step (schedules move it)
         "seconds": seconds,
     }
-    rows.append(row)
+    state.rows.append(row)
     extra = f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"
     log(epoch_line(epoch, train_loss, lr, extra))
     if run is not None:
-        save_checkpoint(run.checkpoint, model, optimizer, epoch, rows, ema)
-        write_jsonl(run.metrics, rows)
+        ema = state.ema.model if state.ema else None
+        save_checkpoint(run.checkpoint, state.model, state.optimizer, epoch, state.rows, ema)
+        write_jsonl(run.metrics, state.rows)
 
 
 def finish_run(
-    cfg: TrainConfig,
-    run: RunDir | None,
-    model: LeNet,
-    split: Split,
-    rows: list[dict],
-    log: Callable[[str], None],
+    cfg: TrainConfig, run: RunDir | None, state: State, split: Split, log: Callable[[str], None]
 ) -> TrainResult:
-    """Evaluate the test set once, print the test line, save the model and result.json."""
+    """Evaluate the test set once (on the torch reference), print the test line, save the model and result."""
+    model = state.evaluated
     test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
     log(evaluation_line(test_loss, test_correct, len(split.test_x)))
     tta = evaluate_tta(model, split.test_x, split.test_y) if cfg.tta != "off" else None
     if tta is not None:
         total = len(split.test_x)
         log(f"Test Set with TTA ({cfg.tta}): Accuracy: {tta}/{total} ({100 * tta / total:.2f}%)")
+    rows = state.rows
     result = TrainResult(
         model, rows, test_loss, test_correct, len(split.test_x), sum(r["seconds"] for r in rows), tta
     )
@@ -187,82 +191,77 @@ def train(
     out: Path | None = None,
     log: Callable[[str], None] = print,
     resume: bool = False,
+    command: str | None = None,
 ) -> TrainResult:
-    """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it)."""
+    """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it).
+
+    `command` is the command line that asked for the run, recorded in config.json."""
     device = split.train_x.device
-    extras = cfg.step_extras()
-    engine = select_engine(cfg.engine, device.type, cfg.optimizer, extras)
-    score = getattr(engine, "evaluate", evaluate)
+    engine = select_engine(cfg, device)
     run = RunDir(out) if out is not None else None
-    model = make_model(cfg.init_std, cfg.fc_init_std, cfg.seed, cfg.init).to(device)
-    optimizer = make_optimizer(cfg, model.parameters())
-    n = len(split.train_x)
-    if extras:  # a recipe: its extras around the engine's gradient (the kernel's on the CPU)
-        engine = RecipeSteps(cfg, model, n // cfg.batch_size, getattr(engine, "gradient", None))
-    ema = engine.ema.model if isinstance(engine, RecipeSteps) and engine.ema else None
-    start_epoch, rows = start_run(cfg, run, model, optimizer, engine.name, resume, log, ema)
+    state = new_state(cfg, device)
+    start_epoch = start_run(cfg, run, state, engine.name, resume, log, command)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)  # (steps, B)
-        if isinstance(engine, RecipeSteps):
-            engine.begin_epoch(epoch, batches)
-        total = torch.zeros((), device=device)
+        batches = epoch_batches(len(split.train_x), cfg.batch_size, cfg.seed, epoch)  # (steps, B)
         with progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
-            for chunk in batches.split(PROGRESS_CHUNK):
-                total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
-                bar.update(len(chunk))
+            if state.optimizer is None:  # the original's plain SGD: whole steps on the engine
+                total, lr = sgd_epoch(engine, state.model, cfg.lr, split, batches, bar.update), cfg.lr
+            else:
+                total, lr = recipe_epoch(cfg, engine, state, split, batches, epoch, bar.update)
         train_loss = total.item() / len(batches)  # the epoch's one host sync
         seconds = time.perf_counter() - t0
-        end_epoch(run, model, optimizer, split, rows, train_loss, seconds, log, ema, score)
-    return finish_run(cfg, run, ema or model, split, rows, log)
+        end_epoch(run, state, engine.evaluate, split, train_loss, lr, seconds, log)
+    return finish_run(cfg, run, state, split, log)
 
 
-def train_many(
-    cfgs: list[TrainConfig],
+def sgd_epoch(
+    engine: Engine,
+    model: LeNet,
+    lr: float,
     split: Split,
-    outs: list[Path | None],
-    logs: list[Callable[[str], None]],
-    resume: bool = False,
-) -> list[TrainResult]:
-    """Train plain-SGD runs as one vectorised group; each ends as if trained alone (to float tolerance).
+    batches: torch.Tensor,
+    advance: Callable[[int], object],
+) -> torch.Tensor:
+    """Plain gradient descent over one epoch's batches, PROGRESS_CHUNK steps per engine call."""
+    total = torch.zeros((), device=split.train_x.device)
+    for chunk in batches.split(PROGRESS_CHUNK):
+        total += engine.sgd_steps(model, lr, split.train_x, split.train_y, chunk)
+        advance(len(chunk))
+    return total
 
-    The runs must share epochs and batch size and, when resuming, have finished the same number of epochs.
+
+def recipe_epoch(
+    cfg: TrainConfig,
+    engine: Engine,
+    state: State,
+    split: Split,
+    batches: torch.Tensor,
+    epoch: int,
+    advance: Callable[[int], object],
+) -> tuple[torch.Tensor, float]:
+    """One epoch of a recipe, step by step. Returns the summed batch losses and the last step's lr.
+
+    Every piece is a pure function of (config, seed, epoch, step), so a resumed run continues bit-identically.
     """
-    from lenet.engines.many import StackedModels
-
-    if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
-        raise ValueError("a vectorised group needs one epochs and batch size")
-    if any(c.step_extras() for c in cfgs):
-        raise ValueError("a vectorised group trains plain SGD only (use train() for recipes)")
-    device = split.train_x.device
-    runs = [RunDir(o) if o is not None else None for o in outs]
-    models = [make_model(c.init_std, c.fc_init_std, c.seed, c.init).to(device) for c in cfgs]
-    optimizers = [torch.optim.SGD(m.parameters(), lr=c.lr) for m, c in zip(models, cfgs, strict=True)]
-    starts = [
-        start_run(c, r, m, o, "many", resume, lg)
-        for c, r, m, o, lg in zip(cfgs, runs, models, optimizers, logs, strict=True)
-    ]
-    if len({epoch for epoch, _ in starts}) != 1:
-        raise ValueError("a vectorised group must resume from one epoch")
-    start_epoch, all_rows = starts[0][0], [rows for _, rows in starts]
-    stack = StackedModels(models, [c.lr for c in cfgs], device)
-    epochs, n = cfgs[0].epochs, len(split.train_x)
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        batches = torch.stack([epoch_batches(n, c.batch_size, c.seed, epoch) for c in cfgs])  # (M, steps, B)
-        total = torch.zeros(len(cfgs), device=device)
-        for chunk in batches.split(PROGRESS_CHUNK, dim=1):
-            total += stack.train_steps(split.train_x, split.train_y, chunk)
-        losses = (total / batches.shape[1]).tolist()
-        seconds = (time.perf_counter() - t0) / len(cfgs)  # each model's share of the group's time
-        for i, cfg in enumerate(cfgs):
-            models[i] = stack.model(i)
-            optimizers[i] = torch.optim.SGD(models[i].parameters(), lr=cfg.lr)  # plain SGD: no state to carry
-            end_epoch(runs[i], models[i], optimizers[i], split, all_rows[i], losses[i], seconds, logs[i])
-    return [
-        finish_run(c, r, m, split, rows, lg)
-        for c, r, m, rows, lg in zip(cfgs, runs, models, all_rows, logs, strict=True)
-    ]
+    model, optimizer, ema = state.model, state.optimizer, state.ema
+    assert optimizer is not None
+    steps = len(batches)
+    augment = epoch_augmentation(cfg, epoch, tuple(batches.shape))
+    total = torch.zeros((), device=split.train_x.device)
+    lr = cfg.lr
+    for i, idx in enumerate(batches.to(split.train_x.device)):
+        step = epoch * steps + i
+        lr = lr_at(cfg, step, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        xb = augment(split.train_x[idx], i).contiguous()
+        total += engine.gradient(model, xb, split.train_y[idx], cfg.label_smoothing)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
+        advance(1)
+    return total, lr
 
 
 def progress(total: int, desc: str) -> tqdm:

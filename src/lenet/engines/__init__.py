@@ -1,78 +1,85 @@
-"""How training steps run. Every engine takes the same inputs and returns the summed batch losses.
+"""How a training step runs. Every engine implements the whole `Engine` protocol; `select_engine` is the
+one place that chooses.
 
-`torch` is the reference. `fast` is a fused C++ kernel for the seed network on the CPU (whole
-plain-SGD steps, or the gradient for a recipe's optimiser); `cuda-graph` replays captured steps of the
-torch engine on an NVIDIA GPU. `select_engine`
-picks the fastest that applies ("auto"), or exactly the one asked for.
+`torch` is the reference (autograd). `fast` is a fused C++ kernel for exactly the seed network on the
+CPU (`csrc/lenet_fast.cpp`): whole plain-SGD steps, a recipe's gradient, and the forward pass for
+evaluation. `cuda-graph` replays captured plain-SGD steps of the torch engine on an NVIDIA GPU.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from lenet.config import TrainConfig
 from lenet.engines.fast_engine import EngineError, FastEngine
 from lenet.engines.torch_engine import TorchEngine
 
-__all__ = ["Engine", "EngineError", "TorchEngine", "select_engine"]
+__all__ = ["Engine", "EngineError", "FastEngine", "TorchEngine", "select_engine"]
 
 
 class Engine(Protocol):
     name: str
 
-    def train_steps(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batches: torch.Tensor,
-    ) -> torch.Tensor: ...
+    def sgd_steps(
+        self, model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor
+    ) -> torch.Tensor:
+        """One plain gradient-descent step (mean cross-entropy) per row of `batches` (k, B) of indices
+        into x, y; updates `model` in place. Returns the k batch losses summed (0-d, on x's device)."""
+        ...
+
+    def gradient(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float
+    ) -> torch.Tensor:
+        """Set every parameter's .grad to the gradient of the mean cross-entropy over the batch (x, y);
+        return that loss (0-d, detached). An optimiser's step follows."""
+        ...
+
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """(mean cross-entropy, number correct) over all of x."""
+        ...
+
+
+_noticed: set[str] = set()
+
+
+def notice_once(message: str) -> None:
+    """A one-line notice on stderr, once a process: a sweep's hundredth run need not repeat it."""
+    if message not in _noticed:
+        _noticed.add(message)
+        print(f"lenet: {message}", file=sys.stderr)
 
 
 def select_engine(
-    name: str, device_type: str, optimizer: str = "sgd", extras: list[str] | tuple[str, ...] = ()
+    cfg: TrainConfig, device: torch.device | str, notice: Callable[[str], None] = notice_once
 ) -> Engine:
-    """The engine called `name` ("auto" picks the fastest that applies to this device and optimiser).
+    """The engine `cfg.engine` names; "auto" picks the fastest that applies here and says why it fell back.
 
-    `extras` are what the step does beyond plain SGD at a constant lr (TrainConfig.step_extras:
-    momentum, a schedule, augmentation, label smoothing, EMA). On the CPU the fast engine runs plain SGD
-    whole and gives recipes their gradients (`FastEngine.gradient`); the CUDA-graph engine runs plain
-    SGD only, so recipes on a GPU take the torch engine.
+    CPU: the fast kernel (plain SGD whole; a recipe's gradient). CUDA: CUDA graphs for plain SGD, the
+    torch engine for recipes. Anything else: the torch engine.
     """
-    plain = optimizer == "sgd" and not extras
-    if name == "torch":
+    kind = torch.device(device).type
+    plain = not cfg.step_extras()
+    if cfg.engine == "torch":
         return TorchEngine()
-    if name == "fast":
-        if device_type != "cpu":
+    if cfg.engine == "fast":
+        if kind != "cpu":
             raise EngineError(
-                f"--engine fast runs on the CPU only (asked: {device_type}); use --engine auto or torch"
+                f"--engine fast runs on the CPU only (asked: {kind}); use --engine auto or torch"
             )
-        return FastEngine(strict=True)
-    if name != "auto":
-        raise EngineError(f"unknown engine '{name}'; known: auto, torch, fast")
-    if device_type == "cuda" and plain:
+        return FastEngine()  # EngineError, in one line, if it cannot build or does not fit the network
+    if kind == "cuda" and plain:
         from lenet.engines.cuda_graph_engine import CudaGraphEngine
 
         return CudaGraphEngine()
-    if device_type == "cpu":
-        return fast_or_fallback()
-    return TorchEngine()
-
-
-_fallback_noticed = False
-
-
-def fast_or_fallback() -> Engine:
-    """The fast engine, or the torch engine with a one-line notice (once a process) where it cannot build."""
-    global _fallback_noticed
+    if kind != "cpu":
+        return TorchEngine()
     try:
         return FastEngine()
-    except EngineError as e:
-        if not _fallback_noticed:
-            print(f"lenet: {e}; using the torch engine", file=sys.stderr)
-            _fallback_noticed = True
+    except EngineError as e:  # no compiler, or a network of another shape than the kernel's
+        notice(f"{e}; using the torch engine")
         return TorchEngine()

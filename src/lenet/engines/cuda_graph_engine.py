@@ -2,8 +2,8 @@
 
 At this model's size a step is ~20 tiny kernels, so launch overhead, not arithmetic, sets the pace;
 a graph replays all k steps with one launch. The batch indices live in a static device buffer that
-each call overwrites, so the captured gathers read the new batches. Anything the graph cannot hold
-(a CPU tensor, an optimizer other than plain SGD) runs on the torch engine instead.
+each call overwrites, so the captured gathers read the new batches. A recipe's gradient and the
+evaluation are the torch engine's (select_engine gives recipes on a GPU the torch engine anyway).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.engines.fast_engine import plain_sgd_lr
 from lenet.engines.torch_engine import TorchEngine
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuDNN workspaces), then undone
@@ -27,28 +26,23 @@ class Captured:
     total: torch.Tensor  # 0-d, the summed losses of the last replay
 
 
-class CudaGraphEngine:
+class CudaGraphEngine(TorchEngine):
+    """The torch engine, with its plain-SGD steps captured as CUDA graphs (gradient and evaluate: its own)."""
+
     name = "cuda-graph"
 
     def __init__(self) -> None:
-        self.reference = TorchEngine()
         self.captured: dict[tuple, Captured] = {}
 
-    def train_steps(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batches: torch.Tensor,
+    def sgd_steps(
+        self, model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor
     ) -> torch.Tensor:
         """One SGD step per row of `batches` (k, B); returns the sum of the k batch losses, on the device."""
-        lr = plain_sgd_lr(optimizer)
-        if x.device.type != "cuda" or lr is None:
-            return self.reference.train_steps(model, optimizer, x, y, batches)
-        key = (id(model), id(optimizer), x.data_ptr(), y.data_ptr(), tuple(batches.shape), lr)
+        if x.device.type != "cuda":
+            return super().sgd_steps(model, lr, x, y, batches)
+        key = (id(model), x.data_ptr(), y.data_ptr(), tuple(batches.shape), lr)
         if key not in self.captured:
-            self.captured[key] = capture(model, optimizer, x, y, batches.shape)
+            self.captured[key] = capture(model, lr, x, y, batches.shape)
         c = self.captured[key]
         c.batches.copy_(batches, non_blocking=True)
         c.graph.replay()
@@ -56,25 +50,22 @@ class CudaGraphEngine:
 
 
 def steps(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batches: torch.Tensor,
-    total: torch.Tensor,
+    model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor, total: torch.Tensor
 ) -> None:
-    """The torch engine's loop, with gradients zeroed in place: a graph needs fixed gradient buffers."""
+    """The torch engine's loop, with gradients in fixed buffers zeroed in place, as a graph needs."""
+    params = list(model.parameters())
     for idx in batches:
         loss = F.cross_entropy(model(x[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=False)
+        for p in params:
+            if p.grad is not None:
+                p.grad.zero_()
         loss.backward()
-        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)  # torch.optim.SGD's CUDA path
         total += loss.detach()
 
 
-def capture(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, shape: torch.Size
-) -> Captured:
+def capture(model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, shape: torch.Size) -> Captured:
     model.train()
     batches = torch.zeros(shape, dtype=torch.int64, device=x.device)
     total = torch.zeros((), device=x.device)
@@ -82,12 +73,12 @@ def capture(
     side = torch.cuda.Stream(device=x.device)
     side.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(side):  # warm-up steps change the weights: restored below
-        steps(model, optimizer, x, y, batches[:1].expand(WARMUP_STEPS, -1), total)
+        steps(model, lr, x, y, batches[:1].expand(WARMUP_STEPS, -1), total)
     torch.cuda.current_stream(x.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         total.zero_()
-        steps(model, optimizer, x, y, batches, total)
+        steps(model, lr, x, y, batches, total)
     with torch.no_grad():
         for p, s in zip(model.parameters(), saved, strict=True):
             p.copy_(s)

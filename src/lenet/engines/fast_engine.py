@@ -2,10 +2,10 @@
 
 The source (`lenet/csrc/lenet_fast.cpp`) is compiled with the system's C++ compiler at first use into
 a cache folder keyed by the source, the compiler and the CPU, then loaded with ctypes. No build step
-at install time: where no compiler works, `select_engine("auto", ...)` says so in one line and
-falls back to the torch engine. Plain SGD runs whole steps in the kernel; recipes (AdamW, schedules,
-augmentation, label smoothing, EMA) take only the gradient from it (`FastEngine.gradient`) and do the
-rest in torch.
+at install time: where no compiler works, or the network in lenet.model is not the one the kernel
+computes (it reports its shape), `select_engine` says so in one line and uses the torch engine. Plain
+SGD runs whole steps in the kernel; recipes (AdamW, schedules, augmentation, label smoothing, EMA) take
+only the gradient from it (`FastEngine.gradient`) and do the rest in torch.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet.config import ConfigError
+from lenet.model import SHAPE, Shape
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lenet_fast.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
-ABI_VERSION = 3  # lenet_fast_version() of the source this module speaks to
-PARAM_SHAPES = ((4, 1, 5, 5), (4,), (12, 4, 5, 5), (12,), (10, 192), (10,))  # conv1, conv2, fc: w then b
+ABI_VERSION = 4  # lenet_fast_version() of the source this module speaks to
 BUILD_TIMEOUT_S = 120
 
 
@@ -117,89 +117,84 @@ def build_and_load() -> ctypes.CDLL | EngineError:
     lib.lenet_fast_gradient.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
                                         ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
                                         ctypes.c_int]  # fmt: skip
+    lib.lenet_fast_shape.restype = None
+    lib.lenet_fast_shape.argtypes = [ctypes.c_void_p]
     lib.lenet_fast_logits.restype = None
     lib.lenet_fast_logits.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_int]  # fmt: skip
     return lib
 
 
+def kernel_shape(lib: ctypes.CDLL) -> Shape:
+    """The network the compiled kernel computes, as it reports it."""
+    out = (ctypes.c_int64 * 6)()
+    lib.lenet_fast_shape(out)
+    image, kernel, conv1, conv2, classes, pool = out
+    return Shape(image=image, kernel=kernel, conv1=conv1, conv2=conv2, classes=classes, pool=pool)
+
+
 def param_pointers(model: nn.Module) -> ctypes.Array:
     return (ctypes.c_void_p * 6)(*[p.detach().data_ptr() for p in model.parameters()])
 
 
-def plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
-    """The learning rate when `optimizer` is plain SGD (no momentum, weight decay, ...), else None."""
-    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
-        return None
-    g = optimizer.param_groups[0]
-    plain = g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"] and not g.get("maximize")
-    return float(g["lr"]) if plain and not isinstance(g["lr"], torch.Tensor) else None
-
-
-def unsupported(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batches: torch.Tensor,
-) -> str | None:
-    """Why the kernel cannot run these inputs, or None when it can."""
-    if not fits_kernel(model, x):
-        return (
-            "the kernel reads the 3,246-parameter network and (N, 1, 28, 28) images, contiguous CPU float32"
-        )
-    if plain_sgd_lr(optimizer) is None:
-        return "the optimizer is not plain SGD (one group, no momentum or weight decay)"
-    if [id(p) for p in optimizer.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
-        return "the optimizer does not hold exactly the model's parameters"
-    if y.device.type != "cpu" or batches.device.type != "cpu":
-        return "the labels or batch indices are not on the CPU"
-    if y.dtype != torch.int64 or batches.dtype != torch.int64 or batches.dim() != 2:
-        return "labels and batch indices must be int64, batches (steps, batch)"
-    if batches.numel() and (int(batches.min()) < 0 or int(batches.max()) >= len(x)):
-        return "batch indices out of range"
-    return None
-
-
 def fits_kernel(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the kernel can read this model and these images (the seed network; contiguous CPU float32)."""
+    """Whether the kernel can read this model and these images (its network; contiguous CPU float32)."""
     params = list(model.parameters())
-    if tuple(tuple(p.shape) for p in params) != PARAM_SHAPES or tuple(x.shape[1:]) != (1, 28, 28):
+    shapes = tuple(tuple(p.shape) for p in params)
+    if shapes != tuple(SHAPE.param_shapes().values()) or tuple(x.shape[1:]) != (1, SHAPE.image, SHAPE.image):
         return False
     tensors = [*params, x]
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
 
+def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor | None) -> None:
+    """EngineError unless the kernel can run these inputs (select_engine chose it for the model's shape,
+    so this fails only for a caller who hands it other data)."""
+    if not fits_kernel(model, x):
+        raise EngineError("--engine fast: the kernel reads its own network and (N, 1, 28, 28) contiguous "
+                          "float32 images on the CPU; use --engine torch")  # fmt: skip
+    if y.device.type != "cpu" or y.dtype != torch.int64:
+        raise EngineError("--engine fast: the labels must be int64 on the CPU; use --engine torch")
+    if batches is not None and batches.numel():
+        if batches.dtype != torch.int64 or batches.dim() != 2 or batches.device.type != "cpu":
+            raise EngineError("--engine fast: batch indices must be an int64 (steps, batch) CPU tensor")
+        if int(batches.min()) < 0 or int(batches.max()) >= len(x):
+            raise EngineError("--engine fast: batch indices out of range")
+
+
 class FastEngine:
-    """The fused kernel where it applies; otherwise the torch engine (auto) or an EngineError (strict)."""
+    """The fused kernel. Built (once per machine) and checked against lenet.model.SHAPE when made:
+    EngineError, in one line, where it cannot build or computes another network."""
 
     name = "fast"
 
-    def __init__(self, strict: bool = False) -> None:
-        from lenet.engines.torch_engine import TorchEngine
-
+    def __init__(self) -> None:
         self.lib = load_library()
-        self.strict = strict
-        self.reference = TorchEngine()
+        if kernel_shape(self.lib) != SHAPE:
+            raise EngineError(f"fast engine: the kernel computes {kernel_shape(self.lib)}, lenet.model "
+                              f"declares {SHAPE}; the kernel fits only its own network")  # fmt: skip
         self.grads: dict[int, tuple] = {}  # per model: one flat buffer and the .grad views into it
 
-    def gradient(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
-    ) -> float:
-        """Set each parameter's .grad to d(mean cross-entropy over the batch)/d(parameter); return the loss.
+    def sgd_steps(
+        self, model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor
+    ) -> torch.Tensor:
+        """One plain-SGD step per row of `batches` (k, B); returns the sum of the k batch losses (0-d)."""
+        batches = batches.contiguous()
+        check_inputs(model, x, y, batches)
+        model.zero_grad(set_to_none=True)  # the kernel keeps no gradients; don't leave stale ones
+        steps, batch = batches.shape
+        threads = max(1, torch.get_num_threads())
+        ptrs = param_pointers(model), x.data_ptr(), y.data_ptr(), batches.data_ptr()
+        total = self.lib.lenet_fast_train_steps(*ptrs, steps, batch, lr, threads)
+        return torch.tensor(total, dtype=torch.float32)
 
-        As `F.cross_entropy(model(x), y, label_smoothing=...).backward()` (to float rounding), on the kernel
-        where it fits (else on autograd, or an EngineError when strict). An optimiser's step follows.
-        """
+    def gradient(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float
+    ) -> torch.Tensor:
+        """As `F.cross_entropy(model(x), y, label_smoothing=...).backward()`, to float rounding."""
         params = list(model.parameters())
         y = y.to(torch.int64).contiguous()
-        if not fits_kernel(model, x) or y.device.type != "cpu" or not params[0].requires_grad:
-            if self.strict:
-                raise EngineError("--engine fast: the kernel needs the seed network and its data on the CPU")
-            model.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-            loss.backward()
-            return float(loss)
+        check_inputs(model, x, y, None)
         flat, views = self.grads.get(id(model), (None, None))
         if flat is None:
             flat = torch.empty(sum(p.numel() for p in params))
@@ -214,41 +209,14 @@ class FastEngine:
         for p, g in zip(params, views, strict=True):
             if p.grad is not g:  # an optimiser's zero_grad(set_to_none=True) may have dropped it
                 p.grad = g
-        return loss
-
-    def train_steps(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batches: torch.Tensor,
-    ) -> torch.Tensor:
-        """One plain-SGD step per row of `batches` (k, B); returns the sum of the k batch losses (0-d)."""
-        batches = batches.contiguous()
-        reason = unsupported(model, optimizer, x, y, batches)
-        if reason is not None:
-            if self.strict:
-                raise EngineError(f"--engine fast cannot run this: {reason}; use --engine torch or auto")
-            return self.reference.train_steps(model, optimizer, x, y, batches)
-        model.train()
-        optimizer.zero_grad(set_to_none=True)  # the kernel keeps no gradients; don't leave stale ones
-        lr, (steps, batch) = plain_sgd_lr(optimizer), batches.shape
-        threads = max(1, torch.get_num_threads())
-        ptrs = param_pointers(model), x.data_ptr(), y.data_ptr(), batches.data_ptr()
-        total = self.lib.lenet_fast_train_steps(*ptrs, steps, batch, lr, threads)
-        return torch.tensor(total, dtype=torch.float32)
+        return torch.tensor(loss, dtype=torch.float32)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        """(mean cross-entropy, number correct) over all of x, as `lenet.train.evaluate`, on the kernel."""
-        if fits_kernel(model, x):
-            logits = torch.empty(len(x), 10)
-            threads = max(1, torch.get_num_threads())
-            self.lib.lenet_fast_logits(
-                param_pointers(model), x.data_ptr(), len(x), logits.data_ptr(), threads
-            )
-        else:
-            logits = model.eval()(x)
+        """(mean cross-entropy, number correct) over all of x, as the torch engine's, on the kernel."""
+        check_inputs(model, x, y, None)
+        logits = torch.empty(len(x), SHAPE.classes)
+        threads = max(1, torch.get_num_threads())
+        self.lib.lenet_fast_logits(param_pointers(model), x.data_ptr(), len(x), logits.data_ptr(), threads)
         loss = F.cross_entropy(logits, y, reduction="sum").item() / len(x)
         return loss, int((logits.argmax(1) == y).sum())
