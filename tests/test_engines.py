@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
-from lenet.engines import EngineError, TorchEngine, fast_engine, select_engine
+from lenet.engines import Engine, EngineError, TorchEngine, fast_engine, select_engine
 from lenet.engines.cuda_graph_engine import CudaGraphEngine
 from lenet.engines.fast_engine import FastEngine
-from lenet.model import make_model
+from lenet.engines.torch_engine import evaluate
+from lenet.model import SHAPE, Shape
+from lenet.model import make_model as make_model_cfg
 
 # fp32 sums in another order: one step from the same weights agrees to ~1e-7. Over many steps the runs
 # drift further, in jumps: on blank patches conv1 gives exactly its bias in all four pool positions,
@@ -24,9 +28,12 @@ RUN_ATOL = 1e-2
 RUN_LOSS_RTOL = 2e-3
 
 
-def run(engine, model, x, y, batches, lr=0.01, **sgd):
-    opt = torch.optim.SGD(model.parameters(), lr=lr, **sgd)
-    return engine.train_steps(model, opt, x, y, batches)
+def make_model(**settings) -> torch.nn.Module:
+    return make_model_cfg(TrainConfig(**settings))
+
+
+def run(engine, model, x, y, batches, lr=0.01):
+    return engine.sgd_steps(model, lr, x, y, batches)
 
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -41,7 +48,7 @@ def batches() -> torch.Tensor:
 def test_one_step_matches_torch(small_split: Split, batches: torch.Tensor):
     fast, ref = make_model(seed=1), make_model(seed=1)
     x, y = small_split.train_x, small_split.train_y
-    loss_fast = run(FastEngine(strict=True), fast, x, y, batches[:1])
+    loss_fast = run(FastEngine(), fast, x, y, batches[:1])
     loss_ref = run(TorchEngine(), ref, x, y, batches[:1])
     assert loss_fast.shape == () and abs(loss_fast.item() - loss_ref.item()) < 1e-5
     assert max_diff(fast, ref) < STEP_ATOL
@@ -53,7 +60,7 @@ def test_gradients_match_autograd(small_split: Split, batches: torch.Tensor):
     model = make_model(seed=2)
     x, y = small_split.train_x, small_split.train_y
     before = [p.detach().clone() for p in model.parameters()]
-    run(FastEngine(strict=True), model, x, y, batches[:1], lr=1.0)
+    run(FastEngine(), model, x, y, batches[:1], lr=1.0)
     reference = make_model(seed=2)
     F.cross_entropy(reference(x[batches[0]]), y[batches[0]]).backward()
     for p0, p1, r in zip(before, model.parameters(), reference.parameters(), strict=True):
@@ -64,7 +71,7 @@ def test_gradients_match_autograd(small_split: Split, batches: torch.Tensor):
 def test_short_run_matches_torch(small_split: Split, batches: torch.Tensor):
     fast, ref = make_model(seed=4), make_model(seed=4)
     x, y = small_split.train_x, small_split.train_y
-    total_fast = sum(run(FastEngine(strict=True), fast, x, y, chunk).item() for chunk in batches.split(25))
+    total_fast = sum(run(FastEngine(), fast, x, y, chunk).item() for chunk in batches.split(25))
     total_ref = sum(run(TorchEngine(), ref, x, y, chunk).item() for chunk in batches.split(25))
     assert abs(total_fast - total_ref) < RUN_LOSS_RTOL * total_ref
     assert max_diff(fast, ref) < RUN_ATOL
@@ -78,38 +85,51 @@ def test_bit_identical_for_a_seed_and_any_thread_count(
     x, y = small_split.train_x, small_split.train_y
     torch.set_num_threads(1)
     base = make_model(seed=5)
-    base_loss = run(FastEngine(strict=True), base, x, y, batches)
+    base_loss = run(FastEngine(), base, x, y, batches)
     torch.set_num_threads(threads)
     again = make_model(seed=5)
-    assert torch.equal(run(FastEngine(strict=True), again, x, y, batches), base_loss)
+    assert torch.equal(run(FastEngine(), again, x, y, batches), base_loss)
     assert all(torch.equal(p, q) for p, q in zip(base.parameters(), again.parameters(), strict=True))
 
 
-def test_fast_engine_declines_other_optimizers(small_split: Split, batches: torch.Tensor):
+@pytest.mark.parametrize("engine", [TorchEngine, FastEngine, CudaGraphEngine])
+def test_every_engine_implements_the_whole_protocol(engine):
+    for name in ("sgd_steps", "gradient", "evaluate"):
+        want = list(inspect.signature(getattr(Engine, name)).parameters)
+        have = list(inspect.signature(getattr(engine, name)).parameters)
+        assert have[: len(want)] == want, (engine.__name__, name)
+    assert isinstance(engine.name, str)
+
+
+def test_torch_engine_step_is_torch_optim_sgd(small_split: Split, batches: torch.Tensor):
+    """The reference's hand-written update is exactly torch.optim.SGD's plain step, bit for bit."""
     x, y = small_split.train_x, small_split.train_y
-    with pytest.raises(EngineError, match="plain SGD"):
-        run(FastEngine(strict=True), make_model(), x, y, batches[:2], momentum=0.9)
-    auto, ref = make_model(seed=6), make_model(seed=6)  # auto hands the step to the torch engine
-    run(FastEngine(), auto, x, y, batches[:2], momentum=0.9)
-    run(TorchEngine(), ref, x, y, batches[:2], momentum=0.9)
-    assert max_diff(auto, ref) == 0.0
+    model, ref = make_model(seed=6), make_model(seed=6)
+    run(TorchEngine(), model, x, y, batches[:5], lr=0.05)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    for idx in batches[:5]:
+        opt.zero_grad()
+        F.cross_entropy(ref(x[idx]), y[idx]).backward()
+        opt.step()
+    assert max_diff(model, ref) == 0.0
 
 
 def test_fast_engine_rejects_bad_indices(small_split: Split):
     with pytest.raises(EngineError, match="out of range"):
-        run(FastEngine(strict=True), make_model(), small_split.train_x, small_split.train_y,
+        run(FastEngine(), make_model(), small_split.train_x, small_split.train_y,
             torch.tensor([[0, 5000]]))  # fmt: skip
 
 
 def test_select_engine():
-    assert select_engine("auto", "cpu").name == "fast"
-    assert select_engine("torch", "cpu").name == "torch"
-    assert select_engine("auto", "cpu", optimizer="adamw").name == "fast"  # it gives recipes their gradient
-    assert select_engine("auto", "cuda").name == "cuda-graph"
-    assert select_engine("auto", "cuda", optimizer="adamw").name == "torch"
-    assert select_engine("auto", "mps").name == "torch"
+    recipe = TrainConfig(optimizer="adamw")
+    assert select_engine(TrainConfig(), "cpu").name == "fast"
+    assert select_engine(TrainConfig(engine="torch"), "cpu").name == "torch"
+    assert select_engine(recipe, "cpu").name == "fast"  # it gives recipes their gradient
+    assert select_engine(TrainConfig(), "cuda").name == "cuda-graph"
+    assert select_engine(recipe, "cuda").name == "torch"
+    assert select_engine(TrainConfig(), "mps").name == "torch"
     with pytest.raises(EngineError, match="CPU only"):
-        select_engine("fast", "cuda")
+        select_engine(TrainConfig(engine="fast"), "cuda")
 
 
 def test_auto_falls_back_with_one_line_when_the_kernel_cannot_build(monkeypatch, tmp_path, capsys):
@@ -118,20 +138,32 @@ def test_auto_falls_back_with_one_line_when_the_kernel_cannot_build(monkeypatch,
     monkeypatch.setattr(fast_engine, "SOURCE", tmp_path / "broken.cpp")
     (tmp_path / "broken.cpp").write_text("this is not C++")
     fast_engine.build_and_load.cache_clear()
-    monkeypatch.setattr("lenet.engines._fallback_noticed", False)
+    monkeypatch.setattr("lenet.engines._noticed", set())
     builds = []
     build = fast_engine.build_library
     monkeypatch.setattr(fast_engine, "build_library", lambda: builds.append(1) or build())
     try:
-        assert select_engine("auto", "cpu").name == "torch"
-        assert select_engine("auto", "cpu").name == "torch"  # a sweep's next run: no second build
+        assert select_engine(TrainConfig(), "cpu").name == "torch"
+        assert select_engine(TrainConfig(), "cpu").name == "torch"  # a sweep's next run: no second build
         with pytest.raises(EngineError, match="failed to build"):
-            select_engine("fast", "cpu")
+            select_engine(TrainConfig(engine="fast"), "cpu")
         assert len(builds) == 1
     finally:
         fast_engine.build_and_load.cache_clear()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "using the torch engine" in err
+
+
+def test_kernel_refuses_a_network_of_another_shape(monkeypatch, capsys):
+    """The kernel reports the network it computes; a model.py with 8 conv1 filters is refused in one line."""
+    assert fast_engine.kernel_shape(fast_engine.load_library()) == SHAPE
+    monkeypatch.setattr(fast_engine, "SHAPE", Shape(conv1=8))
+    monkeypatch.setattr("lenet.engines._noticed", set())
+    with pytest.raises(EngineError, match=r"the kernel computes conv1=4, lenet\.model declares conv1=8;"):
+        select_engine(TrainConfig(engine="fast"), "cpu")
+    assert select_engine(TrainConfig(), "cpu").name == "torch"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fits only its own network; using the torch engine" in err
 
 
 def test_cuda_graph_engine_runs_cpu_tensors_on_the_torch_engine(small_split: Split, batches: torch.Tensor):
@@ -150,17 +182,17 @@ def test_fast_gradient_matches_autograd(small_split: Split, smoothing: float):
     x, y = small_split.train_x[:77], small_split.train_y[:77]  # 77: shards of unequal size
     loss = F.cross_entropy(ref(x), y, label_smoothing=smoothing)
     loss.backward()
-    fast_loss = FastEngine(strict=True).gradient(model, x, y, smoothing)
-    assert fast_loss == pytest.approx(loss.item(), rel=1e-6)
+    fast_loss = FastEngine().gradient(model, x, y, smoothing)
+    assert fast_loss.shape == () and fast_loss.item() == pytest.approx(loss.item(), rel=1e-6)
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         assert (p.grad - q.grad).abs().max() <= 1e-5 * q.grad.abs().max()
-    assert FastEngine(strict=True).gradient(model, x, y, 0.5) != pytest.approx(fast_loss)  # smoothing counts
+    assert FastEngine().gradient(model, x, y, 0.5).item() != pytest.approx(
+        fast_loss.item()
+    )  # smoothing counts
 
 
 def test_fast_evaluate_matches_torch(small_split: Split):
-    from lenet.train import evaluate
-
     model = make_model(seed=8)
-    loss, correct = FastEngine(strict=True).evaluate(model, small_split.val_x, small_split.val_y)
+    loss, correct = FastEngine().evaluate(model, small_split.val_x, small_split.val_y)
     ref_loss, ref_correct = evaluate(model, small_split.val_x, small_split.val_y)
     assert abs(loss - ref_loss) < 1e-5 * ref_loss and correct == ref_correct

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 
 from lenet.config import TrainConfig
 from lenet.engines import TorchEngine
+from lenet.engines.fast_engine import cpu_signature
 from lenet.model import make_model
+from lenet.recipe import recipe_config
 from lenet.runs import load_model, read_jsonl
 from lenet.train import epoch_line, evaluation_line, train
 
@@ -28,11 +31,10 @@ def hand_step(params: dict[str, torch.Tensor], x, y, lr):
 
 
 def test_one_sgd_step_matches_autograd_by_hand(small_split):
-    model = make_model(seed=5)
+    model = make_model(TrainConfig(seed=5))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     batch = torch.arange(100).view(1, 100)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss = TorchEngine().train_steps(model, opt, small_split.train_x, small_split.train_y, batch)
+    loss = TorchEngine().sgd_steps(model, 0.01, small_split.train_x, small_split.train_y, batch)
     want_loss, want = hand_step(before, small_split.train_x[:100], small_split.train_y[:100], 0.01)
     torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=1e-6)
     for k, v in model.state_dict().items():
@@ -117,11 +119,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "cut/checkpoint.safetensors").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # well inside epoch 2
-    proc.send_signal(signal.SIGKILL)
+    deadline, metrics = time.monotonic() + 120, tmp_path / "cut/metrics.jsonl"
+    while not (metrics.is_file() and read_jsonl(metrics)) and time.monotonic() < deadline:
+        time.sleep(0.01)  # epoch 1's row lands after its checkpoint, the last write of the epoch
+    proc.send_signal(signal.SIGKILL)  # inside epoch 2 (about 0.5 s long on one thread)
     proc.wait()
     assert not (tmp_path / "cut/result.json").exists(), "the run finished before it was killed"
     out = subprocess.run(
@@ -138,3 +139,42 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
     assert not list((tmp_path / "cut").glob(".*.tmp")), "a temporary file was left behind"
+
+
+# What `lenet train --seed 0` and `lenet train --recipe improved --epochs 3 --seed 0` printed and saved before
+# the engines and the loop were rewritten (commit 2891a90), on the CPU whose flags hash to BEFORE_CPU (this
+# project's 2-core AMD EPYC, AVX-512). Other CPUs sum in other orders: there the losses must agree to 1e-4.
+BEFORE_CPU = "fff8d890470f7704"
+BEFORE = {
+    "seed": (
+        "5febb563a6492c5d",
+        [0.882100, 0.382150, 0.282313, 0.240027, 0.215335, 0.197136, 0.183905, 0.173474, 0.164405, 0.157136,
+         0.151287, 0.147056, 0.142345, 0.137682, 0.133800, 0.131103, 0.127161, 0.124902, 0.122146, 0.120040],
+        "Test Set: Average Loss: 0.117556, Accuracy: 9649/10000 (96.49%)",
+    ),
+    "improved": (
+        "a11835330e11d9c1",
+        [0.880446, 0.149591, 0.091951],
+        "Test Set: Average Loss: 0.068307, Accuracy: 9775/10000 (97.75%)",
+    ),
+}  # fmt: skip
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    state = model.state_dict()
+    return hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()[:16]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["seed", "improved"])
+def test_same_lines_and_weights_as_before_the_rewrite(mnist_split, name):
+    cfg = TrainConfig(seed=0) if name == "seed" else recipe_config("improved", {"epochs": 3, "seed": 0})
+    lines: list[str] = []
+    result = train(cfg, mnist_split, log=lines.append)
+    want_hash, want_losses, want_test = BEFORE[name]
+    losses = [float(line.split("Average Loss: ")[1].split(",")[0]) for line in lines[: cfg.epochs]]
+    if hashlib.sha256(cpu_signature().encode()).hexdigest()[:16] == BEFORE_CPU:
+        assert losses == want_losses and lines[cfg.epochs] == want_test
+        assert weights_hash(result.model) == want_hash
+    else:
+        assert losses == pytest.approx(want_losses, rel=1e-4)

