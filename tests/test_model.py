@@ -1,6 +1,7 @@
 import torch
 
-from lenet.model import LeNet, count_parameters, make_model
+from lenet.config import TrainConfig
+from lenet.model import SHAPE, LeNet, count_parameters, make_model
 
 
 def test_parameter_count_is_3246():
@@ -8,7 +9,7 @@ def test_parameter_count_is_3246():
 
 
 def test_shapes():
-    model = make_model()
+    model = make_model(TrainConfig())
     assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
     x = torch.rand(2, 1, 28, 28)
     feats = model.features(x)
@@ -20,7 +21,7 @@ def test_init_statistics_match_the_report():
     """Plain normal init: conv ~ N(0, 0.1), fc ~ N(0, 1.0). Pool many seeds for tight estimates."""
     conv, fc = [], []
     for seed in range(40):
-        m = make_model(seed=seed)
+        m = make_model(TrainConfig(seed=seed))
         conv += [m.conv1.weight.flatten(), m.conv1.bias, m.conv2.weight.flatten(), m.conv2.bias]
         fc += [m.fc.weight.flatten(), m.fc.bias]
     conv, fc = torch.cat(conv), torch.cat(fc)
@@ -31,13 +32,37 @@ def test_init_statistics_match_the_report():
 
 
 def test_init_is_seeded():
-    a, b, c = make_model(seed=1), make_model(seed=1), make_model(seed=2)
+    a, b, c = (
+        make_model(TrainConfig(seed=1)),
+        make_model(TrainConfig(seed=1)),
+        make_model(TrainConfig(seed=2)),
+    )
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.fc.weight, c.fc.weight)
 
 
 def test_init_std_scales_only_the_conv_layers():
-    m = make_model(init_std=0.5, fc_init_std=1.0, seed=0)
-    ref = make_model(init_std=0.1, fc_init_std=1.0, seed=0)
+    m = make_model(TrainConfig(init_std=0.5))
+    ref = make_model(TrainConfig(init_std=0.1))
     torch.testing.assert_close(m.conv1.weight, ref.conv1.weight * 5)
     torch.testing.assert_close(m.fc.weight, ref.fc.weight)
+
+
+def test_the_shape_declaration_is_the_network():
+    """SHAPE says what LeNet builds: parameter shapes in order, the count, the name stored with models."""
+    model = LeNet()
+    assert {k: tuple(v.shape) for k, v in model.named_parameters()} == SHAPE.param_shapes()
+    assert list(SHAPE.param_shapes()) == [k for k, _ in model.named_parameters()]
+    assert SHAPE.parameter_count() == count_parameters(model) == 3246 and SHAPE.name == "lenet-3246"
+    assert (SHAPE.conv1_side, SHAPE.conv2_side, SHAPE.pooled_side, SHAPE.features) == (24, 8, 4, 192)
+    assert SHAPE.to_dict()["parameters"] == 3246
+
+
+def test_make_model_takes_its_defaults_from_the_config():
+    a, b = (
+        make_model(TrainConfig()),
+        make_model(TrainConfig(seed=0, init_std=0.1, fc_init_std=1.0, init="seed")),
+    )
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    kaiming = make_model(TrainConfig(init="kaiming"))
+    assert not kaiming.fc.bias.any() and kaiming.fc.weight.std() < 0.2

@@ -9,7 +9,6 @@ from lenet.cli import main
 from lenet.config import ConfigError, TrainConfig
 from lenet.data import epoch_batches
 from lenet.engines import TorchEngine
-from lenet.engines.many import StackedModels
 from lenet.model import make_model
 from lenet.recipe import recipe_config
 from lenet.sweep import (
@@ -21,7 +20,8 @@ from lenet.sweep import (
     is_stalled,
     summarise,
 )
-from lenet.train import train, train_many
+from lenet.train import train
+from lenet.vectorised import StackedModels, train_group
 
 # ---------------------------------------------------------------- grids and the stall rule
 
@@ -94,16 +94,14 @@ def test_vectorised_steps_match_single_models(small_split):
     x, y = small_split.train_x, small_split.train_y
     setups = [(0.01, 0.1, 0), (0.1, 0.5, 1), (0.03, 1.0, 2)]  # (lr, init std, seed)
     batches = [epoch_batches(len(x), 100, seed, 0)[:10] for _, _, seed in setups]
-    stack = StackedModels(
-        [make_model(std, 1.0, seed) for _, std, seed in setups], [s[0] for s in setups], "cpu"
-    )
+    models = [make_model(TrainConfig(init_std=std, seed=seed)) for _, std, seed in setups]
+    stack = StackedModels(models, [s[0] for s in setups], "cpu")
     losses = stack.train_steps(x, y, torch.stack(batches))
     for i, (lr, std, seed) in enumerate(setups):
-        alone = make_model(std, 1.0, seed)
-        opt = torch.optim.SGD(alone.parameters(), lr=lr)
-        loss = TorchEngine().train_steps(alone, opt, x, y, batches[i])
+        alone = make_model(TrainConfig(init_std=std, seed=seed))
+        loss = TorchEngine().sgd_steps(alone, lr, x, y, batches[i])
         torch.testing.assert_close(losses[i], loss, rtol=1e-6, atol=1e-5)
-        for p, q in zip(stack.model(i).parameters(), alone.parameters(), strict=True):
+        for p, q in zip(stack.copy_into(i, models[i]).parameters(), alone.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
 
 
@@ -118,7 +116,7 @@ def test_vectorised_runs_end_like_runs_alone(small_split, tmp_path):
         TrainConfig(epochs=2, lr=0.02, fc_init_std=0.05, seed=2, engine="torch"),
     ]
     outs = [tmp_path / f"run{i}" for i in range(3)]
-    many = train_many(cfgs, small_split, outs, [lambda s: None] * 3)
+    many = train_group(cfgs, small_split, outs, [lambda s: None] * 3, command="lenet sweep --test")
     for cfg, out, got in zip(cfgs, outs, many, strict=True):
         alone = train(cfg, small_split, log=lambda s: None)
         for a, b in zip(got.rows, alone.rows, strict=True):
@@ -126,7 +124,8 @@ def test_vectorised_runs_end_like_runs_alone(small_split, tmp_path):
         for p, q in zip(got.model.parameters(), alone.model.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=3e-3)
         assert (out / "model.safetensors").is_file() and (out / "checkpoint.safetensors").is_file()
-        assert json.loads((out / "config.json").read_text())["engine"] == "many"
+        config = json.loads((out / "config.json").read_text())
+        assert config["engine"] == "vectorised" and config["command"] == "lenet sweep --test"
 
 
 # ---------------------------------------------------------------- the command
