@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lenet.config import TrainConfig
 from lenet.data import DATASETS, epoch_batches, load_arrays, make_split, resolve_data_dir
 from lenet.engines import TorchEngine
 from lenet.engines.cuda_graph_engine import CudaGraphEngine, capture
 from lenet.model import make_model
 
-EPOCHS, STEPS, BATCH = 20, 550, 100
+EPOCHS, STEPS, BATCH, LR = 20, 550, 100, 0.01
 
 
 def sync() -> None:
@@ -60,12 +61,12 @@ def reference_epoch(split, model, opt, epoch: int) -> None:
 def engine_epoch(engine, split, model, opt, epoch: int) -> None:
     total = torch.zeros((), device=split.train_x.device)
     for chunk in epoch_batches(len(split.train_x), BATCH, 0, epoch).split(50):
-        total += engine.train_steps(model, opt, split.train_x, split.train_y, chunk)
+        total += engine.sgd_steps(model, LR, split.train_x, split.train_y, chunk)
     total.item()  # the epoch's one host sync, as `lenet train`
 
 
 def fresh(device: torch.device):
-    model = make_model(seed=0).to(device)
+    model = make_model(TrainConfig(seed=0)).to(device)
     return model, torch.optim.SGD(model.parameters(), lr=0.01)
 
 
@@ -82,10 +83,10 @@ def test_accuracy(model: torch.nn.Module, split) -> float:
 def on_device_protocol(split, steps_per_graph: int) -> tuple[float, float, float]:
     """(capture s, protocol s, test accuracy): all indices on the device, graphs replayed back to back."""
     device = split.train_x.device
-    model, opt = fresh(device)
+    model, _ = fresh(device)
     batches = all_batches(len(split.train_x), device)
     t0 = time.perf_counter()
-    c = capture(model, opt, split.train_x, split.train_y, torch.Size((steps_per_graph, BATCH)))
+    c = capture(model, LR, split.train_x, split.train_y, torch.Size((steps_per_graph, BATCH)))
     sync()
     capture_s = time.perf_counter() - t0
     losses = torch.zeros(EPOCHS * STEPS // steps_per_graph, device=device)
@@ -106,9 +107,9 @@ def graph_matches_torch(split) -> float:
     batches = epoch_batches(len(split.train_x), BATCH, 0, 0)[:100]
     results = []
     for engine in (CudaGraphEngine(), TorchEngine()):
-        model, opt = fresh(device)
+        model, _ = fresh(device)
         for chunk in batches.split(50):
-            engine.train_steps(model, opt, split.train_x, split.train_y, chunk)
+            engine.sgd_steps(model, LR, split.train_x, split.train_y, chunk)
         results.append([p.detach().clone() for p in model.parameters()])
     return max((a - b).abs().max().item() for a, b in zip(*results, strict=True))
 
@@ -150,9 +151,9 @@ def graph_engine_rows(split) -> list[tuple[str, float, str]]:
     engine = CudaGraphEngine()
     model, opt = fresh(split.train_x.device)
     first = epoch_batches(len(split.train_x), BATCH, 0, 0)[:50]
-    capture_s = timed(lambda: engine.train_steps(model, opt, split.train_x, split.train_y, first))
+    capture_s = timed(lambda: engine.sgd_steps(model, LR, split.train_x, split.train_y, first))
     with torch.no_grad():  # back to the initial weights; the captured graph keeps working on these tensors
-        for p, q in zip(model.parameters(), make_model(seed=0).parameters(), strict=True):
+        for p, q in zip(model.parameters(), make_model(TrainConfig(seed=0)).parameters(), strict=True):
             p.copy_(q)
     total = timed(lambda: [engine_epoch(engine, split, model, opt, e) for e in range(EPOCHS)])
     note = f"{total / EPOCHS:.3f} s/epoch, test acc {100 * test_accuracy(model, split):.2f}%"

@@ -14,9 +14,10 @@ import time
 
 import torch
 
+from lenet.config import TrainConfig
 from lenet.data import epoch_batches, load_split
-from lenet.engines.many import StackedModels
-from lenet.model import make_model
+from lenet.model import LeNet, make_model
+from lenet.vectorised import StackedModels
 
 
 def sync(device: torch.device) -> None:
@@ -35,13 +36,13 @@ def main() -> None:
     torch.backends.cudnn.benchmark = not args.no_autotune  # grouped convs have many algorithms to pick from
     device = torch.device(args.device)
     t0 = time.perf_counter()
-    split = load_split("mnist", args.data_dir, device)
+    split = load_split(data_dir=args.data_dir, device=device)
     sync(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, data load + upload {time.perf_counter() - t0:.2f} s")
     n = len(split.train_x)
     for m in args.models:
-        stack = StackedModels([make_model(seed=s) for s in range(m)], [0.01] * m, device)
+        stack = StackedModels([make_model(TrainConfig(seed=s)) for s in range(m)], [0.01] * m, device)
         warm = torch.stack([epoch_batches(n, 100, s, 0)[:3] for s in range(m)])
         stack.train_steps(split.train_x, split.train_y, warm)  # warm-up (cuDNN autotune, allocations)
         sync(device)
@@ -51,11 +52,10 @@ def main() -> None:
             losses = stack.train_steps(split.train_x, split.train_y, batches) / batches.shape[1]
         sync(device)
         seconds = time.perf_counter() - t0
-        correct = []
+        correct, one = [], LeNet().to(device)
         with torch.no_grad():
-            for i in range(0, m, 64):
-                for j in range(i, min(m, i + 64)):
-                    correct.append((stack.model(j)(split.test_x).argmax(1) == split.test_y).sum().item())
+            for j in range(m):
+                correct.append((stack.copy_into(j, one)(split.test_x).argmax(1) == split.test_y).sum().item())
         rate = m * args.epochs / seconds
         acc = torch.tensor(correct, dtype=torch.float) / 100
         print(

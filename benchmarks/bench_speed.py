@@ -7,7 +7,7 @@ Rows, all measured in this one run, alternating, `--repeats` times:
   lenet train      `lenet train --device cpu` (engine auto) in its own process: seconds per epoch from
                    its metrics (the training steps); its peak RSS; its wall time / epochs, which adds
                    start-up, loading the data, the validation pass after each epoch and the test pass
-  engine <name>    the training steps alone (one epoch of engine.train_steps in chunks of 50)
+  engine <name>    the training steps alone (one epoch of engine.sgd_steps in chunks of 50)
 GFLOP/s counts the dense forward + backward arithmetic: 0.703 MFLOP per image, 38.6 GFLOP per epoch.
 
     python benchmarks/bench_speed.py [--repeats 3] [--epochs 20] [--ref-epochs 1] [--torch-engine]
@@ -34,12 +34,13 @@ IMAGES_PER_EPOCH = 55_000
 REFERENCE = """
 import json, sys, time, torch, torch.nn.functional as F
 from lenet.data import load_split
+from lenet.config import TrainConfig
 from lenet.model import make_model
 epochs, threads = int(sys.argv[1]), int(sys.argv[3])
 if threads:
     torch.set_num_threads(threads)
 s = load_split(data_dir=sys.argv[2] or None)
-model = make_model(seed=0)
+model = make_model(TrainConfig(seed=0))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 g = torch.Generator().manual_seed(0)
 times = []
@@ -98,18 +99,19 @@ def engine_epoch(engine_name: str, split, seed: int = 0, threads: int = 0) -> tu
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
+    from lenet.config import TrainConfig
     from lenet.data import epoch_batches
     from lenet.engines import select_engine
     from lenet.model import make_model
 
-    engine = select_engine(engine_name, "cpu")
-    model = make_model(seed=seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    cfg = TrainConfig(engine=engine_name, seed=seed)
+    engine = select_engine(cfg, "cpu")
+    model = make_model(cfg)
     batches = epoch_batches(len(split.train_x), 100, seed, 0)
     t0, c0 = time.perf_counter(), time.process_time()
     total = torch.zeros(())
     for chunk in batches.split(50):
-        total += engine.train_steps(model, optimizer, split.train_x, split.train_y, chunk)
+        total += engine.sgd_steps(model, cfg.lr, split.train_x, split.train_y, chunk)
     total.item()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.set_num_threads(before)
@@ -118,11 +120,12 @@ def engine_epoch(engine_name: str, split, seed: int = 0, threads: int = 0) -> tu
 
 def validation_pass(split, fast: bool) -> float:
     """Seconds of one validation pass (5,000 images), as `lenet train` runs after every epoch."""
+    from lenet.config import TrainConfig
     from lenet.engines.fast_engine import FastEngine
+    from lenet.engines.torch_engine import evaluate
     from lenet.model import make_model
-    from lenet.train import evaluate
 
-    model = make_model()
+    model = make_model(TrainConfig())
     t0 = time.perf_counter()
     if fast:
         FastEngine().evaluate(model, split.val_x, split.val_y)
