@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
@@ -170,9 +171,13 @@ class FastEngine:
 
     def __init__(self) -> None:
         self.lib = load_library()
-        if kernel_shape(self.lib) != SHAPE:
-            raise EngineError(f"fast engine: the kernel computes {kernel_shape(self.lib)}, lenet.model "
-                              f"declares {SHAPE}; the kernel fits only its own network")  # fmt: skip
+        built = kernel_shape(self.lib)
+        if built != SHAPE:
+            differ = [k for k, v in asdict(SHAPE).items() if getattr(built, k) != v]
+            have = ", ".join(f"{k}={getattr(built, k)}" for k in differ)
+            want = ", ".join(f"{k}={getattr(SHAPE, k)}" for k in differ)
+            raise EngineError(f"fast engine: the kernel computes {have}, lenet.model declares {want}; "
+                              "the kernel fits only its own network")  # fmt: skip
         self.grads: dict[int, tuple] = {}  # per model: one flat buffer and the .grad views into it
 
     def sgd_steps(

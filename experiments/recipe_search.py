@@ -1,4 +1,4 @@
-"""How the improved recipe was chosen and measured (issue 7), in one script.
+"""How the improved recipe was chosen and measured, in one script (an experiment, not a benchmark).
 
 Phase A, selection on validation only: a base recipe and one-at-a-time variants of it, each with the
 round's tuning seeds (100 and up; the final runs use 0-4). These runs never read the test set: their
@@ -18,7 +18,7 @@ Phase B, measurement: every `lenet ablate` step with seeds 0-4 on MNIST (its fir
 recipe, its last the improved recipe), then both recipes on Fashion-MNIST with seeds 0-2. Each of
 these final runs reads the test set once, at its end.
 
-    python benchmarks/recipe_search.py OUT_DIR [--round 2] [--phase select|measure|all] [--workers N]
+    python experiments/recipe_search.py OUT_DIR [--round 2] [--phase select|measure|all] [--workers N]
         [--device cpu] [--budget-s 540]
 """
 
@@ -242,7 +242,7 @@ def select(args: argparse.Namespace, deadline: float) -> None:
 
 def measure(args: argparse.Namespace, deadline: float) -> None:
     """Phase B: the ablation's steps with seeds 0-4 on MNIST, both recipes on Fashion-MNIST with seeds 0-2."""
-    steps = ablation_specs(args.out / "ablation", list(range(5)), None, "mnist", args.device)
+    steps = ablation_specs(args.out / "ablation", list(range(5)), None, device=args.device)
     first, last = steps[0][1], steps[-1][1]
     middle = [s for _, group in steps[1:-1] for s in group]
     fashion = []
