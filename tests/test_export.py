@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import lenet.export
+import lenet.model
 from lenet.cli import main
-from lenet.export import OPSET, TOLERANCE, ExportError, export, logit_error
+from lenet.export import OPSET, TOLERANCE, ExportError, export, export_onnx, logit_error
+from lenet.model import SHAPE, LeNet, Shape
 from lenet.predict import DEFAULT_MODEL
 from lenet.runs import load_model
 
@@ -44,6 +46,9 @@ def test_export_writes_a_verified_file_and_its_record(run_dir, exported):
     assert Path(exported["path"]) == run_dir / "model.onnx" and (run_dir / "model.onnx").is_file()
     assert exported["checked_images"] == 1000 and exported["max_logit_error"] <= TOLERANCE
     assert json.loads((run_dir / "model.json").read_text()) == exported
+    assert exported["shape"] == SHAPE.to_dict() and exported["architecture"] == SHAPE.name
+    assert exported["input"] == f"images (batch, 1, {SHAPE.image}, {SHAPE.image})"
+    assert exported["output"] == f"logits (batch, {SHAPE.classes})" and exported["command"] is None
     assert not list(run_dir.glob(".*.tmp"))  # the temporary file was renamed, not left behind
 
 
@@ -62,8 +67,9 @@ def test_onnx_matches_pytorch_at_any_batch_size(run_dir, exported, mnist_split, 
 def test_onnx_file_states_opset_batch_axis_and_provenance(run_dir, exported):
     proto = onnx.load(str(run_dir / "model.onnx"))
     assert {o.domain: o.version for o in proto.opset_import}[""] == OPSET == exported["opset"]
-    first_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    first_dim, *dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert first_dim.dim_param and not first_dim.dim_value  # symbolic: any batch size
+    assert [d.dim_value for d in dims] == [1, SHAPE.image, SHAPE.image]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["architecture"] == "lenet-3246" and meta["source_run"] == str(run_dir)
 
@@ -108,3 +114,26 @@ def test_logit_error_is_absolute_below_one_and_relative_above():
     theirs = np.array([0.5, -40.0])
     assert logit_error(theirs + np.array([2e-5, 0.0]), theirs) == pytest.approx(2e-5)
     assert logit_error(theirs + np.array([0.0, 4e-4]), theirs) == pytest.approx(1e-5)
+
+
+def test_export_records_the_command(run_dir, tmp_path):
+    target = tmp_path / "lenet.onnx"
+    command = f"lenet export {run_dir} --out {target}"
+    report = export(run_dir, out=target, command=command)
+    assert report["command"] == command == json.loads(target.with_suffix(".json").read_text())["command"]
+    assert {p.key: p.value for p in onnx.load(str(target)).metadata_props}["command"] == command
+    assert export(run_dir, "safetensors", command="lenet export R --format safetensors")["command"].endswith(
+        "safetensors"
+    )
+
+
+def test_export_follows_the_declared_shape(monkeypatch, tmp_path):
+    """A network of another shape exports at its own input size: export assumes no 28x28 and no 4 filters."""
+    other = Shape(image=32, conv1=6)
+    monkeypatch.setattr(lenet.model, "SHAPE", other)
+    monkeypatch.setattr(lenet.export, "SHAPE", other)
+    model = LeNet().eval()
+    report = export_onnx(model, torch.rand(5, 1, 32, 32), tmp_path / "other.onnx", {})
+    assert report["input"] == "images (batch, 1, 32, 32)" and report["shape"]["conv1"] == 6
+    dims = onnx.load(str(tmp_path / "other.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [1, 32, 32]

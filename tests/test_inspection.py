@@ -12,9 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+import lenet.inspection
+import lenet.model
 from lenet.cli import main
 from lenet.config import TrainConfig
-from lenet.inspection import WRONG_SHOWN
+from lenet.inspection import WRONG_SHOWN, features_figure, filters_figure, inspect_run
+from lenet.model import SHAPE, LeNet, Shape
+from lenet.predict import predict
 from lenet.runs import load_model
 from lenet.train import evaluate, train
 
@@ -116,3 +120,40 @@ def test_inspecting_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "no-run")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "not a run directory" in err
+
+
+def test_summary_records_the_shape_and_the_command(inspected, summary):
+    assert summary["shape"] == SHAPE.to_dict() and summary["architecture"] == SHAPE.name
+    run, _ = inspected
+    command = f"lenet inspect {run} --index {INDEX}"
+    inspect_run(run, index=INDEX, command=command)
+    again = json.loads((run / "inspect" / "summary.json").read_text())
+    assert again["command"] == command and again["confusion"] == summary["confusion"]
+    assert f"<code>{command}</code>" in (run / "inspect" / "index.html").read_text()
+
+
+def panels(subfigure) -> list:
+    """The panels of a subfigure that show a picture (colour bars hold none)."""
+    return [ax for ax in subfigure.axes if ax.images]
+
+
+def test_pictures_follow_the_declared_shape(monkeypatch):
+    """Another shape (odd conv2, larger image): the filter and feature-map grids follow SHAPE, none lost."""
+    other = Shape(image=32, conv1=6, conv2=13)
+    monkeypatch.setattr(lenet.model, "SHAPE", other)  # what LeNet() is built from
+    monkeypatch.setattr(lenet.inspection, "SHAPE", other)
+    model = LeNet().eval()
+    assert model.conv1.weight.shape == other.param_shapes()["conv1.weight"]
+    top, bottom = filters_figure(model).subfigs
+    assert len(panels(top)) == other.conv1 and len(panels(bottom)) == other.conv1 * other.conv2
+    assert top._suptitle.get_text().startswith("conv1: 6 kernels")
+    assert bottom._suptitle.get_text().startswith("conv2: 13 output channels × 6 input channels")
+    assert [ax.get_ylabel() for ax in bottom.axes if ax.images and ax.get_ylabel()] == [
+        f"in {c}" for c in range(other.conv1)
+    ]
+    images = torch.rand(3, 1, other.image, other.image)
+    results = lenet.inspection.TestResults(images, torch.tensor([0, 1, 2]), predict(model, images))
+    _, conv1, conv2 = features_figure(model, results, 1, [str(d) for d in range(10)]).subfigs
+    assert len(panels(conv1)) == other.conv1 and len(panels(conv2)) == other.conv2
+    assert "(28×28" in conv1._suptitle.get_text() and "(10×10" in conv2._suptitle.get_text()
+    assert panels(conv1)[0].images[0].get_array().shape == (other.conv1_side, other.conv1_side)

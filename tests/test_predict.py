@@ -18,9 +18,11 @@ from lenet.data import Split
 from lenet.predict import (
     DEFAULT_MODEL,
     FRAME,
+    MAX_FILE_PIXELS,
     ImageError,
     load_image,
     load_predictor,
+    open_image,
     predict,
     preprocess,
     preprocess_pixels,
@@ -196,7 +198,7 @@ def test_load_image_refuses_bad_files(tmp_path: Path):
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.png")
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nnewpath 4 4 moveto 24 24 lineto stroke\n"
-    with pytest.raises(ImageError, match="not an image"):  # never handed to Ghostscript
+    with pytest.raises(ImageError, match="EPS images are not accepted: not an image"):  # no Ghostscript
         load_image(eps)
     whole = encode(Image.fromarray(glyph()))
     with pytest.raises(ImageError, match="damaged"):
@@ -207,6 +209,14 @@ def test_load_image_refuses_bad_files(tmp_path: Path):
 def test_decompression_bomb_is_refused_before_decoding(side):
     with pytest.raises(ImageError, match="too large"):
         load_image(png_header_only(side, side))
+
+
+def test_the_header_is_judged_against_the_budget_given():
+    """One judge for every caller: the file limit by default, a caller's own (the server's) when given."""
+    header = png_header_only(3_000, 3_000)  # 9 M pixels: under the file limit
+    assert MAX_FILE_PIXELS > 9_000_000 and open_image(header).size == (3_000, 3_000)  # nothing decoded yet
+    with pytest.raises(ImageError, match=r"3000x3000 pixels is too large \(limit 4,000,000 pixels\)"):
+        open_image(header, max_pixels=4_000_000)
 
 
 def test_first_frame_of_an_animated_gif():

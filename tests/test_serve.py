@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import lenet.predict
+import lenet.serve.app
 from lenet.data import Split
+from lenet.model import SHAPE
 from lenet.serve.app import INLINE_PIXELS, MAX_BODY_BYTES, background, create_app
 
 
@@ -85,6 +86,7 @@ def test_health_model_facts_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     facts = client.get("/api/model").json()
     assert facts["parameters"] == 3246 and facts["architecture"] == "lenet-3246"
+    assert facts["shape"] == SHAPE.to_dict() and facts["shape"]["parameters"] == facts["parameters"]
     assert facts["recipe"]["lr"] > 0 and facts["recipe"]["epochs"] >= 1
     assert 0.9 < facts["test_accuracy"] <= 1
     assert client.get("/docs").status_code == 200
@@ -116,7 +118,8 @@ def test_pixels_answer_matches_a_plain_forward_pass(client, app, mnist_split: Sp
             torch.tensor(out["conv1"]), conv1, atol=6e-4, rtol=0
         )  # rounded to 3 places
         assert out["label"] == int(probs.argmax()) and out["confidence"] == pytest.approx(float(probs.max()))
-        assert np.array(out["input"]).shape == (28, 28)
+        assert np.array(out["input"]).shape == (SHAPE.image, SHAPE.image)
+        assert np.array(out["conv1"]).shape == (SHAPE.conv1, SHAPE.conv1_side, SHAPE.conv1_side)
 
 
 def test_drawings_are_read_correctly_in_every_upload_form(client, mnist_split: Split):
@@ -189,12 +192,12 @@ def test_an_unforeseen_failure_on_an_input_is_still_a_400(client, monkeypatch, m
     def broken(image):
         raise struct.error("unpack requires a buffer of 4 bytes")
 
-    monkeypatch.setattr(lenet.predict, "preprocess", broken)
+    monkeypatch.setattr(lenet.serve.app, "preprocess", broken)
     digit = drawing(mnist_split.test_x[0].reshape(28, 28))
     r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
     assert r.status_code == 400 and "cannot read this input (error: unpack" in r.json()["detail"]
 
-    monkeypatch.setattr(lenet.predict, "preprocess", lambda image: torch.full((28, 28), float("nan")))
+    monkeypatch.setattr(lenet.serve.app, "preprocess", lambda image: torch.full((28, 28), float("nan")))
     r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
     assert r.status_code == 400 and "not finite" in r.json()["detail"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lenet.model import SHAPE
 from lenet.serve.app import background, create_app
 
 pytestmark = pytest.mark.browser
@@ -23,13 +24,18 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def app():
+    return create_app()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, app):
     """Opens the page in a fresh Chromium profile: browser(**context options) -> page, ready to draw."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
     errors: list[str] = []
-    with background(create_app()) as url, sync_api.sync_playwright() as pw, ExitStack() as contexts:
+    with background(app) as url, sync_api.sync_playwright() as pw, ExitStack() as contexts:
 
         def open_page(**options):
             profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh user-data-dir
@@ -87,6 +93,44 @@ def test_drawing_a_one_then_a_zero(page):
     stroke(page, loop)
     assert settled_label(page) == "0"
     page.screenshot(path=str(ARTIFACTS / "serve-zero.png"), full_page=True)
+
+
+def canvas_sizes(page, selector: str) -> list[list[int]]:
+    return page.locator(selector).evaluate_all("cs => cs.map(c => [c.width, c.height])")
+
+
+def test_the_pictures_follow_the_model_shape(page):
+    """One conv1 canvas per filter, each conv1_side wide, and an input canvas of the image's side, as
+    lenet.model.SHAPE says; drawing paints them all."""
+    assert canvas_sizes(page, "canvas.fmap") == [[SHAPE.conv1_side] * 2] * SHAPE.conv1
+    assert canvas_sizes(page, "canvas#input") == [[SHAPE.image] * 2]
+    hint = page.locator(".seen .hint").inner_text()
+    assert f"conv1's {SHAPE.conv1} {SHAPE.kernel}x{SHAPE.kernel} filters" in " ".join(hint.split())
+    assert f"{SHAPE.parameter_count():,}-parameter" in page.locator("header .sub").inner_text()
+    page.keyboard.press("Escape")
+    stroke(page, [(0.5, 0.15 + 0.7 * i / 20) for i in range(21)])
+    assert settled_label(page) == "1"
+    lit = page.locator("canvas").evaluate_all(
+        "cs => cs.filter(c => c.id !== 'pad').map(c => c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 !== 3 && v > 0))"
+    )
+    assert lit == [True] * (1 + SHAPE.conv1)  # the input and every map show something
+
+
+def test_the_page_builds_what_api_model_says(browser, app):
+    """Served a model of another shape, the page makes that many canvases of that size: none is hard-coded."""
+    other = {**SHAPE.to_dict(), "image": 32, "conv1": SHAPE.conv1 + 2, "conv1_side": 28}
+    predictor = app.state.predictor
+    facts = predictor.facts
+    predictor.facts = {**facts, "shape": other}
+    try:
+        page = browser(viewport={"width": 1000, "height": 900})
+    finally:
+        predictor.facts = facts
+    assert canvas_sizes(page, "canvas.fmap") == [[28, 28]] * (SHAPE.conv1 + 2)
+    assert canvas_sizes(page, "canvas#input") == [[32, 32]]
+    captions = page.locator(".maps figcaption").all_inner_texts()
+    assert captions[0] == "32x32 input" and captions[-1] == f"conv1 map {SHAPE.conv1 + 2}"
 
 
 def test_undo_takes_back_the_last_stroke(page):

@@ -19,7 +19,7 @@ import torch
 
 from lenet.atomic import write_atomic, write_json
 from lenet.data import load_split
-from lenet.model import ARCHITECTURE
+from lenet.model import SHAPE
 from lenet.runs import RunDir, load_model
 
 OPSET = 18  # ONNX opset of the exported graph: the torch.export-based exporter's default; onnxruntime >= 1.14
@@ -36,9 +36,18 @@ class ExportError(Exception):
 
 
 def export(
-    run_path: Path | str, fmt: str = "onnx", out: Path | None = None, data_dir: Path | str | None = None
+    run_path: Path | str,
+    fmt: str = "onnx",
+    out: Path | None = None,
+    data_dir: Path | str | None = None,
+    *,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Export the run's model in `fmt`; returns a report (paths, and for ONNX the verification)."""
+    """Export the run's model in `fmt`; returns a report (paths, and for ONNX the verification).
+
+    `command`: the `lenet` command line that asked for it, recorded in the report (ONNX: model.json
+    beside the file, and the file's metadata).
+    """
     run = RunDir(Path(run_path))
     cfg = run.read_config()
     if fmt == "safetensors":
@@ -47,14 +56,17 @@ def export(
             "model": str(run.model),
             "config": str(run.config),
             "note": "the run's own weights and config; load them with lenet.runs.load_model",
+            "command": command,
         }
     if fmt != "onnx":
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     model, _ = load_model(run.path)
-    images = load_split(cfg.dataset, data_dir).test_x[:CHECK_IMAGES]  # (1000, 1, 28, 28)
+    images = load_split(cfg.dataset, data_dir).test_x[:CHECK_IMAGES]  # (1000, 1, image, image)
     target = Path(out) if out is not None else run.path / "model.onnx"
     provenance = {"source_run": str(run.path), "config": json.dumps(cfg.to_dict())}
-    report = export_onnx(model, images, target, provenance)
+    if command is not None:
+        provenance["command"] = command
+    report = export_onnx(model, images, target, provenance) | {"command": command}
     write_json(target.with_suffix(".json"), report)
     return report
 
@@ -80,8 +92,10 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, target: Path, meta
         "format": "onnx",
         "path": str(target),
         "opset": OPSET,
-        "input": "images (batch, 1, 28, 28)",
-        "output": "logits (batch, 10)",
+        "architecture": SHAPE.name,
+        "shape": SHAPE.to_dict(),
+        "input": f"images (batch, 1, {SHAPE.image}, {SHAPE.image})",
+        "output": f"logits (batch, {SHAPE.classes})",
         "dynamic_axes": ["batch"],
         "checked_images": len(images),
         "max_abs_logit_difference": diff,
@@ -95,7 +109,7 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, target: Path, meta
 
 def onnx_bytes(model: torch.nn.Module, metadata: dict[str, str]) -> bytes:
     """The graph with a dynamic batch axis, and the metadata that says where it came from."""
-    example = torch.zeros(2, 1, 28, 28)
+    example = torch.zeros(2, 1, SHAPE.image, SHAPE.image)  # two images: the batch axis is not fixed to 1
     try:
         with quiet_exporter():
             program = torch.onnx.export(
@@ -111,7 +125,7 @@ def onnx_bytes(model: torch.nn.Module, metadata: dict[str, str]) -> bytes:
     except Exception as e:  # the exporter raises many types; any of them means no usable file
         raise ExportError(f"torch.onnx.export failed: {' '.join(str(e).split())[:300]}") from None
     proto = program.model_proto
-    for key, value in {"architecture": ARCHITECTURE, **metadata}.items():
+    for key, value in {"architecture": SHAPE.name, **metadata}.items():
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()
 

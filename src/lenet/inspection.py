@@ -3,10 +3,11 @@
 `inspect_run` writes everything into RUN/inspect/ and an index.html that shows it on one page:
   confusion.png / confusion.txt   test-set confusion matrix with counts, and per-class accuracy
   wrong.png                       the most confidently wrong test digits: true label, prediction, confidence
-  filters.png                     the learned 5x5 kernels of conv1 (4) and conv2 (4 inputs x 12 outputs)
+  filters.png                     the learned kernels of conv1 and conv2 (conv2: one row per input channel)
   features-N.png                  conv1 and conv2 feature maps (after ReLU) for test image N
   curves.png                      training loss, validation loss and accuracy per epoch (metrics.jsonl)
-  summary.json                    the numbers behind the pictures
+  summary.json                    the numbers behind the pictures, the network's shape and the command
+Every count and size of a layer comes from `lenet.model.SHAPE`, the one declaration of the network.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from lenet.atomic import write_atomic, write_json, write_text
 from lenet.data import load_split
-from lenet.model import LeNet
+from lenet.model import SHAPE, LeNet
 from lenet.predict import predict
 from lenet.runs import RunDir, load_model, read_jsonl
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 WRONG_SHOWN = 36  # the brief asks for 25-50: a 6x6 grid stays legible
 WRONG_COLUMNS = 6
+MAP_COLUMNS = 8  # feature-map panels per row at most: conv1's maps in one row, conv2's in rows of 6
 DPI = 110
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 CLASS_NAMES = {"mnist": [str(d) for d in range(10)], "fashion-mnist": FASHION}
@@ -45,18 +47,19 @@ class InspectError(ValueError):
 class TestResults:
     """The model's view of the whole test set."""
 
-    images: torch.Tensor  # (N, 1, 28, 28)
+    images: torch.Tensor  # (N, 1, image, image)
     labels: torch.Tensor  # (N,)
-    probs: torch.Tensor  # (N, 10)
+    probs: torch.Tensor  # (N, classes)
 
     @property
     def predictions(self) -> torch.Tensor:
         return self.probs.argmax(1)
 
     def confusion(self) -> np.ndarray:
-        """(10, 10) counts: row = true class, column = predicted class."""
-        pairs = self.labels * 10 + self.predictions
-        return torch.bincount(pairs, minlength=100).view(10, 10).numpy()
+        """(classes, classes) counts: row = true class, column = predicted class."""
+        n = SHAPE.classes
+        pairs = self.labels * n + self.predictions
+        return torch.bincount(pairs, minlength=n * n).view(n, n).numpy()
 
     def most_confidently_wrong(self, n: int) -> list[int]:
         wrong = (self.predictions != self.labels).nonzero().flatten()
@@ -64,8 +67,13 @@ class TestResults:
         return wrong[confidence.argsort(descending=True)][:n].tolist()
 
 
-def inspect_run(run_path: Path | str, index: int = 0, data_dir: Path | str | None = None) -> dict[str, Path]:
-    """Write the pictures, text and index.html for the run into RUN/inspect/; returns name -> path."""
+def inspect_run(
+    run_path: Path | str, index: int = 0, data_dir: Path | str | None = None, *, command: str | None = None
+) -> dict[str, Path]:
+    """Write the pictures, text and index.html for the run into RUN/inspect/; returns name -> path.
+
+    `command`: the `lenet` command line that asked for it, recorded in summary.json.
+    """
     run = RunDir(Path(run_path))
     cfg = run.read_config()
     model, _ = load_model(run.path)
@@ -88,7 +96,7 @@ def inspect_run(run_path: Path | str, index: int = 0, data_dir: Path | str | Non
         result = json.loads(run.result.read_text()) if run.result.is_file() else None
         files["curves.png"] = curves_figure(rows, result)
     written = {name: save_figure(fig, out / name) for name, fig in files.items()}
-    summary = summarize(results, confusion, wrong, index, names)
+    summary = summarise(results, confusion, wrong, index, names) | {"command": command}
     text = confusion_text(confusion, names)
     write_text(out / "confusion.txt", text)
     write_json(out / "summary.json", summary)
@@ -105,9 +113,11 @@ def per_class_accuracy(confusion: np.ndarray) -> list[float]:
     return (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
 
 
-def summarize(results: TestResults, confusion: np.ndarray, wrong: list[int], index: int,
+def summarise(results: TestResults, confusion: np.ndarray, wrong: list[int], index: int,
               names: list[str]) -> dict[str, Any]:  # fmt: skip
     return {
+        "architecture": SHAPE.name,
+        "shape": SHAPE.to_dict(),
         "test_images": len(results.labels),
         "test_accuracy": float(np.trace(confusion) / confusion.sum()),
         "per_class_accuracy": dict(zip(names, per_class_accuracy(confusion), strict=True)),
@@ -164,8 +174,8 @@ def confusion_figure(confusion: np.ndarray, names: list[str]) -> Figure:
         if count:
             ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
                     color="white" if count > threshold else "black")  # fmt: skip
-    ax.set_xticks(range(10), names, rotation=45 if len(names[0]) > 2 else 0)
-    ax.set_yticks(range(10), names)
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names[0]) > 2 else 0)
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     accuracy = np.trace(confusion) / confusion.sum()
@@ -192,19 +202,22 @@ def wrong_figure(results: TestResults, wrong: list[int], names: list[str]) -> Fi
 
 def filters_figure(model: LeNet) -> Figure:
     """Kernels on one symmetric colour scale per layer: red excites, blue inhibits, white is zero."""
-    conv1 = model.conv1.weight.detach().cpu()  # (4, 1, 5, 5)
-    conv2 = model.conv2.weight.detach().cpu()  # (12, 4, 5, 5)
-    fig = new_figure(12, 6.2)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 2.6])
-    kernel_grid(top, conv1[:, 0].unsqueeze(0), "conv1: 4 kernels on the input image",
+    s = SHAPE
+    conv1 = model.conv1.weight.detach().cpu()  # (conv1, 1, kernel, kernel)
+    conv2 = model.conv2.weight.detach().cpu()  # (conv2, conv1, kernel, kernel)
+    conv2_rows = 0.65 * s.conv1  # conv2 draws one row of kernels per conv1 channel
+    fig = new_figure(12, 1.72 * (1 + conv2_rows))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, conv2_rows])
+    kernel_grid(top, conv1[:, 0].unsqueeze(0), f"conv1: {s.conv1} kernels on the input image",
                 col_label="output channel", row_labels=["input"])  # fmt: skip
-    kernel_grid(bottom, conv2.permute(1, 0, 2, 3), "conv2: 12 output channels × 4 input channels",
-                col_label="output channel", row_labels=[f"in {c}" for c in range(4)])  # fmt: skip
+    title = f"conv2: {s.conv2} output channels × {s.conv1} input channels"
+    kernel_grid(bottom, conv2.permute(1, 0, 2, 3), title,
+                col_label="output channel", row_labels=[f"in {c}" for c in range(s.conv1)])  # fmt: skip
     return fig
 
 
 def kernel_grid(fig: Any, kernels: torch.Tensor, title: str, col_label: str, row_labels: list[str]) -> None:
-    """kernels: (rows, cols, 5, 5), drawn as a grid with one shared colour bar."""
+    """kernels: (rows, cols, kernel, kernel), drawn as a grid with one shared colour bar."""
     rows, cols = kernels.shape[:2]
     limit = float(kernels.abs().max()) or 1.0
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -222,7 +235,7 @@ def kernel_grid(fig: Any, kernels: torch.Tensor, title: str, col_label: str, row
 
 def features_figure(model: LeNet, results: TestResults, index: int, names: list[str]) -> Figure:
     """The input, then what each conv1 and conv2 channel makes of it (after ReLU; bright = active)."""
-    image = results.images[index : index + 1]  # (1, 1, 28, 28)
+    image = results.images[index : index + 1]  # (1, 1, image, image)
     with torch.no_grad():
         maps = model.features(image)
     pred = int(results.predictions[index])
@@ -233,17 +246,23 @@ def features_figure(model: LeNet, results: TestResults, index: int, names: list[
     ax.axis("off")
     first.suptitle(f"test image #{index}: true {names[results.labels[index]]}, predicted {names[pred]} "
                    f"({100 * results.probs[index, pred]:.1f}%)", fontsize=10)  # fmt: skip
-    map_grid(second, maps["conv1"][0], 1, "conv1 feature maps (24×24, after ReLU)")
-    map_grid(third, maps["conv2"][0], 2, "conv2 feature maps (8×8, after ReLU)")
+    side1, side2 = SHAPE.conv1_side, SHAPE.conv2_side
+    map_grid(second, maps["conv1"][0], f"conv1 feature maps ({side1}×{side1}, after ReLU)")
+    map_grid(third, maps["conv2"][0], f"conv2 feature maps ({side2}×{side2}, after ReLU)")
     return fig
 
 
-def map_grid(fig: Any, maps: torch.Tensor, rows: int, title: str) -> None:
-    """maps: (C, H, W), one panel per channel on a shared scale, so brightness compares across channels."""
+def map_grid(fig: Any, maps: torch.Tensor, title: str) -> None:
+    """maps: (C, H, W), one panel per channel on a shared scale, so brightness compares across channels.
+
+    Rows of at most MAP_COLUMNS panels, as even as they come (12 channels: two rows of 6)."""
     channels = maps.shape[0]
-    axes = fig.subplots(rows, channels // rows, squeeze=False).flatten()
+    rows = -(-channels // MAP_COLUMNS)
+    axes = fig.subplots(rows, -(-channels // rows), squeeze=False).flatten()
     top = float(maps.max()) or 1.0
-    for c, ax in enumerate(axes):
+    for ax in axes[channels:]:  # a last row that is not full
+        ax.axis("off")
+    for c, ax in enumerate(axes[:channels]):
         image = ax.imshow(maps[c].numpy(), cmap="magma", vmin=0, vmax=top)
         ax.set_title(f"channel {c}", fontsize=8)
         ax.set_xticks([])
@@ -282,7 +301,8 @@ def index_html(run: RunDir, config: dict, summary: dict, confusion: str, picture
     """One self-contained page (pictures by relative path) that shows everything written."""
     captions = {
         "curves.png": "Training and validation loss, and validation accuracy, per epoch (metrics.jsonl).",
-        "confusion.png": "Confusion matrix on the 10,000 test images: rows are the true class.",
+        "confusion.png": f"Confusion matrix on the {summary['test_images']:,} test images: rows are the "
+        "true class.",
         "wrong.png": "The test images the model gets wrong with the highest confidence.",
         "filters.png": "The learned convolution kernels (red positive, blue negative).",
     }
@@ -291,6 +311,9 @@ def index_html(run: RunDir, config: dict, summary: dict, confusion: str, picture
     order = [p for p in ("curves.png", "confusion.png", "wrong.png", "filters.png") if p in pictures]
     order += [p for p in pictures if p not in order]
     settings = ", ".join(f"{k}={v}" for k, v in config.items())
+    command = (
+        f"<p>Made by <code>{html.escape(summary['command'])}</code></p>\n" if summary.get("command") else ""
+    )
     per_class = "".join(f"<tr><td>{html.escape(name)}</td><td>{100 * acc:.2f}%</td></tr>"
                         for name, acc in summary["per_class_accuracy"].items())  # fmt: skip
     figures = "".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{html.escape(captions.get(p, p))}'
@@ -305,7 +328,7 @@ pre{{background:#f6f6f6;padding:1em}}
 <h1>Inspecting run {html.escape(str(run.path))}</h1>
 <p>Test accuracy: <b>{100 * summary["test_accuracy"]:.2f}%</b> on {summary["test_images"]:,} test images.</p>
 <p>Settings: <code>{html.escape(settings)}</code></p>
-{figures}
+{command}{figures}
 <h2>Per-class accuracy</h2><table>{per_class}</table>
 <h2>Confusion matrix (text)</h2><pre>{html.escape(confusion)}</pre>
 <p>The numbers behind the pictures: <a href="summary.json">summary.json</a>.</p>

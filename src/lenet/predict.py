@@ -3,7 +3,7 @@
 `preprocess` is the one way an image becomes network input; `lenet predict`, the web server and any
 later caller share it. It redoes what NIST/LeCun did to make MNIST: grayscale, white ink on black,
 crop to the ink, scale the longer side to 20 px (anti-aliased, aspect kept), then place the digit in
-a 28x28 frame with its centre of mass at the centre.
+a 28x28 frame (SHAPE.image) with its centre of mass at the centre.
 """
 
 from __future__ import annotations
@@ -18,20 +18,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lenet.model import LeNet
+from lenet.model import SHAPE, LeNet
 from lenet.runs import RunError, load_model
 
 if TYPE_CHECKING:  # PIL is an extra, imported where it is used so `import lenet` stays light
     from PIL import Image as PILImage
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "model.safetensors"  # the shipped reference run
-MAX_PIXELS = 40_000_000  # larger images are refused: a decompression bomb would exhaust memory
+# `lenet predict` refuses larger image files, judged from the header: a decompression bomb would exhaust
+# memory. (The web server judges with the same code against its own, stricter budget per request.)
+MAX_FILE_PIXELS = 40_000_000
 # Formats Pillow decodes itself. Not EPS or PDF: Pillow hands those to Ghostscript, a program that should
 # never see a stranger's file; not the many exotic plugins either, each one more parser to trust.
 RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
-FRAME = 28  # MNIST's image size
+FRAME = SHAPE.image  # MNIST's image side, 28: what the network reads
 BOX = 20  # MNIST scaled each digit so its longer side is 20 px
-CENTRE = 14.0  # where MNIST's test digits have their centre of mass (mean 13.99, 14.01 in row, column)
+CENTRE = FRAME / 2  # where MNIST's test digits have their centre of mass (mean 13.99, 14.01 in row, column)
 MIN_CONTRAST = 0.1  # ink must differ from the paper by this much of the full range, else the image is blank
 NOISE_MADS = 5.0  # paper noise: ink fainter than the paper's median + 5 robust stddevs is paper (a 3-sigma
 # cut lets 0.1% of a photo's paper through, and one stray pixel stretches the bounding box)
@@ -47,15 +49,16 @@ class ImageError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
-def load_image(source: str | Path | bytes) -> PILImage.Image:
-    """Open an image file or raw bytes, fully decoded (first frame of an animation), or raise ImageError.
+def open_image(source: str | Path | bytes, max_pixels: int = MAX_FILE_PIXELS) -> PILImage.Image:
+    """Open an image file or raw bytes and judge it from its header alone, or raise ImageError.
 
-    The pixel count is checked from the header before anything is decoded, so a small file that
-    claims gigapixels costs nothing.
+    The one place an image is judged before decoding: it must exist, hold bytes, be one of
+    RASTER_FORMATS and have at most `max_pixels` pixels, so a small file that claims gigapixels
+    costs nothing. Nothing is decoded yet: `decode` does that.
     """
     from PIL import Image, UnidentifiedImageError
 
-    name = "image data" if isinstance(source, bytes) else str(source)
+    name = source_name(source)
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise ImageError(f"{name}: no such file")
     if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
@@ -65,19 +68,61 @@ def load_image(source: str | Path | bytes) -> PILImage.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(file, formats=RASTER_FORMATS)
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"{name}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,})")
-            image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name}: too large to decode safely (limit {MAX_PIXELS:,} pixels)") from None
+            raise ImageError(f"{name}: too large to decode safely (limit {max_pixels:,} pixels)") from None
         except UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image (formats read: {', '.join(RASTER_FORMATS)})") from None
+            raise ImageError(f"{name}: {unread_format(file)}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"{name}: damaged or unreadable image ({one_line(e)})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name}: {width}x{height} pixels is too large (limit {max_pixels:,} pixels); scale it down"
+        )
     if width == 0 or height == 0:
         raise ImageError(f"{name}: blank image (it has no pixels)")
     return image
+
+
+def unread_format(file: str | Path | io.BytesIO) -> str:
+    """Why a file is not read: the format Pillow would take it for, named so the refusal is clear."""
+    from PIL import Image
+
+    try:  # header parsers only: a refused format is never decoded (EPS would go to Ghostscript)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(file) as image:
+                kind = image.format
+    except Exception:  # unknown to Pillow too, or a damaged header: nothing to name
+        kind = None
+    formats = ", ".join(RASTER_FORMATS)
+    if kind is None:
+        return f"not an image (formats read: {formats})"
+    return f"{kind} images are not accepted: not an image format lenet reads ({formats})"
+
+
+def decode(image: PILImage.Image, name: str = "image data") -> PILImage.Image:
+    """Decode an image from `open_image` (first frame of an animation), or raise ImageError."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{name}: too large to decode safely") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"{name}: damaged or unreadable image ({one_line(e)})") from None
+    return image
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = MAX_FILE_PIXELS) -> PILImage.Image:
+    """Open an image file or raw bytes, judged from its header, then fully decoded; or raise ImageError."""
+    return decode(open_image(source, max_pixels), source_name(source))
+
+
+def source_name(source: str | Path | bytes) -> str:
+    return "image data" if isinstance(source, bytes) else str(source)
 
 
 def one_line(error: BaseException) -> str:
@@ -88,7 +133,7 @@ def one_line(error: BaseException) -> str:
 
 
 def preprocess(image: PILImage.Image) -> torch.Tensor:
-    """Any image -> float32 (28, 28) in [0, 1], white digit on black, made the way MNIST was.
+    """Any image -> float32 (FRAME, FRAME) in [0, 1], white digit on black, made the way MNIST was.
 
     Raises ImageError when the image has no ink (a blank or uniform picture).
     """
@@ -165,7 +210,7 @@ def scale_to_box(digit: np.ndarray) -> np.ndarray:
 
 
 def centre_in_frame(digit: np.ndarray) -> np.ndarray:
-    """Paste into 28x28 so the centre of mass lands on MNIST's centre (whole-pixel shift, as MNIST did)."""
+    """Paste into a FRAME x FRAME frame, centre of mass on MNIST's centre (whole-pixel shift, like MNIST)."""
     height, width = digit.shape
     mass = float(digit.sum())
     rows, cols = np.arange(height), np.arange(width)
@@ -179,17 +224,19 @@ def centre_in_frame(digit: np.ndarray) -> np.ndarray:
 
 
 def preprocess_pixels(pixels: Any) -> torch.Tensor:
-    """An image that is already in MNIST form (28x28, white on black, values in [0, 1]) -> checked tensor.
+    """An image that is already in MNIST form (FRAME x FRAME, white on black, in [0, 1]) -> checked tensor.
 
-    For the web API's JSON pixels. Nothing is re-centred: to preprocess a raw 28x28 drawing, make it
+    For the web API's JSON pixels. Nothing is re-centred: to preprocess a raw drawing of that size, make it
     a PIL image and call `preprocess`.
     """
     try:
         array = np.asarray(pixels, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ImageError("pixels must be a 28x28 array of numbers") from None
+        raise ImageError(f"pixels must be a {FRAME}x{FRAME} array of numbers") from None
     if array.shape != (FRAME, FRAME):
-        raise ImageError(f"pixels must be 28x28 (got shape {'x'.join(map(str, array.shape)) or 'scalar'})")
+        raise ImageError(
+            f"pixels must be {FRAME}x{FRAME} (got shape {'x'.join(map(str, array.shape)) or 'scalar'})"
+        )
     if not np.isfinite(array).all():
         raise ImageError("pixels must be finite numbers (found NaN or infinity)")
     if array.min() < 0 or array.max() > 1:
@@ -209,9 +256,9 @@ def load_predictor(model: str | Path | None = None) -> tuple[LeNet, dict]:
 
 @torch.no_grad()
 def predict(model: LeNet, images: torch.Tensor) -> torch.Tensor:
-    """(N, 28, 28) or (N, 1, 28, 28) images in [0, 1] -> class probabilities (N, 10)."""
+    """(N, H, W) or (N, 1, H, W) images in [0, 1], H = W = SHAPE.image -> class probabilities (N, classes)."""
     if images.dim() == 3:
-        images = images.unsqueeze(1)  # (N, 1, 28, 28)
+        images = images.unsqueeze(1)  # (N, 1, H, W)
     model.eval()
     device = next(model.parameters()).device
     return torch.softmax(model(images.to(device, torch.float32)), dim=1).cpu()
@@ -260,9 +307,9 @@ def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
             results.append(Failure(path, str(e) if str(e).startswith(path) else f"{path}: {e}"))
             continue
         if save_input is not None:
-            name = f"{Path(path).stem}.28x28.png"
+            name = f"{Path(path).stem}.{FRAME}x{FRAME}.png"
             if name in saved:  # two inputs with one file name (a/x.png, b/x.png): keep both
-                name = f"{Path(path).stem}-{len(results) + 1}.28x28.png"
+                name = f"{Path(path).stem}-{len(results) + 1}.{FRAME}x{FRAME}.png"
             saved.add(name)
             save_input_image(pixels, save_input / name)
         probs = predict(model, pixels.unsqueeze(0))[0]
@@ -271,7 +318,7 @@ def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
 
 
 def save_input_image(pixels: torch.Tensor, path: Path) -> None:
-    """The 28x28 image the network saw, as an 8-bit grayscale PNG."""
+    """The FRAME x FRAME image the network saw, as an 8-bit grayscale PNG."""
     from PIL import Image
 
     from lenet.atomic import write_atomic

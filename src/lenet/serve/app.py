@@ -2,7 +2,7 @@
 
   GET  /              the drawing page (static/index.html, no build step)
   POST /api/predict   an image (multipart file field, or a raw image/* body) or JSON {"pixels": 28x28}
-  GET  /api/model     the model's facts: parameters, training recipe, test accuracy
+  GET  /api/model     the model's facts: shape (lenet.model.SHAPE), parameters, training recipe, test accuracy
   GET  /healthz       liveness
   GET  /docs          OpenAPI docs (FastAPI's)
 
@@ -12,7 +12,6 @@ A bad input is a 4xx with a message in `detail`; no input may produce a 500.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -20,10 +19,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import torch
@@ -33,14 +32,24 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from lenet import __version__
-from lenet import predict as P
-from lenet.model import ARCHITECTURE, LeNet, count_parameters
+from lenet.model import SHAPE, LeNet, count_parameters
+from lenet.predict import (
+    ImageError,
+    decode,
+    load_predictor,
+    one_line,
+    open_image,
+    preprocess,
+    preprocess_pixels,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_BODY_BYTES = 1_000_000  # a drawn 280x280 PNG is ~10 kB; anything near 1 MB is not a digit drawing
-# A 5 kB PNG can claim 40 megapixels, and preprocessing costs ~30 bytes of memory per pixel: cap the
-# pixels well below lenet.predict's file limit, and how many images are decoded at once.
-MAX_PIXELS = 4_000_000
+# A 5 kB PNG can claim 40 megapixels, and preprocessing costs ~30 bytes of memory per pixel: the server's
+# decode budget per request is well below lenet.predict's MAX_FILE_PIXELS, judged by the same
+# lenet.predict.open_image from the header; MAX_DECODING caps how many images are decoded at once.
+MAX_DECODE_PIXELS = 4_000_000
 MAX_DECODING = 4  # large images preprocessed at the same time; worst case ~4 x 120 MB
 # Up to this many pixels (a 280x280 drawing is 78,400) an image is read on the event loop: a hop to a
 # worker thread costs more CPU than the ~1 ms of work. Larger ones go to a thread, so they never stall it.
@@ -50,11 +59,9 @@ STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 BINARY = {"type": "string", "format": "binary"}
 ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}}
-PIXELS = {
-    "type": "array",
-    "items": ROW,
-    "description": "28 rows of 28 numbers in [0, 1], white digit on black",
-}
+SIDE, MAP = f"{SHAPE.image}x{SHAPE.image}", f"{SHAPE.conv1_side}x{SHAPE.conv1_side}"  # "28x28", "24x24"
+PIXELS_TEXT = f"{SHAPE.image} rows of {SHAPE.image} numbers in [0, 1]"
+PIXELS = {"type": "array", "items": ROW, "description": f"{PIXELS_TEXT}, white digit on black"}
 PREDICT_BODY = {  # documents the three accepted bodies in /docs, since the endpoint parses the body itself
     "required": True,
     "content": {
@@ -69,11 +76,15 @@ NUMBERS = {"type": "array", "items": {"type": "number"}}
 PREDICT_ANSWER = {"type": "object", "properties": {
     "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the most likely digit"},
     "confidence": {"type": "number", "description": "its probability"},
-    "probabilities": {**NUMBERS, "description": "ten probabilities, digits 0-9 (6 places)"},
-    "input": {"type": "array", "items": NUMBERS, "description": "the 28x28 image the network saw (3 places)"},
+    "probabilities": {**NUMBERS, "description": f"{SHAPE.classes} probabilities, one per class (6 places)"},
+    "input": {"type": "array", "items": NUMBERS,
+              "description": f"the {SIDE} image the network saw (3 places)"},
     "conv1": {"type": "array", "items": {"type": "array", "items": NUMBERS},
-              "description": "conv1's four 24x24 feature maps after ReLU (3 places)"},
+              "description": f"conv1's {SHAPE.conv1} {MAP} feature maps after ReLU (3 places)"},
 }}  # fmt: skip
+PREDICT_TEXT = (f"Answers `label`, `confidence`, {SHAPE.classes} `probabilities`, the {SIDE} `input` the "
+                f"network saw, and conv1's {SHAPE.conv1} {MAP} feature maps (`conv1`). Images are centred "
+                "and scaled like MNIST first.")  # fmt: skip
 
 
 def rounded(t: torch.Tensor, places: int = 3) -> list:
@@ -121,8 +132,8 @@ def parse_pixels(body: bytes) -> torch.Tensor:
     except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
         raise fail(400, f"body is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(data, dict) or "pixels" not in data:
-        raise fail(422, 'JSON body must be an object {"pixels": 28 rows of 28 numbers in [0, 1]}')
-    x = P.preprocess_pixels(data["pixels"])
+        raise fail(422, f'JSON body must be an object {{"pixels": {PIXELS_TEXT}}}')
+    x = preprocess_pixels(data["pixels"])
     if not x.any():  # preprocess() refuses a blank image; refuse blank pixels the same way
         raise fail(400, "blank image: every pixel is 0 (no ink)")
     return x
@@ -134,15 +145,22 @@ class Predictor:
     def __init__(self, model: LeNet, info: dict[str, Any]) -> None:
         self.model = model.eval()
         extra = info.get("extra", {})
-        self.facts = {"architecture": ARCHITECTURE, "parameters": count_parameters(model),
-                      "recipe": info.get("config", {}), "test_accuracy": extra.get("test_accuracy"),
-                      "file": Path(str(info.get("path", ""))).name, "extra": extra}  # fmt: skip
         self.path = str(info.get("path", ""))
+        self.facts = {
+            "architecture": SHAPE.name,
+            "shape": SHAPE.to_dict(),  # the page sizes its canvases from this
+            "parameters": count_parameters(model),
+            "recipe": info.get("config", {}),
+            "test_accuracy": extra.get("test_accuracy"),
+            "file": Path(self.path).name,
+            "extra": extra,
+        }
 
     @torch.no_grad()
-    def answer(self, x: torch.Tensor) -> bytes:  # x: (28, 28) in [0, 1], finite (work() checks)
+    def answer(self, x: torch.Tensor) -> bytes:  # x: (image, image) in [0, 1], finite (work() checks)
         features = self.model.features(x[None, None])  # one forward pass: the maps and the logits
-        probs, conv1 = features["logits"][0].softmax(0), features["conv1"][0]  # (10,), (4, 24, 24)
+        probs = features["logits"][0].softmax(0)  # (classes,)
+        conv1 = features["conv1"][0]  # (conv1, conv1_side, conv1_side)
         label = int(probs.argmax())
         out = {"label": label, "confidence": round(float(probs[label]), 6),
                "probabilities": rounded(probs, 6), "input": rounded(x), "conv1": rounded(conv1)}  # fmt: skip
@@ -151,7 +169,7 @@ class Predictor:
 
 def create_app(model: Path | str | None = None) -> FastAPI:
     """Load the model (a run directory or .safetensors file; default the shipped one) and build the app."""
-    predictor = Predictor(*P.load_predictor(model))
+    predictor = Predictor(*load_predictor(model))
     limiter: list[anyio.CapacityLimiter] = []  # made on first use: it needs the running event loop
 
     def decoders() -> anyio.CapacityLimiter:
@@ -159,9 +177,8 @@ def create_app(model: Path | str | None = None) -> FastAPI:
             limiter.append(anyio.CapacityLimiter(MAX_DECODING))
         return limiter[0]
 
-    app = FastAPI(
-        title="lenet", version=__version__, summary="Read a handwritten digit with a 3,246-parameter LeNet."
-    )
+    about = f"Read a handwritten digit with a {SHAPE.parameter_count():,}-parameter LeNet."
+    app = FastAPI(title="lenet", version=__version__, summary=about)
     app.state.predictor = predictor
 
     @app.get("/", include_in_schema=False)
@@ -172,19 +189,17 @@ def create_app(model: Path | str | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/api/model", summary="The model's facts: parameters, training recipe, test accuracy")
+    @app.get("/api/model", summary="The model's facts: shape, parameters, training recipe, test accuracy")
     def model_facts() -> dict[str, Any]:
         return predictor.facts
 
-    @app.post("/api/predict", summary="Read one digit from an image or 28x28 pixels", openapi_extra={
+    @app.post("/api/predict", summary=f"Read one digit from an image or {SIDE} pixels", openapi_extra={
         "requestBody": PREDICT_BODY}, responses={
         200: {"description": "the reading", "content": {"application/json": {"schema": PREDICT_ANSWER}}},
         400: {"description": "not a usable image or pixel array"},
         413: {"description": "body over 1 MB"}, 415: {"description": "unsupported content type"},
-        422: {"description": "JSON without a 28x28 `pixels` array"}})  # fmt: skip
+        422: {"description": f"JSON without a {SIDE} `pixels` array"}}, description=PREDICT_TEXT)  # fmt: skip
     async def predict(request: Request) -> Response:
-        """Answers `label`, `confidence`, ten `probabilities`, the 28x28 `input` the network saw, and
-        conv1's four 24x24 feature maps (`conv1`). Images are centred and scaled like MNIST first."""
         body = await read_body(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
@@ -194,46 +209,42 @@ def create_app(model: Path | str | None = None) -> FastAPI:
                             "(or another image/* type) or application/json")  # fmt: skip
         if not body:
             raise fail(400, "empty body")
-        is_json = kind == "application/json" or kind.endswith("+json")
-        pixels = None if is_json else check_image(body)
-        if pixels is not None and pixels > INLINE_PIXELS:
-            content = await anyio.to_thread.run_sync(work, predictor, body, is_json, limiter=decoders())
-        else:
-            content = work(predictor, body, is_json)
-        return Response(content, media_type="application/json")
+        if kind == "application/json" or kind.endswith("+json"):
+            return answer(work(predictor, lambda: parse_pixels(body)))
+        image = guarded(lambda: open_image(body, MAX_DECODE_PIXELS))  # judged from the header: cheap
+
+        def read() -> torch.Tensor:
+            return preprocess(decode(image))
+
+        if image.width * image.height <= INLINE_PIXELS:
+            return answer(work(predictor, read))
+        return answer(await anyio.to_thread.run_sync(work, predictor, read, limiter=decoders()))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
-def check_image(data: bytes) -> int | None:
-    """Judge an image from its header, before anything is decoded: refuse a format outside P.RASTER_FORMATS
-    or a size over MAX_PIXELS. Returns the pixel count, or None when there is no readable header."""
-    from PIL import Image
+def answer(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
 
+
+def guarded(step: Callable[[], T]) -> T:
+    """One step on a stranger's bytes. Every failure is their 400: an ImageError with its own message,
+    anything unforeseen (a decoder or preprocessing gap met by an odd input) logged as a bug to fix."""
     try:
-        image = Image.open(io.BytesIO(data))
-    except Exception:  # not an image, or a damaged one: load_image then says which, in its own words
-        return None
-    if image.format not in P.RASTER_FORMATS:
-        raise fail(400, f"{image.format} images are not accepted; send {', '.join(P.RASTER_FORMATS)}")
-    pixels = image.size[0] * image.size[1]
-    if pixels > MAX_PIXELS:
-        raise fail(400, f"image of {pixels:,} pixels is too large (limit {MAX_PIXELS:,}); scale it down")
-    return pixels
-
-
-def work(predictor: Predictor, body: bytes, is_json: bool) -> bytes:
-    """Input -> network input -> answer. Every failure while reading a stranger's bytes is their 400."""
-    try:
-        x = parse_pixels(body) if is_json else P.preprocess(P.load_image(body))
+        return step()
     except HTTPException:
         raise
-    except P.ImageError as e:
+    except ImageError as e:
         raise fail(400, str(e)) from None
-    except Exception as e:  # a decoder or preprocessing gap met by an odd input: logged, and still a 400
+    except Exception as e:
         log.exception("an input failed outside the known image errors")
-        raise fail(400, f"cannot read this input ({type(e).__name__}: {P.one_line(e)[:200]})") from None
+        raise fail(400, f"cannot read this input ({type(e).__name__}: {one_line(e)[:200]})") from None
+
+
+def work(predictor: Predictor, read: Callable[[], torch.Tensor]) -> bytes:
+    """Input -> network input (`read`) -> answer."""
+    x = guarded(read)
     if not torch.isfinite(x).all():  # a float TIFF can hold NaN; it must not reach the network
         raise fail(400, "the image holds values that are not finite numbers (NaN or infinity)")
     return predictor.answer(x)

@@ -1,6 +1,7 @@
 // The drawing page: strokes on a canvas -> PNG -> POST /api/predict -> bars, input and conv1 maps.
 // Plain browser JavaScript, no build step. The page's state is mirrored in data-* attributes
-// (body[data-state] = idle | busy, #label[data-label]) so tests can wait on it.
+// (body[data-state] = idle | busy, #label[data-label]) so tests can wait on it. The network's sizes
+// (how many conv1 maps, their side, the input's side) come from GET /api/model's `shape` at start-up.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -11,8 +12,8 @@ const errorEl = document.getElementById("error");
 const barsEl = document.getElementById("bars");
 const undoBtn = document.getElementById("undo");
 const clearBtn = document.getElementById("clear");
-const inputCanvas = document.getElementById("input");
-const mapCanvases = [...document.querySelectorAll("canvas.fmap")];
+let inputCanvas = null; // made by buildMaps() once the model's shape is known
+let mapCanvases = [];
 
 const INK = 18; // stroke width on the 280 px pad: about MNIST's stroke-to-digit ratio
 const THROTTLE_MS = 120; // at most one prediction per interval while drawing
@@ -152,9 +153,9 @@ function show(r) {
     bars[d].pct.textContent = `${(100 * p).toFixed(1)}%`;
     bars[d].li.classList.toggle("top", d === r.label);
   });
-  paint(inputCanvas, r.input, 1);
-  const peak = Math.max(1e-6, ...r.conv1.flat(2)); // one scale for all four maps: compare their strength
-  r.conv1.forEach((m, i) => paint(mapCanvases[i], m, peak));
+  if (inputCanvas) paint(inputCanvas, r.input, 1);
+  const peak = Math.max(1e-6, ...r.conv1.flat(2)); // one scale for all the maps: compare their strength
+  r.conv1.forEach((m, i) => { if (mapCanvases[i]) paint(mapCanvases[i], m, peak); });
 }
 
 function showBlank() {
@@ -163,7 +164,7 @@ function showBlank() {
   labelEl.dataset.label = "";
   confEl.textContent = "draw something";
   for (const b of bars) { b.fill.style.width = "0"; b.pct.textContent = "–"; b.li.classList.remove("top"); }
-  for (const c of [inputCanvas, ...mapCanvases]) c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  for (const c of [inputCanvas, ...mapCanvases]) c?.getContext("2d").clearRect(0, 0, c.width, c.height);
 }
 
 function showError(message) {
@@ -183,19 +184,56 @@ function paint(canvas, rows, peak) { // rows: h x w numbers, 0..peak -> black..w
   c.putImageData(img, 0, 0);
 }
 
+// ---- the model's shape: what the network sees, sized as GET /api/model says
+function canvasFigure(side, caption, attrs) {
+  const figure = document.createElement("figure");
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = side;
+  Object.assign(canvas, attrs);
+  const figcaption = document.createElement("figcaption");
+  figcaption.textContent = caption;
+  figure.append(canvas, figcaption);
+  return [figure, canvas];
+}
+
+function buildMaps(shape) {
+  const [inputFigure, input] = canvasFigure(shape.image, `${shape.image}x${shape.image} input`, { id: "input" });
+  const maps = Array.from({ length: shape.conv1 }, (_, i) =>
+    canvasFigure(shape.conv1_side, `conv1 map ${i + 1}`, { className: "fmap" }));
+  document.getElementById("maps").replaceChildren(inputFigure, ...maps.map(([figure]) => figure));
+  inputCanvas = input;
+  mapCanvases = maps.map(([, canvas]) => canvas);
+  for (const el of document.querySelectorAll("[data-shape]")) {
+    el.textContent = Number(shape[el.dataset.shape]).toLocaleString("en");
+  }
+}
+
 // ---- the model's facts
 function pct(x) { return typeof x === "number" ? `${(100 * x).toFixed(2)}%` : "not recorded"; }
+
+// What the model file's config says; runs from before the recipe settings are plain SGD, seed init.
+function recipeText(r) {
+  const optimizer = { sgd: "plain SGD", momentum: "SGD with momentum", nesterov: "Nesterov SGD", adamw: "AdamW" };
+  const init = r.init === "kaiming" ? "He init" : `init std ${r.init_std} (fc ${r.fc_init_std})`;
+  const schedule = r.schedule && r.schedule !== "constant" ? ` (${r.schedule})` : "";
+  return `${optimizer[r.optimizer || "sgd"] || r.optimizer}, lr ${r.lr}${schedule}, ${r.epochs} epochs, ` +
+    `batch ${r.batch_size}, ${init}, seed ${r.seed}, ${r.dataset}`;
+}
+
+function network(s) {
+  const k = `${s.kernel}x${s.kernel}`;
+  return `conv ${k} 1→${s.conv1}, conv ${k} ${s.conv1}→${s.conv2}, fc ${s.features}→${s.classes}`;
+}
 
 async function loadFacts() {
   const dl = document.getElementById("facts");
   try {
     const f = await (await fetch("/api/model")).json();
+    buildMaps(f.shape);
     const r = f.recipe || {};
-    const recipe = r.lr === undefined ? "not recorded" :
-      `plain SGD, lr ${r.lr}, ${r.epochs} epochs, batch ${r.batch_size}, init std ${r.init_std} ` +
-      `(fc ${r.fc_init_std}), seed ${r.seed}, ${r.dataset}`;
+    const recipe = r.lr === undefined ? "not recorded" : recipeText(r);
     const rows = [["parameters", f.parameters.toLocaleString("en")], ["test accuracy", pct(f.test_accuracy)],
-      ["recipe", recipe], ["architecture", f.architecture], ["file", f.file]];
+      ["recipe", recipe], ["network", network(f.shape)], ["architecture", f.architecture], ["file", f.file]];
     dl.replaceChildren(...rows.flatMap(([k, v]) => {
       const dt = document.createElement("dt"); dt.textContent = k;
       const dd = document.createElement("dd"); dd.textContent = v;
