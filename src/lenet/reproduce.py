@@ -310,80 +310,30 @@ def run_reproduce(
     started = time.perf_counter()
     specs, steps, flat = plan(out, seeds, long_epochs, epochs, device, recipes)
     results = runner.run(flat, on_epoch=on_epoch)
+    made = how_made(command, seeds, epochs, time.perf_counter() - started, results)
     by_spec = dict(zip(flat, results, strict=True))
     res = {name: [by_spec[s] for s in group] for name, group in specs.items()}
-    wall = time.perf_counter() - started
-    train_seconds = sum(r.summary["train_seconds"] for r in results)
     twenty = [r for name, group in res.items() for r in group if r.spec.config.epochs == epochs]
     table = summarise(twenty)
     write_tables(out, table)
-
-    images = out / "images"
-    lr_runs = res["lr 0.001"] + res["seed protocol"] + res["lr 0.1"]
-    init_runs = res["seed protocol"] + res["init std 0.5"] + res["init std 1.0"]
     long_runs = {k.split(",")[0]: v for k, v in res.items() if "epochs" in k}
     verdicts = [
         verdict_a(res["seed protocol"]),
         verdict_b(res["lr 0.1"]),
         verdict_c(res["seed protocol"], {k: res[k] for k in ("init std 0.5", "init std 1.0")}, long_runs),
     ]
-    plots = [
-        plot_with_original(res["seed protocol"], images / "claim_a.png"),
-        plot_loss_curves(lr_runs, images / "claim_b.png", "Claim B: learning rate (min-max band over seeds)"),
-        plot_loss_curves(
-            init_runs + [r for v in long_runs.values() for r in v],
-            images / "claim_c.png",
-            "Claim C: init stddev of the conv layers (min-max band over seeds)",
-        ),
-    ]
-    accuracy_plot = plot_accuracy(
-        twenty, images / "test_accuracy.png", f"Test accuracy after {epochs} epochs"
-    )
-    seed_acc = [100 * r.summary["test_accuracy"] for r in res["seed protocol"]]
-    sections = [
-        Section(
-            "How this was made",
-            [
-                f"Command: `{command}`",
-                f"Seeds: {', '.join(map(str, seeds))} (n = {len(seeds)} per configuration). "
-                f"Wall time of this invocation: {wall:.0f} s (runs already finished are reused); training "
-                f"time summed over all runs: {train_seconds:.0f} s.",
-                f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
-                f"{platform.python_version()}; torch {torch_version()}; lenet {lenet_version()}.",
-                f"Protocol: the original's (docs/SPEC.md): plain SGD, batch 100, {epochs} epochs, conv init "
-                "N(0, 0.1), fc init N(0, 1.0), validation = the first 5,000 training images. "
-                "Each run is a run directory under `runs/`.",
-            ],
-        ),
-        Section(
-            "The seed protocol: the original's one run vs ours",
-            [
-                f"The original: test accuracy {ORIGINAL_TEST['accuracy']:.2f}% "
-                f"({ORIGINAL_TEST['correct']}/10000), "
-                f"test loss {ORIGINAL_TEST['loss']}, final training loss {ORIGINAL_LOSSES[-1]}.",
-                f"Ours over {len(seed_acc)} seeds: test accuracy median "
-                f"{statistics.median(seed_acc):.2f}%, "
-                f"min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}% "
-                f"({', '.join(f'{a:.2f}' for a in seed_acc)}).",
-                markdown_table(table),
-            ],
-            accuracy_plot,
-        ),
-    ]
-    for letter, v, plot in zip("ABC", verdicts, plots, strict=True):
-        sections.append(
-            Section(
-                f"Claim {letter}: {v.word}",
-                [
-                    f"The original says: {v.claim}",
-                    f"The original's numbers: {v.original}",
-                    f"Ours: {v.ours}",
-                    f"Verdict: **{v.word}** ({v.holds} of {v.n}).",
-                ],
-                plot,
-                v.details,
-            )
-        )
+    images = out / "images"
+    title = f"Test accuracy after {epochs} epochs"
+    accuracy_plot = plot_accuracy(twenty, images / "test_accuracy.png", title)
+    sections = [made, seed_section(res["seed protocol"], table, accuracy_plot)]
+    for letter, v, plot in zip("ABC", verdicts, claim_plots(res, long_runs, images), strict=True):
+        lines = [
+            f"The original says: {v.claim}",
+            f"The original's numbers: {v.original}",
+            f"Ours: {v.ours}",
+            f"Verdict: **{v.word}** ({v.holds} of {v.n}).",
+        ]
+        sections.append(Section(f"Claim {letter}: {v.word}", lines, plot, v.details))
     if steps:
         sections.append(
             recipe_section([(label, [by_spec[s] for s in group]) for label, group in steps], images)
@@ -392,6 +342,57 @@ def run_reproduce(
     write_text(out / "report.md", render_markdown(title, sections, out))
     write_text(out / "report.html", render_html(title, sections))
     return out / "report.html", verdicts
+
+
+def claim_plots(res: dict[str, list[RunResult]], long_runs: dict, images: Path) -> list[Path]:
+    """The pictures of claims A, B and C."""
+    lr_runs = res["lr 0.001"] + res["seed protocol"] + res["lr 0.1"]
+    init_runs = res["seed protocol"] + res["init std 0.5"] + res["init std 1.0"]
+    return [
+        plot_with_original(res["seed protocol"], images / "claim_a.png"),
+        plot_loss_curves(lr_runs, images / "claim_b.png", "Claim B: learning rate (min-max band over seeds)"),
+        plot_loss_curves(
+            init_runs + [r for v in long_runs.values() for r in v],
+            images / "claim_c.png",
+            "Claim C: init stddev of the conv layers (min-max band over seeds)",
+        ),
+    ]
+
+
+def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: list[RunResult]) -> Section:
+    train_seconds = sum(r.summary["train_seconds"] for r in results)
+    return Section(
+        "How this was made",
+        [
+            f"Command: `{command}`",
+            f"Seeds: {', '.join(map(str, seeds))} (n = {len(seeds)} per configuration). "
+            f"Wall time of this invocation: {wall:.0f} s (runs already finished are reused); training "
+            f"time summed over all runs: {train_seconds:.0f} s.",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
+            f"{platform.python_version()}; torch {torch_version()}; lenet {lenet_version()}.",
+            f"Protocol: the original's (docs/SPEC.md): plain SGD, batch 100, {epochs} epochs, conv init "
+            "N(0, 0.1), fc init N(0, 1.0), validation = the first 5,000 training images. "
+            "Each run is a run directory under `runs/`.",
+        ],
+    )
+
+
+def seed_section(seed_runs: list[RunResult], table: list[dict], accuracy_plot: Path) -> Section:
+    seed_acc = [100 * r.summary["test_accuracy"] for r in seed_runs]
+    return Section(
+        "The seed protocol: the original's one run vs ours",
+        [
+            f"The original: test accuracy {ORIGINAL_TEST['accuracy']:.2f}% "
+            f"({ORIGINAL_TEST['correct']}/10000), "
+            f"test loss {ORIGINAL_TEST['loss']}, final training loss {ORIGINAL_LOSSES[-1]}.",
+            f"Ours over {len(seed_acc)} seeds: test accuracy median "
+            f"{statistics.median(seed_acc):.2f}%, "
+            f"min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}% "
+            f"({', '.join(f'{a:.2f}' for a in seed_acc)}).",
+            markdown_table(table),
+        ],
+        accuracy_plot,
+    )
 
 
 def plan(

@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from safetensors.torch import save as st_save
 
 from lenet.atomic import write_atomic
 from lenet.config import TrainConfig
-from lenet.model import ARCHITECTURE, LeNet
+from lenet.model import ARCHITECTURE, SHAPE, LeNet
 
 
 class RunError(Exception):
@@ -111,6 +111,7 @@ def save_model(path: Path, model: LeNet, config: TrainConfig, extra: dict[str, A
     """Weights as safetensors; metadata holds what rebuilds the model (never a pickle)."""
     meta = {
         "architecture": ARCHITECTURE,
+        "shape": json.dumps(asdict(SHAPE)),  # the name counts parameters; this says the whole network
         "config": json.dumps(config.to_dict()),
         "extra": json.dumps(extra or {}),
     }
@@ -130,6 +131,23 @@ def model_path(where: Path | str) -> Path:
     return path
 
 
+def check_shape(path: Path, meta: dict[str, str]) -> None:
+    """RunError unless the file was made for the network lenet.model declares (files before the shape was
+    stored are judged by the architecture name alone)."""
+    name = meta.get("architecture")
+    made_for = f"a {name} model" if name else "a model of unknown architecture"
+    fix = "use the lenet that made it, or retrain"
+    if name != ARCHITECTURE:
+        raise RunError(f"{path}: {made_for}; this lenet's network (lenet.model) is {ARCHITECTURE}; {fix}")
+    try:
+        stored = json.loads(meta["shape"]) if "shape" in meta else asdict(SHAPE)
+    except ValueError:
+        stored = None
+    if stored != asdict(SHAPE):
+        want = ", ".join(f"{k}={v}" for k, v in asdict(SHAPE).items())
+        raise RunError(f"{path}: made for another network than this lenet's ({want}): {fix}")
+
+
 def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[LeNet, dict[str, Any]]:
     """Rebuild a model from a run directory or a model.safetensors file. Returns it and its metadata."""
     path = model_path(where)
@@ -142,13 +160,13 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
             meta = f.metadata() or {}
     except (OSError, SafetensorError, ValueError) as e:
         raise RunError(f"{path}: not a readable safetensors model ({e})") from None
-    if meta.get("architecture") != ARCHITECTURE:
-        raise RunError(f"{path}: architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    check_shape(path, meta)
     model = LeNet()
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise RunError(f"{path}: weights do not fit the {ARCHITECTURE} network ({e})") from None
+        first = str(e).strip().splitlines()[-1].strip()  # torch's message spans lines; its last says which
+        raise RunError(f"{path}: weights do not fit the {ARCHITECTURE} network ({first})") from None
     info = {
         "config": json.loads(meta.get("config", "{}")),
         "extra": json.loads(meta.get("extra", "{}")),
