@@ -1,0 +1,178 @@
+"""lenet's Python API (lenet.api): the same runs and messages as the CLI, on real MNIST with one epoch."""
+
+import dataclasses
+import json
+import pydoc
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lenet
+from lenet.cli import main
+from lenet.config import ConfigError, TrainConfig, flag_name
+from lenet.runs import read_jsonl
+
+EXAMPLES = Path(__file__).parents[1] / "docs" / "examples"
+SEVEN, TWO = EXAMPLES / "seven.jpg", EXAMPLES / "two.jpg"
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> "lenet.Run":
+    """lenet.train(epochs=1, seed=0), kept in a run folder."""
+    return lenet.train(epochs=1, seed=0, out=tmp_path_factory.mktemp("api") / "run")
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_import_is_light_and_the_names_are_the_functions():
+    code = (
+        "import sys, lenet; assert 'torch' not in sys.modules, 'import lenet pulled in torch'; "
+        "from lenet.inspection import filters_figure; from lenet.sweep import expand_grid; "  # submodules
+        "import lenet.train; import lenet.reproduce; "
+        "assert all(callable(getattr(lenet, n)) for n in ('train', 'predict', 'sweep', 'reproduce')); "
+        "assert lenet.train.__module__ == 'lenet.api' and lenet.__version__; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "flag_text"),
+    [
+        ("lr", -1, "-1"),
+        ("batch_size", 0, "0"),
+        ("epochs", 0, "0"),
+        ("momentum", 1.5, "1.5"),
+        ("optimizer", "adam", "adam"),
+        ("tta", "flips", "flips"),
+    ],
+)
+def test_bad_values_give_the_clis_message(setting, value, flag_text, tmp_path, capsys):
+    flag = f"--{setting.replace('_', '-')}"
+    with pytest.raises(ConfigError) as caught:
+        lenet.train(out=tmp_path / "api", **{setting: value})
+    message = str(caught.value)
+    assert message.startswith(f"{flag} must be ")
+    with pytest.raises(SystemExit) as exited:
+        main(["train", f"{flag}={flag_text}", "--out", str(tmp_path / "cli")])
+    assert exited.value.code == 2
+    assert f"argument {flag}: {message.removeprefix(flag + ' ')} (see" in capsys.readouterr().err
+    assert not (tmp_path / "api").exists() and not (tmp_path / "cli").exists()
+
+
+def test_unknown_keywords_are_refused_naming_the_known_ones():
+    for call in (lambda: lenet.train(learning_rate=0.1), lambda: lenet.sweep(learning_rate=[0.1, 0.01])):
+        with pytest.raises(ConfigError, match=r"unknown setting\(s\) learning_rate; known: .*\blr\b"):
+            call()
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_python_and_cli_train_the_same_run(one_epoch, tmp_path, capsys):
+    """The done-check of the API: lenet.train(epochs=1, seed=0) == `lenet train --epochs 1 --seed 0`."""
+    assert main(["train", "--epochs", "1", "--seed", "0", "--out", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    cli_result = json.loads((tmp_path / "cli" / "result.json").read_text())
+    assert without_seconds(one_epoch.history) == without_seconds(
+        read_jsonl(tmp_path / "cli" / "metrics.jsonl")
+    )
+    assert one_epoch.test_accuracy == 100 * cli_result["test_accuracy"]
+    assert one_epoch.test_loss == cli_result["test_loss"]
+    assert printed[-1].endswith(f"({one_epoch.test_accuracy:.2f}%)")
+    assert one_epoch.test_accuracy > 75  # one epoch of the seed protocol: 80-86% over seeds 0-7
+
+
+def test_history_is_the_run_folders_metrics(one_epoch):
+    folder = one_epoch.path
+    assert one_epoch.history == read_jsonl(folder / "metrics.jsonl")
+    assert one_epoch.result == json.loads((folder / "result.json").read_text())
+    record = json.loads((folder / "config.json").read_text())
+    assert TrainConfig.from_dict(record["config"]) == one_epoch.config == TrainConfig(epochs=1)
+    assert record["command"].startswith("lenet.train(") and "epochs=1" in record["command"]
+    assert (folder / "train.log").read_text().splitlines()[-1].startswith("Test Set: Average Loss:")
+
+
+def test_quiet_by_default_and_nothing_kept_without_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = lenet.train(epochs=1, seed=2, batch_size=500, verbose=False)
+    assert run.path is None and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().out == ""
+    lenet.train(epochs=1, seed=2, batch_size=500, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Train Set: Epoch 1, Average Loss: ") and lines[1].startswith("Test Set: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_saved_run_loads_back_with_identical_predictions(one_epoch, mnist_split, tmp_path):
+    images = mnist_split.test_x[:200]
+    want = [p.probabilities for p in one_epoch.predict(images, preprocess=False)]
+    for where in (
+        one_epoch.path,
+        one_epoch.save(tmp_path / "copy"),
+        one_epoch.save(tmp_path / "m.safetensors"),
+    ):
+        loaded = lenet.load(where)
+        assert [p.probabilities for p in loaded.predict(images, preprocess=False)] == want, where
+        assert loaded.config == one_epoch.config
+        assert loaded.test_accuracy == pytest.approx(one_epoch.test_accuracy)
+    assert lenet.load(tmp_path / "copy").history == one_epoch.history
+    assert lenet.load(tmp_path / "m.safetensors").history == []  # a bare model file has no metrics
+    with pytest.raises(FileExistsError):
+        one_epoch.save(tmp_path / "copy")
+
+
+def test_predict_agrees_with_the_command(one_epoch, capsys):
+    assert main(["predict", str(SEVEN), str(TWO)]) == 0
+    assert [p.line() for p in lenet.predict([SEVEN, TWO])] == capsys.readouterr().out.splitlines()
+    assert lenet.predict(str(SEVEN)).label == 7
+    assert main(["predict", str(SEVEN), "--model", str(one_epoch.path)]) == 0
+    assert lenet.predict(SEVEN, model=one_epoch.path).line() == capsys.readouterr().out.strip()
+    assert one_epoch.predict(SEVEN).line() == lenet.predict(SEVEN, model=one_epoch).line()
+
+
+def test_predict_takes_arrays_tensors_and_pil_images_like_files():
+    from PIL import Image
+
+    image = Image.open(SEVEN)
+    want = lenet.predict(SEVEN).probabilities
+    pixels = np.array(image)  # (H, W, 3) uint8, as a notebook would hold it
+    gray = np.asarray(image.convert("L")).astype(np.float32) / 255  # (H, W) float in [0, 1]
+    for given in (image, pixels, torch.from_numpy(pixels)):
+        assert lenet.predict(given).probabilities == want
+    assert lenet.predict(gray).label == 7
+    batch = lenet.predict(np.stack([gray, gray]))
+    one = lenet.predict(gray).probabilities  # a batch of two: the same to float rounding
+    np.testing.assert_allclose([p.probabilities for p in batch], [one, one], rtol=1e-5, atol=1e-9)
+    with pytest.raises(Exception, match="28x28"):
+        lenet.predict(gray, preprocess=False)  # not in MNIST form: refused, not silently resized
+
+
+def test_help_lists_every_setting_with_flag_unit_and_default():
+    text = pydoc.render_doc(lenet.train, renderer=pydoc.plaintext)
+    for f in dataclasses.fields(TrainConfig):
+        line = next((ln for ln in text.splitlines() if f"(--{flag_name(f)})" in ln), None)
+        assert line is not None, f"--{flag_name(f)} missing from help(lenet.train)"
+        assert f"default {f.default!r}" in line and f.name in line
+        if f.metadata["unit"]:
+            assert f"[{f.metadata['unit']}]" in line
+        assert " ".join(f.metadata["help"].split()[:4]) in text
+
+
+def test_to_pandas_says_how_to_get_pandas(one_epoch, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install pandas"):
+        one_epoch.to_pandas()
+
+
+def test_sweep_runs_are_the_runs_of_train(one_epoch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = lenet.sweep(seeds=[0], lr=[0.01, 0.1], epochs=1, backend="sequential")
+    assert [(r["lr"], r["n"]) for r in result.rows] == [(0.01, 1), (0.1, 1)]
+    same = next(r for r in result.runs if r.spec.config.lr == 0.01)
+    assert without_seconds(same.rows) == without_seconds(one_epoch.history)
+    assert result.path is None and list(tmp_path.iterdir()) == []
