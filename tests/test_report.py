@@ -36,9 +36,26 @@ def test_sweep_report_files(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_markdown_table_shows_mean_sd_and_stalls(tmp_path):
+def test_markdown_table_shows_intervals_stalls_and_deaths(tmp_path):
     rows = summarise(results(tmp_path))
     table = markdown_table(rows)
-    assert "| lr=0.1, init-std=1.0 | 3 | 10.00 ± 0.00 |" in table
-    assert "| 3 of 3 |" in table
+    # equal values: a point interval; 3 of 3 stalled: Wilson [44%, 100%]; no run records the check
+    assert "| lr=0.1, init-std=1.0 | 3 | 10.00 [10.00, 10.00] | 0.00 |" in table
+    assert "| 3 of 3 [44-100%] | not recorded |" in table
     assert rows[0]["test_acc_mean"] == pytest.approx(91.0)
+    half = 4.302653 * 1.0 / 3**0.5  # t(0.975, 2) x sd 1.0 / sqrt(3): accuracies 90, 91, 92
+    assert (rows[0]["test_acc_ci_low"], rows[0]["test_acc_ci_high"]) == pytest.approx((91 - half, 91 + half))
+    assert "| 0 of 3 [0-56%] |" in table
+
+
+def test_deaths_are_counted_with_their_epoch(tmp_path):
+    runs = results(tmp_path)
+    for r in runs:
+        dead = r.spec.config.lr == 0.1 and r.spec.config.init_std == 1.0
+        for epoch, row in enumerate(r.rows, 1):
+            row.update(epoch=epoch, dead=dead and epoch >= 2)
+    rows = {r["config"]: r for r in summarise(runs)}
+    stalled = rows["lr=0.1, init-std=1.0"]
+    assert (stalled["died"], stalled["death_epoch_median"], stalled["stalled_dead"]) == (3, 2, 3)
+    assert "| 3 of 3 (epoch 2) |" in markdown_table(list(rows.values()))
+    assert rows["lr=0.01, init-std=0.1"]["died"] == 0

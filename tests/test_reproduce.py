@@ -2,13 +2,31 @@ import re
 
 from lenet.cli import main
 from lenet.config import TrainConfig
-from lenet.reproduce import ORIGINAL_LOSSES, falls_every_epoch, verdict_a, verdict_b, verdict_c
-from lenet.sweep import RunResult, RunSpec
+from lenet.reproduce import (
+    ORIGINAL_LOSSES,
+    PhaseGrid,
+    falls_every_epoch,
+    listed,
+    mechanism_lines,
+    phase_section,
+    run_reproduce,
+    seed_section,
+    verdict_a,
+    verdict_b,
+    verdict_c,
+)
+from lenet.sweep import RunResult, RunSpec, summarise
 
 
-def result(curve: list[float], seed: int = 0, **settings) -> RunResult:
+def result(
+    curve: list[float], seed: int = 0, died: int | None = None, acc: float = 0.9, **settings
+) -> RunResult:
+    """A finished run with these epoch losses; `died`: the epoch after which it was dead (rows record it)."""
     cfg = TrainConfig(seed=seed, epochs=len(curve), **settings)
-    return RunResult(RunSpec(cfg, None), {"test_accuracy": 0.9}, [{"train_loss": v} for v in curve])
+    rows = [
+        {"epoch": e, "train_loss": v, "dead": died is not None and e >= died} for e, v in enumerate(curve, 1)
+    ]
+    return RunResult(RunSpec(cfg, None), {"test_accuracy": acc}, rows)
 
 
 def test_the_originals_own_run_satisfies_claim_a():
@@ -21,6 +39,63 @@ def test_verdict_a_counts_seeds():
     assert (v.holds, v.n, v.word) == (2, 3, "holds in 2 of 3 seeds")
     assert "rises at epoch 3" in v.details[1]
     assert verdict_a(runs[:1]).word == "holds"
+
+
+def test_verdict_share_has_wilsons_interval():
+    runs = [result([2.9, 2.31, 2.30], k, lr=0.1) for k in range(2)] + [
+        result([2.9, 1.0, 0.5], k, lr=0.1) for k in range(2, 5)
+    ]
+    assert verdict_b(runs).share == "2 of 5 seeds (40%, 95% CI 12-77%)"
+
+
+def test_mechanism_counts_deaths_and_matches_them_with_stalls():
+    runs = [
+        result([2.9, 2.31, 2.30], 0, died=2, lr=0.1),
+        result([2.9, 2.31, 2.30], 1, died=1, lr=0.1),
+        result([2.9, 1.0, 0.5], 2, lr=0.1),
+    ]
+    text = mechanism_lines("lr 0.1", runs)
+    assert "died in 2 of 3 (67%, 95% CI 21-94%), after epoch 1, 2." in text
+    assert "Of its 2 stalled runs, 2 died (every stalled run is a dead one)." in text
+    alive = [result([2.9, 2.31, 2.30], 0, lr=0.1)]
+    assert "Of its 1 stalled run, 0 died (1 stalled alive: not every stall is a death)." in mechanism_lines(
+        "x", alive
+    )
+    old = [RunResult(RunSpec(TrainConfig(), None), {}, [{"epoch": 1, "train_loss": 2.3}])]
+    assert "not recorded" in mechanism_lines("x", old)
+
+
+def test_many_runs_are_summarised_not_listed():
+    assert listed([1.0, 2.0], 1) == "1.0, 2.0"
+    assert listed([float(v) for v in range(100)], 0) == "0 to 99, median 50"
+
+
+def test_seed_section_places_the_original_by_the_stated_rule(tmp_path):
+    def runs(n: int, acc: float) -> list[RunResult]:
+        return [result([1.0, 0.12 + 0.001 * k], k, acc=acc + 0.0001 * k) for k in range(n)]
+
+    few = seed_section(runs(5, 0.96), summarise(runs(5, 0.96)), tmp_path / "a.png")
+    text = "\n".join(few.paragraphs)
+    assert text.index("The rule, fixed before the numbers") < text.index("Where the original falls")
+    assert "95.49% is at percentile 0 (0 of 5 of ours below it), p = 0.333" in text
+    assert "**It matches ours.**" in text  # outside the range of 5, but 5 runs cannot reject (p >= 2/6)
+    many = seed_section(runs(40, 0.96), summarise(runs(40, 0.96)), tmp_path / "a.png")
+    text = "\n".join(many.paragraphs)
+    assert "p = 0.049;" in text and "**It does not match ours.**" in text  # 2 / 41 < 0.05
+
+
+def test_phase_section_table_and_picture(tmp_path):
+    runs = [
+        result([2.9, 2.31, 2.30], k, died=1, lr=0.2, init_std=1.0)
+        if k < 2
+        else result([2, 1, 0.5], k, lr=0.2)
+        for k in range(3)
+    ] + [result([1.0, 0.5, 0.2], k, lr=0.01) for k in range(3)]
+    section = phase_section(runs, tmp_path)
+    table = section.paragraphs[1]
+    assert "| 0.2 | 1 | 2 | 2 of 2 (100%, 95% CI 34-100%) | 2 of 2 | 1 | 2 of 2 |" in table
+    assert "| 0.01 | 0.1 | 3 | 0 of 3 (0%, 95% CI 0-56%) | 0 of 3 | - | - |" in table
+    assert section.image is not None and section.image.stat().st_size > 10_000
 
 
 def test_verdict_b_needs_the_whole_curve_at_chance():
@@ -52,6 +127,7 @@ def test_reproduce_smoke_run_writes_a_self_contained_report(tmp_path, capsys):
         "--long-epochs",
         "2",
         "--recipes",
+        *("--phase-diagram", "--phase-seeds", "1", "--phase-lr", "0.01", "0.5", "--phase-init-std", "0.1"),
         "--out",
         str(out),
     ]
@@ -67,8 +143,40 @@ def test_reproduce_smoke_run_writes_a_self_contained_report(tmp_path, capsys):
     beyond = md[md.index("## Beyond the original") :]
     assert "| seed recipe | 2 |" in beyond and "| + He init | 2 |" in beyond and "test-time shifts" in beyond
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6
+    assert "95% CI" in md and "percentile" in md and "Why a run stalls" in md
+    phase = md[md.index("## Where runs stall") : md.index("## Beyond the original")]
+    assert "| 0.01 | 0.1 | 1 |" in phase and "| 0.5 | 0.1 | 1 |" in phase
+    assert len(list((out / "phase" / "runs").iterdir())) == 1  # lr 0.01 is the seed protocol's run
     assert not re.search(r"""src=["'](?!data:)""", page), "the page must not load anything from outside"
     assert len(list((out / "runs").iterdir())) == 14
     steps = {p.name.split("-")[0] for p in (out / "ablation" / "runs").iterdir()}
     assert "step0" not in steps and len(steps) >= 5  # the seed recipe's runs are the seed protocol's
+
+
+class SyntheticRunner:
+    """Results made up from each run's settings: lr 0.1 and init std 1.0 runs die at epoch 2 on odd seeds."""
+
+    def run(self, specs, on_result=None, on_epoch=None):
+        def made_up(spec):
+            c = spec.config
+            dies = c.seed % 2 == 1 and (c.lr >= 0.1 or c.init_std >= 1.0)
+            curve = [
+                2.302 if dies and e > 1 else 1.0 / e + 0.1 + 0.001 * c.seed for e in range(1, c.epochs + 1)
+            ]
+            r = result(curve, c.seed, died=2 if dies else None, acc=0.1 if dies else 0.95 + 0.001 * c.seed)
+            return RunResult(spec, {**r.summary, "train_seconds": 1.0}, r.rows)
+
+        return [made_up(s) for s in specs]
+
+
+def test_a_report_of_many_seeds_summarises_instead_of_listing(tmp_path):
+    seeds = list(range(12))
+    phase = PhaseGrid((0.01, 0.2), (0.1,), tuple(range(12)))
+    run_reproduce(tmp_path, SyntheticRunner(), seeds, 0, "lenet reproduce --seeds 12", 3, phase=phase)
+    md = (tmp_path / "report.md").read_text()
+    assert "Seeds: 0-11 (n = 12" in md and "... and 2 more" in md
+    assert "final losses: 0.4333 to 2.3020, median 1.3727" in md  # claim B: a range, not 12 numbers
+    assert "lr 0.1: died in 6 of 12 (50%, 95% CI 25-75%), after epoch 2" in md
+    assert "Of its 6 stalled runs, 6 died (every stalled run is a dead one)." in md
+    assert "| 0.2 | 0.1 | 12 | 6 of 12 (50%, 95% CI 25-75%) | 6 of 12 | 2 | 6 of 6 |" in md

@@ -12,8 +12,15 @@ from lenet.atomic import write_atomic, write_text
 from lenet.sweep import CHANCE_LOSS, RunResult, config_key, config_label, summarise, varied_settings
 
 TABLE_COLUMNS = (
-    *("config", "n", "test_acc_mean", "test_acc_sd", "test_acc_min", "test_acc_max"),
-    *("final_loss_mean", "final_loss_sd", "stalled"),
+    *("config", "n", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_sd"),
+    *("test_acc_min", "test_acc_max", "final_loss_mean", "final_loss_ci_low", "final_loss_ci_high"),
+    *("final_loss_sd", "stalled", "stalled_ci_low", "stalled_ci_high", "died", "death_recorded"),
+    "death_epoch_median",
+)
+TABLE_NOTE = (
+    "Brackets: 95% intervals (Student's t for a mean, Wilson's for a share of runs). Stalled: the last "
+    "epoch's loss within 0.05 of ln 10 = 2.303 (chance). Died: every conv1 or every conv2 channel zero on "
+    "every training image, so the output no longer depends on the input (median epoch it happened)."
 )
 
 
@@ -21,16 +28,30 @@ def pm(mean: float, sd: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
+def died_text(r: dict[str, Any]) -> str:
+    if not r.get("death_recorded"):
+        return "not recorded"
+    text = f"{r['died']} of {r['death_recorded']}"
+    return text + (f" (epoch {r['death_epoch_median']:g})" if r["died"] else "")
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| configuration | n | test accuracy % (mean ± sd) | min | max | final train loss (mean ± sd) "
-    head += "| stalled |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    """Per configuration: mean [95% CI], sd, range of the test accuracy; final loss; stalled and dead runs."""
+    from lenet.stats import interval_text
+
+    head = "| configuration | n | test accuracy % mean [95% CI] | sd | min | max "
+    head += "| final train loss mean [95% CI] | stalled [95% CI] | died |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        acc_ci = interval_text(r["test_acc_ci_low"], r["test_acc_ci_high"])
+        loss_ci = interval_text(r["final_loss_ci_low"], r["final_loss_ci_high"], 4)
+        stalled = (
+            f"{r['stalled']} of {r['n']} [{100 * r['stalled_ci_low']:.0f}-{100 * r['stalled_ci_high']:.0f}%]"
+        )
         lines.append(
-            f"| {r['config']} | {r['n']} | {pm(r['test_acc_mean'], r['test_acc_sd'])} "
+            f"| {r['config']} | {r['n']} | {r['test_acc_mean']:.2f} {acc_ci} | {r['test_acc_sd']:.2f} "
             f"| {r['test_acc_min']:.2f} | {r['test_acc_max']:.2f} "
-            f"| {pm(r['final_loss_mean'], r['final_loss_sd'], 4)} "
-            f"| {r['stalled']} of {r['n']} |"
+            f"| {r['final_loss_mean']:.4f} {loss_ci} | {stalled} | {died_text(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -42,7 +63,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
     for r in rows:
         writer.writerow({**r, "seeds": " ".join(map(str, r["seeds"]))})
     write_text(out / "summary.csv", buf.getvalue())
-    write_text(out / "summary.md", markdown_table(rows))
+    write_text(out / "summary.md", markdown_table(rows) + "\n" + TABLE_NOTE + "\n")
     return [out / "summary.csv", out / "summary.md"]
 
 
@@ -159,6 +180,30 @@ def plot_heatmap(rows: list[dict[str, Any]], names: list[str], path: Path) -> Pa
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
     ax.set(xlabel=a.replace("_", " "), ylabel=b.replace("_", " "), title="Mean test accuracy (%) over seeds")
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
+    return save_figure(fig, path)
+
+
+def plot_phase_diagram(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Share of stalled runs per (lr, init std): colour; text: k/n, its Wilson 95% interval, the deaths."""
+    plt = pyplot()
+    xs, ys = sorted({c["lr"] for c in cells}), sorted({c["init_std"] for c in cells})
+    grid = [[math.nan] * len(xs) for _ in ys]
+    fig, ax = plt.subplots(figsize=(1.25 * len(xs) + 2.5, 1.1 * len(ys) + 1.8))
+    ax.grid(False)
+    for c in cells:
+        j, i = xs.index(c["lr"]), ys.index(c["init_std"])
+        share = c["stalled"] / c["n"]
+        grid[i][j] = share
+        died = f"died {c['died']}" + (f" (ep {c['death_epoch_median']:g})" if c["died"] else "")
+        low, high = 100 * c["stalled_ci_low"], 100 * c["stalled_ci_high"]
+        text = f"stalled {c['stalled']}/{c['n']}\n[{low:.0f}-{high:.0f}%]"
+        ax.text(j, i, f"{text}\n{died}", ha="center", va="center", fontsize=7.5,
+                color="white" if share > 0.55 else "black")  # fmt: skip
+    image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, origin="lower", aspect="auto")
+    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+    ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+    ax.set(xlabel="learning rate", ylabel="conv init stddev", title=title)
+    fig.colorbar(image, ax=ax, label="share of runs stalled")
     return save_figure(fig, path)
 
 

@@ -22,14 +22,17 @@ from pathlib import Path
 from lenet.atomic import write_text
 from lenet.config import TrainConfig
 from lenet.report import (
+    TABLE_NOTE,
     log_scale_plain,
     markdown_table,
     plot_accuracy,
     plot_loss_curves,
+    plot_phase_diagram,
     pyplot,
     save_figure,
     write_tables,
 )
+from lenet.stats import MATCH_P, death_epoch, mean_text, place, proportion_text, recorded_deaths
 from lenet.sweep import CHANCE_LOSS, Runner, RunResult, RunSpec, is_stalled, run_dir_name, summarise
 
 # The original's one run (SPEC.md): epoch 1..20 average losses and the test result.
@@ -57,6 +60,7 @@ ORIGINAL_LOSSES = (
 )
 ORIGINAL_TEST = {"loss": 0.150315, "correct": 9549, "accuracy": 95.49}
 MUCH_SLOWER = 2.0  # "much more slowly": after the same epochs, at least twice the seed protocol's loss
+LISTED = 10  # up to this many runs, the report lists every seed's number; beyond, a summary
 
 
 def experiments(long_epochs: int, epochs: int = 20) -> dict[str, TrainConfig]:
@@ -88,6 +92,29 @@ def reproduce_specs(
     }
 
 
+PHASE_LRS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2)
+PHASE_STDS = (0.1, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class PhaseGrid:
+    """The stall phase diagram: every lr x init std, each with every seed."""
+
+    lrs: tuple[float, ...] = PHASE_LRS
+    stds: tuple[float, ...] = PHASE_STDS
+    seeds: tuple[int, ...] = tuple(range(20))
+
+
+def phase_specs(out: Path, grid: PhaseGrid, epochs: int, device: str) -> list[RunSpec]:
+    base = TrainConfig(epochs=epochs, device=device)
+    cfgs = [
+        replace(base, lr=lr, init_std=std, seed=k)
+        for lr, std in itertools.product(grid.lrs, grid.stds)
+        for k in grid.seeds
+    ]
+    return [RunSpec(c, out / "phase" / "runs" / run_dir_name(c, ["lr", "init_std"])) for c in cfgs]
+
+
 # ---------------------------------------------------------------- verdicts
 
 
@@ -105,6 +132,16 @@ class Verdict:
         if self.holds == self.n:
             return "holds"
         return "does not hold" if self.holds == 0 else f"holds in {self.holds} of {self.n} seeds"
+
+    @property
+    def share(self) -> str:
+        """'2 of 5 seeds (40%, 95% CI 12-77%)': where it holds, with Wilson's interval."""
+        return proportion_text(self.holds, self.n, "seeds")
+
+    @property
+    def interval(self) -> str:
+        """'95% CI 12-77%': Wilson's interval for the share of seeds where it holds."""
+        return self.share.rsplit(", ", 1)[-1].rstrip(")")
 
 
 def losses(r: RunResult) -> list[float]:
@@ -139,7 +176,7 @@ def verdict_a(seed_runs: list[RunResult]) -> Verdict:
 
 def verdict_b(lr_runs: list[RunResult]) -> Verdict:
     stalled = [is_stalled(losses(r)[-1]) and all(is_stalled(x) for x in losses(r)[1:]) for r in lr_runs]
-    finals = ", ".join(f"{losses(r)[-1]:.4f}" for r in lr_runs)
+    finals = listed([losses(r)[-1] for r in lr_runs], 4)
     return Verdict(
         claim="Raising the learning rate from 0.01 to 0.1 makes the loss stall around 2.3 and never improve.",
         original="The report describes the loss staying near 2.3 (ln 10, chance level for 10 classes) "
@@ -149,6 +186,14 @@ def verdict_b(lr_runs: list[RunResult]) -> Verdict:
         holds=sum(stalled),
         n=len(stalled),
     )
+
+
+def listed(values: list[float], digits: int) -> str:
+    """Every value for a few runs; for many, the range and the median (a report at n = 100 stays short)."""
+    if len(values) <= LISTED:
+        return ", ".join(f"{v:.{digits}f}" for v in values)
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{low:.{digits}f} to {high:.{digits}f}, median {mid:.{digits}f}"
 
 
 def first_epoch_below(curve: list[float], target: float) -> int | None:
@@ -301,14 +346,16 @@ def run_reproduce(
     device: str = "auto",
     on_epoch=None,
     recipes: bool = False,
+    phase: PhaseGrid | None = None,
 ) -> tuple[Path, list[Verdict]]:
     """Train every experiment (resuming), then write report.md, report.html, tables and plots in `out`.
 
     With `recipes`, also the ablation from the seed recipe to the improved one (`lenet.ablation`), as
-    the report's last section; its first step is the seed protocol's runs, trained once.
+    the report's last section; its first step is the seed protocol's runs, trained once. With `phase`,
+    also the stall phase diagram over its lr x init std grid (runs the analysis has are reused).
     """
     started = time.perf_counter()
-    specs, steps, flat = plan(out, seeds, long_epochs, epochs, device, recipes)
+    specs, steps, flat, phase_runs = plan(out, seeds, long_epochs, epochs, device, recipes, phase)
     results = runner.run(flat, on_epoch=on_epoch)
     made = how_made(command, seeds, epochs, time.perf_counter() - started, results)
     by_spec = dict(zip(flat, results, strict=True))
@@ -326,14 +373,9 @@ def run_reproduce(
     title = f"Test accuracy after {epochs} epochs"
     accuracy_plot = plot_accuracy(twenty, images / "test_accuracy.png", title)
     sections = [made, seed_section(res["seed protocol"], table, accuracy_plot)]
-    for letter, v, plot in zip("ABC", verdicts, claim_plots(res, long_runs, images), strict=True):
-        lines = [
-            f"The original says: {v.claim}",
-            f"The original's numbers: {v.original}",
-            f"Ours: {v.ours}",
-            f"Verdict: **{v.word}** ({v.holds} of {v.n}).",
-        ]
-        sections.append(Section(f"Claim {letter}: {v.word}", lines, plot, v.details))
+    sections += claim_sections(verdicts, res, long_runs, images)
+    if phase_runs:
+        sections.append(phase_section([by_spec[s] for s in phase_runs], images))
     if steps:
         sections.append(
             recipe_section([(label, [by_spec[s] for s in group]) for label, group in steps], images)
@@ -342,6 +384,33 @@ def run_reproduce(
     write_text(out / "report.md", render_markdown(title, sections, out))
     write_text(out / "report.html", render_html(title, sections))
     return out / "report.html", verdicts
+
+
+def claim_sections(
+    verdicts: list[Verdict], res: dict[str, list[RunResult]], long_runs: dict, images: Path
+) -> list[Section]:
+    """One section per claim: the original's words and numbers, ours, the verdict with its interval; for B
+    and C also the mechanism (which runs died, when, and whether the stalled ones are the dead ones)."""
+    mechanism = {
+        "B": [mechanism_lines("lr 0.1", res["lr 0.1"])],
+        "C": [mechanism_lines(name, runs) for name, runs in res.items() if name.startswith("init std")],
+    }
+    sections = []
+    for letter, v, plot in zip("ABC", verdicts, claim_plots(res, long_runs, images), strict=True):
+        lines = [
+            f"The original says: {v.claim}",
+            f"The original's numbers: {v.original}",
+            f"Ours: {v.ours}",
+            f"Verdict: **{v.word}**. It holds in {v.share}.",
+        ]
+        if letter in mechanism:
+            lines += [MECHANISM if letter == "B" else "Which runs died (see claim B for what that means):"]
+            lines += mechanism[letter]
+        details = v.details
+        if len(details) > LISTED:
+            details = [*details[:LISTED], f"... and {len(details) - LISTED} more (every run is under runs/)"]
+        sections.append(Section(f"Claim {letter}: {v.word}", lines, plot, details))
+    return sections
 
 
 def claim_plots(res: dict[str, list[RunResult]], long_runs: dict, images: Path) -> list[Path]:
@@ -365,7 +434,7 @@ def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: 
         "How this was made",
         [
             f"Command: `{command}`",
-            f"Seeds: {', '.join(map(str, seeds))} (n = {len(seeds)} per configuration). "
+            f"Seeds: {seed_text(seeds)} (n = {len(seeds)} per configuration). "
             f"Wall time of this invocation: {wall:.0f} s (runs already finished are reused); training "
             f"time summed over all runs: {train_seconds:.0f} s.",
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
@@ -377,46 +446,153 @@ def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: 
     )
 
 
+def seed_text(seeds: list[int]) -> str:
+    """'0, 1, 2' for a few; '0-99' for a run of many."""
+    if len(seeds) > LISTED and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+MATCH_RULE = (
+    "**The rule, fixed before the numbers:** the original's run matches ours when neither its test accuracy "
+    "nor its final training loss lies in a 2.5% tail of our seed-protocol runs: for each, the two-sided "
+    "empirical p-value p = 2 (min(#ours <= x, #ours >= x) + 1) / (n + 1) is at least "
+    f"{MATCH_P:g}. With n runs the smallest p possible is 2 / (n + 1), so below n = 39 the rule can only "
+    "reject an original that lies outside the whole range of ours."
+)
+
+
 def seed_section(seed_runs: list[RunResult], table: list[dict], accuracy_plot: Path) -> Section:
     seed_acc = [100 * r.summary["test_accuracy"] for r in seed_runs]
+    seed_loss = [r.final_train_loss for r in seed_runs]
+    acc, loss = place(ORIGINAL_TEST["accuracy"], seed_acc), place(ORIGINAL_LOSSES[-1], seed_loss)
+    matches = acc.matches and loss.matches
     return Section(
         "The seed protocol: the original's one run vs ours",
         [
             f"The original: test accuracy {ORIGINAL_TEST['accuracy']:.2f}% "
             f"({ORIGINAL_TEST['correct']}/10000), "
             f"test loss {ORIGINAL_TEST['loss']}, final training loss {ORIGINAL_LOSSES[-1]}.",
-            f"Ours over {len(seed_acc)} seeds: test accuracy median "
-            f"{statistics.median(seed_acc):.2f}%, "
-            f"min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}% "
-            f"({', '.join(f'{a:.2f}' for a in seed_acc)}).",
+            f"Ours over {len(seed_acc)} seeds: test accuracy mean [95% CI] {mean_text(seed_acc)}%, median "
+            f"{statistics.median(seed_acc):.2f}%, min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}%"
+            + (f" ({listed(seed_acc, 2)})" if len(seed_acc) <= LISTED else "")
+            + f"; final training loss mean [95% CI] {mean_text(seed_loss, 4)}.",
+            MATCH_RULE,
+            f"Where the original falls among ours: its test accuracy {ORIGINAL_TEST['accuracy']:.2f}% is at "
+            f"percentile {acc.percentile:.0f} ({acc.below} of {acc.n} of ours below it), "
+            f"p = {acc.p_value:.3f}; "
+            f"its final training loss {ORIGINAL_LOSSES[-1]} is at percentile {loss.percentile:.0f} "
+            f"({loss.below} of {loss.n} below it), p = {loss.p_value:.3f}. "
+            + ("**It matches ours.**" if matches else "**It does not match ours.**"),
             markdown_table(table),
+            TABLE_NOTE,
         ],
         accuracy_plot,
     )
 
 
-def plan(
-    out: Path, seeds: list[int], long_epochs: int, epochs: int, device: str, recipes: bool
-) -> tuple[dict[str, list[RunSpec]], list[tuple[str, list[RunSpec]]], list[RunSpec]]:
-    """(the analysis' runs by experiment, the ablation's steps (with `recipes`), every run once).
+MECHANISM = (
+    "Why a run stalls: a network is **dead** when every conv1 channel, or every conv2 channel, is zero after "
+    "ReLU on every training image, so its output no longer depends on the image. Plain SGD then sends no "
+    "gradient to the layers below the dead one, so it stays dead for good; only the layers above still "
+    f"move, towards predicting the class frequencies, a loss near ln 10 = {CHANCE_LOSS:.3f}. Each run's "
+    "metrics.jsonl records the check after every epoch."
+)
 
-    An ablation run whose config the analysis already trains is that run. Smoke runs (`epochs` other
-    than the original's 20) shorten the ablation's steps to `epochs` too.
+
+def mechanism_lines(name: str, runs: list[RunResult]) -> str:
+    """How many of `runs` died and when, and whether the stalled ones are the dead ones, in words."""
+    known = [r for r in runs if recorded_deaths(r.rows)]
+    if not known:
+        return f"{name}: deaths not recorded (these runs were trained before the check existed)."
+    died = {r.spec.config.seed: death_epoch(r.rows) for r in known}
+    epochs = sorted(e for e in died.values() if e is not None)
+    stalled = [r for r in known if is_stalled(r.final_train_loss)]
+    stalled_dead = sum(died[r.spec.config.seed] is not None for r in stalled)
+    when = f", after epoch {listed([float(e) for e in epochs], 0)}" if epochs else ""
+    text = f"{name}: died in {proportion_text(len(epochs), len(known))}{when}. "
+    if not stalled:
+        return text + "No run stalled."
+    alive = len(stalled) - stalled_dead
+    every = (
+        "every stalled run is a dead one"
+        if not alive
+        else f"{alive} stalled alive: not every stall is a death"
+    )
+    runs = "run" if len(stalled) == 1 else "runs"
+    return text + f"Of its {len(stalled)} stalled {runs}, {stalled_dead} died ({every})."
+
+
+def plan(
+    out: Path,
+    seeds: list[int],
+    long_epochs: int,
+    epochs: int,
+    device: str,
+    recipes: bool,
+    phase: PhaseGrid | None = None,
+) -> tuple[dict[str, list[RunSpec]], list[tuple[str, list[RunSpec]]], list[RunSpec], list[RunSpec]]:
+    """(the analysis' runs by experiment, the ablation's steps (with `recipes`), every run once, the phase
+    diagram's runs (with `phase`)).
+
+    An ablation or phase-diagram run whose config the analysis already trains is that run. Smoke runs
+    (`epochs` other than the original's 20) shorten the ablation's steps to `epochs` too.
     """
     from lenet.ablation import ablation_specs
 
     specs = reproduce_specs(out, seeds, long_epochs, epochs, device)
     flat = [s for group in specs.values() for s in group]
+    known = {s.config: s for s in flat}
     steps = []
     if recipes:
-        known = {s.config: s for s in flat}
         length = None if epochs == len(ORIGINAL_LOSSES) else epochs
         steps = [
             (label, [known.get(s.config, s) for s in group])
             for label, group in ablation_specs(out / "ablation", seeds, length, device=device)
         ]
-    flat += [s for _, group in steps for s in group if s not in flat]
-    return specs, steps, flat
+    phase_runs = [known.get(s.config, s) for s in phase_specs(out, phase, epochs, device)] if phase else []
+    listed_once = set(flat)
+    for s in [s for _, group in steps for s in group] + phase_runs:
+        if s not in listed_once:
+            listed_once.add(s)
+            flat.append(s)
+    return specs, steps, flat, phase_runs
+
+
+def phase_cells(runs: list[RunResult]) -> list[dict]:
+    """One row per (lr, init std): summarise's n, stalled runs, their interval and the deaths."""
+    groups: dict[tuple[float, float], list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.spec.config.lr, r.spec.config.init_std), []).append(r)
+    return [{**summarise(group)[0], "lr": lr, "init_std": std} for (lr, std), group in sorted(groups.items())]
+
+
+def phase_section(runs: list[RunResult], images: Path) -> Section:
+    cells = phase_cells(runs)
+    epochs = runs[0].spec.config.epochs
+    n = sorted({c["n"] for c in cells})
+    lines = ["| lr | init std | n | stalled [95% CI] | died | median death epoch | stalled runs that died |"]
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+    for c in cells:
+        death = "-" if c["death_epoch_median"] is None else f"{c['death_epoch_median']:g}"
+        stalled_dead = f"{c['stalled_dead']} of {c['stalled']}" if c["stalled"] else "-"
+        lines.append(
+            f"| {c['lr']:g} | {c['init_std']:g} | {c['n']} | {proportion_text(c['stalled'], c['n'])} "
+            f"| {c['died']} of {c['death_recorded']} | {death} | {stalled_dead} |"
+        )
+    return Section(
+        "Where runs stall: lr x init std",
+        [
+            f"Every learning rate x conv init stddev, {'-'.join(map(str, n))} seeds each, {epochs} epochs, "
+            "otherwise the seed protocol. Stalled: the last epoch's loss within 0.05 of ln 10; the "
+            "interval is Wilson's 95% one. Died: as in claims B and C (the output no longer depends on "
+            "the input).",
+            "\n".join(lines) + "\n",
+        ],
+        plot_phase_diagram(
+            cells, images / "phase_diagram.png", f"Share of runs stalled after {epochs} epochs"
+        ),
+    )
 
 
 def recipe_section(steps: list[tuple[str, list[RunResult]]], images: Path) -> Section:

@@ -41,17 +41,58 @@ def add_parser(sub) -> None:
         help="also run the ablation from the seed recipe to the improved one (as `lenet ablate`) and add "
         "it to the report as a last section",
     )
+    add_phase_flags(p)
     p.add_argument(
         "--out", type=Path, default=Path("reports/reproduce"), help="report folder (default: %(default)s)"
     )
     add_runner_flags(p)
 
 
+def add_phase_flags(p: argparse.ArgumentParser) -> None:
+    from lenet.reproduce import PHASE_LRS, PHASE_STDS
+
+    p.add_argument(
+        "--phase-diagram",
+        action="store_true",
+        help="also train the stall phase diagram (every --phase-lr x --phase-init-std with --phase-seeds "
+        "seeds, --epochs each) and add it to the report",
+    )
+    p.add_argument(
+        "--phase-seeds", type=positive_int, default=20, help="seeds per phase-diagram cell (default: 20)"
+    )
+    p.add_argument(
+        "--phase-lr",
+        type=float,
+        nargs="+",
+        default=list(PHASE_LRS),
+        metavar="LR",
+        help="learning rates of the phase diagram (default: %(default)s)",
+    )
+    p.add_argument(
+        "--phase-init-std",
+        type=float,
+        nargs="+",
+        default=list(PHASE_STDS),
+        metavar="STD",
+        help="conv init stddevs of the phase diagram (default: %(default)s)",
+    )
+
+
+def phase_grid(args: argparse.Namespace):
+    from lenet.reproduce import PhaseGrid
+
+    if not args.phase_diagram:
+        return None
+    seeds = tuple(range(args.first_seed, args.first_seed + args.phase_seeds))
+    return PhaseGrid(tuple(args.phase_lr), tuple(args.phase_init_std), seeds)
+
+
 def run(args: argparse.Namespace) -> int:
     from lenet.reproduce import plan, run_reproduce
 
     seeds = seed_list(args)
-    specs = plan(args.out, seeds, args.long_epochs, args.epochs, args.device, args.recipes)[2]
+    phase = phase_grid(args)
+    specs = plan(args.out, seeds, args.long_epochs, args.epochs, args.device, args.recipes, phase)[2]
     print(f"reproducing the original's analysis: {len(specs)} runs in {args.out}")
     runner = make_runner(args)
     with sweep_progress(specs, "reproduce") as bar:
@@ -65,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             on_epoch=lambda: bar.update(1),
             recipes=args.recipes,
+            phase=phase,
         )
     for letter, v in zip("ABC", verdicts, strict=True):
-        print(f"Claim {letter}: {v.word} ({v.holds} of {v.n}). {v.ours}")
+        print(f"Claim {letter}: {v.word} ({v.holds} of {v.n}, {v.interval}). {v.ours}")
     print(f"wrote {report} and {args.out / 'report.md'}")
     return 0
