@@ -34,3 +34,18 @@ def _fixed_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def interrupt_at_epoch():
+    """interrupt_at_epoch(n): a log function that stops training (as Ctrl-C would) when epoch n's line is
+    printed, so epoch n-1's checkpoint is on disk and epoch n's is not (end_epoch logs, then checkpoints)."""
+
+    def make(n: int):
+        def log(line: str) -> None:
+            if line.startswith(f"Train Set: Epoch {n},"):
+                raise KeyboardInterrupt
+
+        return log
+
+    return make

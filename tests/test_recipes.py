@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 
 import pytest
 import torch
@@ -253,3 +254,21 @@ def test_presets_list_only_what_differs_from_the_defaults():
         values = load_recipe(name)
         assert not {k for k, v in values.items() if defaults[k] == v}, name
     assert load_recipe("seed") == {}  # the seed protocol is the defaults
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"config": {"lr": 0.1, "note": "\xff"}}', "expected UTF-8 JSON with a 'config' object"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"config": {"epochs": 1e22}}', "--epochs must be a int"),
+        (b'{"config": {"epochs": 10000000}}', "--epochs must be <= 100000"),
+    ],
+)
+def test_a_bad_recipe_file_is_one_line(tmp_path, content, message):
+    """Issue 13, finding 10: non-UTF-8, absurdly deep or out-of-range recipe files: a ConfigError (exit 2)."""
+    path = tmp_path / "recipe.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_recipe(path)
+    assert "\n" not in str(e.value)

@@ -11,13 +11,17 @@ from lenet.data import epoch_batches
 from lenet.engines import TorchEngine
 from lenet.model import make_model
 from lenet.recipe import recipe_config
+from lenet.runs import RunError
 from lenet.sweep import (
     CHANCE_LOSS,
+    LocalRunner,
     RunResult,
     RunSpec,
     config_label,
     expand_grid,
     is_stalled,
+    load_result,
+    prepare_sweep,
     summarise,
 )
 from lenet.train import train
@@ -193,3 +197,30 @@ def test_bad_grid_exits_2_and_trains_nothing(tmp_path, capsys):
     assert main(["sweep", "--seed", "1", "2", "--out", str(tmp_path / "sw")]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+
+
+# ---------------------------------------------------------------- faults (issue 13, finding 10)
+
+
+def test_a_corrupt_sweep_record_is_one_line(tmp_path):
+    (tmp_path / "sweep.json").write_bytes(b'{"configs": [')
+    with pytest.raises(RunError, match="unreadable sweep record; restore it, or pick another --out"):
+        prepare_sweep(tmp_path, [TrainConfig()], "lenet sweep")
+
+
+@pytest.mark.parametrize("content", [b"{", b"\xff\xfe", b"[]", b"{}"])
+def test_a_corrupt_result_json_is_one_line(small_split, tmp_path, content):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1), small_split, out, log=lambda s: None)
+    (out / "result.json").write_bytes(content)
+    with pytest.raises(RunError, match=r"delete result\.json and rerun") as e:
+        load_result(RunSpec(TrainConfig(epochs=1), out))
+    assert "\n" not in str(e.value)
+
+
+def test_a_diverged_run_counts_as_stalled_in_a_sweep(small_split, tmp_path):
+    specs = [RunSpec(TrainConfig(epochs=2, lr=lr), tmp_path / f"lr{lr}") for lr in (0.01, 1e308)]
+    runner = LocalRunner(backend="sequential")
+    runner.split = lambda cfg: small_split  # the small real split instead of all of MNIST
+    table = summarise(runner.run(specs))
+    assert [row["stalled"] for row in table] == [0, 1]

@@ -70,7 +70,9 @@ def test_one_epoch_on_real_mnist_learns(mnist_split, tmp_path):
         config["config"]["lr"] == 0.01 and config["torch"] == torch.__version__ and config["device"] == "cpu"
     )
     (row,) = read_jsonl(run / "metrics.jsonl")
-    assert set(row) == {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"}
+    columns = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds", "dead"}
+    assert set(row) - {"dead_units"} == columns
+    assert row["dead"] is False  # a network that learns is alive
     model, info = load_model(run)
     assert info["config"]["seed"] == 0
     for k, v in model.state_dict().items():
@@ -86,12 +88,11 @@ def test_same_seed_same_losses_on_cpu(small_split):
     assert [r["train_loss"] for r in a.rows] != [r["train_loss"] for r in c.rows]
 
 
-def test_resume_after_interruption_is_bit_identical(small_split, tmp_path):
+def test_resume_after_interruption_is_bit_identical(small_split, tmp_path, interrupt_at_epoch):
     cfg = TrainConfig(epochs=3, seed=2)
     whole = train(cfg, small_split, tmp_path / "whole", log=lambda s: None)
-    # Interrupt after epoch 1 by stopping a run with fewer epochs, then resume with the full config.
-    train(TrainConfig(epochs=1, seed=2), small_split, tmp_path / "cut", log=lambda s: None)
-    (tmp_path / "cut/result.json").unlink()
+    with pytest.raises(KeyboardInterrupt):  # as Ctrl-C in epoch 2: epoch 1's checkpoint is on disk
+        train(cfg, small_split, tmp_path / "cut", log=interrupt_at_epoch(2))
     lines: list[str] = []
     resumed = train(cfg, small_split, tmp_path / "cut", log=lines.append, resume=True)
     assert lines[0] == "resuming " + str(tmp_path / "cut") + " after epoch 1 of 3"
@@ -178,3 +179,32 @@ def test_same_lines_and_weights_as_before_the_rewrite(mnist_split, name):
         assert weights_hash(result.model) == want_hash
     else:
         assert losses == pytest.approx(want_losses, rel=1e-4)
+
+
+def test_a_diverged_run_is_one_line_and_exit_1(tmp_path):
+    done = subprocess.run(
+        lenet_cmd("train", "--lr", "1e308", "--epochs", "2", "--out", str(tmp_path / "run")),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        "lenet: error: training diverged in epoch 1 (its average loss is not a finite number) at --lr "
+        f"1e+308; {tmp_path / 'run'}/result.json records it; try a smaller --lr"
+    ]
+
+
+def test_on_steps_sees_every_step_and_its_loss(small_split):
+    calls: list[tuple[int, int, int, float]] = []
+    result = train(
+        TrainConfig(epochs=2, seed=4),
+        small_split,
+        log=lambda s: None,
+        on_steps=lambda epoch, done, steps, loss: calls.append((epoch, done, steps, float(loss))),
+    )
+    per_epoch = len(small_split.train_x) // 100
+    for epoch in (0, 1):
+        mine = [c for c in calls if c[0] == epoch]
+        assert [c[1] for c in mine] == [min(per_epoch, 50 * (i + 1)) for i in range(len(mine))]
+        mean = sum(c[3] for c in mine) / per_epoch
+        assert mean == pytest.approx(result.rows[epoch]["train_loss"], rel=1e-6)

@@ -18,6 +18,7 @@ INITS = ("seed", "kaiming")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
 TTAS = ("off", "shifts")
+MAX_EPOCHS = 100_000  # a sane bound on every count of epochs (the improved recipe trains 160)
 PLACEMENT = ("device", "engine")  # where and how a run computes: never changes what it learns
 RUN_SETTINGS = ("seed", *PLACEMENT, "dataset")  # which run, and where: never part of a recipe
 
@@ -46,7 +47,7 @@ class TrainConfig:
     """One training run. The defaults are the original report's protocol (SPEC.md)."""
 
     lr: float = setting(0.01, "learning rate (the peak of a schedule)", unit="per step", low=0, low_open=True)
-    epochs: int = setting(20, "passes over the 55,000 training images", unit="epochs", low=1)
+    epochs: int = setting(20, "passes over the 55,000 training images", unit="epochs", low=1, high=MAX_EPOCHS)
     batch_size: int = setting(100, "images per gradient step", unit="images", low=1, high=55_000)
     init_std: float = setting(0.1, "stddev of the normal init of conv weights and biases", low=0)
     fc_init_std: float = setting(1.0, "stddev of the normal init of the fc layer's weights and biases", low=0)
@@ -70,7 +71,9 @@ class TrainConfig:
         "lr per step after warm-up: constant, onecycle (linear to 0) or cosine (to 0)",
         choices=SCHEDULES,
     )
-    warmup_epochs: float = setting(0.0, "linear lr warm-up from 0 to --lr", unit="epochs", low=0)
+    warmup_epochs: float = setting(
+        0.0, "linear lr warm-up from 0 to --lr", unit="epochs", low=0, high=MAX_EPOCHS
+    )
     shift: float = setting(
         0.0, "augmentation: random shift up to this many pixels", unit="pixels", low=0, high=8
     )
@@ -93,7 +96,11 @@ class TrainConfig:
         high=14,
     )
     clean_epochs: int = setting(
-        0, "the last this many epochs train on the images as they are (no augmentation)", unit="epochs", low=0
+        0,
+        "the last this many epochs train on the images as they are (no augmentation)",
+        unit="epochs",
+        low=0,
+        high=MAX_EPOCHS,
     )
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", low=0, high=0.5)
     ema: float = setting(
@@ -191,3 +198,44 @@ def parse_value(f: dataclasses.Field, text: str) -> Any:
         raise ConfigError(f"--{flag_name(f)} must be a {kind.__name__} (got {text!r})") from None
     check_value(f, value)
     return value
+
+
+def describe(cfg: TrainConfig) -> str:
+    """How a model was trained, in one line of words for people: the page's model card, `lenet inspect`'s
+    page, `lenet serve`'s start-up line and the reports all say it this way."""
+    optimizers = {
+        "sgd": "plain SGD",
+        "momentum": "SGD with momentum",
+        "nesterov": "Nesterov SGD",
+        "adamw": "AdamW",
+    }
+    parts = [optimizers[cfg.optimizer]]
+    if cfg.optimizer in ("momentum", "nesterov"):
+        parts[0] += f" ({cfg.momentum:g})"
+    if cfg.weight_decay > 0:
+        parts.append(f"weight decay {cfg.weight_decay:g}")
+    lr = f"lr {cfg.lr:g}"
+    if cfg.warmup_epochs > 0:
+        lr += f" after {cfg.warmup_epochs:g} warm-up epochs"
+    parts.append(lr + (f", {cfg.schedule} decay" if cfg.schedule != "constant" else ", constant"))
+    parts += [f"batch {cfg.batch_size}", f"{cfg.epochs} epochs"]
+    if cfg.init == "kaiming":
+        parts.append("He init")
+    else:
+        parts.append(f"normal init std {cfg.init_std:g} (fc {cfg.fc_init_std:g})")
+    augment = [f"{name} {value:g}{unit}" for name, value, unit in (
+        ("shift", cfg.shift, " px"), ("rotation", cfg.rotate, "°"), ("scale", cfg.scale, ""),
+        ("elastic", cfg.elastic, f" px (sigma {cfg.elastic_sigma:g})")) if value > 0]  # fmt: skip
+    if augment:
+        clean = f", none in the last {cfg.clean_epochs} epochs" if cfg.clean_epochs else ""
+        parts.append(f"augmentation ({', '.join(augment)}{clean})")
+    else:
+        parts.append("no augmentation")
+    if cfg.label_smoothing > 0:
+        parts.append(f"label smoothing {cfg.label_smoothing:g}")
+    if cfg.ema > 0:
+        parts.append(f"weight average (EMA {cfg.ema:g})")
+    if cfg.tta != "off":
+        parts.append(f"test-time augmentation ({cfg.tta})")
+    parts += [f"seed {cfg.seed}", cfg.dataset]
+    return ", ".join(parts)

@@ -29,6 +29,7 @@ ELASTIC_SALT = 0x0E1A_571C  # and the elastic fields apart from both
 
 
 PRESETS = Path(__file__).parent / "presets"
+MAX_RECIPE_BYTES = 1_000_000
 
 
 def preset_names() -> list[str]:
@@ -48,11 +49,15 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
         path = Path(text)
         if not path.is_file():
             raise ConfigError(f"--recipe {text}: not a preset ({', '.join(preset_names())}) nor a file")
-        raw, where = path.read_text(), str(path)
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            size = path.stat().st_size
+            raise ConfigError(f"--recipe {text}: {size:,} bytes is too large for a recipe (presets: ~3 kB)")
+        raw, where = path.read_bytes(), str(path)
     try:
         values = json.loads(raw)["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"--recipe {where}: expected JSON with a 'config' object ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: JSON or UTF-8
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:200]
+        raise ConfigError(f"--recipe {where}: expected UTF-8 JSON with a 'config' object ({why})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--recipe {where}: 'config' must be an object")
     bad = sorted(set(values) & set(RUN_SETTINGS))

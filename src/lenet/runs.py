@@ -17,6 +17,8 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from lenet.atomic import write_atomic
-from lenet.config import TrainConfig
+from lenet.atomic import finite_or_none, write_atomic
+from lenet.config import PLACEMENT, ConfigError, TrainConfig
 from lenet.model import ARCHITECTURE, SHAPE, LeNet
 
 
@@ -35,8 +37,21 @@ class RunError(Exception):
     """A run directory or model file is missing or unusable; the message says which and why."""
 
 
+FLOAT_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "lr", "seconds")  # of metrics.jsonl
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a metrics file (nulls in float columns read as NaN: see `nan_for_null`)."""
+    return nan_for_null([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def nan_for_null(rows: list) -> list:
+    """A null in a float column of metric rows is the NaN it was written for (a diverged loss)."""
+    for row in rows:
+        for key in FLOAT_COLUMNS:
+            if isinstance(row, dict) and key in row and row[key] is None:
+                row[key] = float("nan")
+    return rows
 
 
 def git_commit() -> str | None:
@@ -96,12 +111,34 @@ class RunDir:
         return self.path / "train.log"
 
     def read_config(self) -> TrainConfig:
+        """The run's settings from config.json; RunError (one line) if it is missing or garbled."""
         if not self.config.is_file():
             raise RunError(f"{self.path}: not a run directory (no config.json)")
-        return TrainConfig.from_dict(json.loads(self.config.read_text())["config"])
+        try:
+            values = json.loads(self.config.read_bytes().decode())["config"]
+            return TrainConfig.from_dict(values)
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            RecursionError,
+        ) as e:  # JSON, UTF-8, ConfigError are ValueErrors
+            why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {one_line(e)}"
+            raise RunError(
+                f"{self.config}: not a readable run config ({why}); restore it or start a new run"
+            ) from None
 
     def finished(self) -> bool:
-        return self.result.is_file() and self.model.is_file()
+        """Trained to the end: a result and the model (a diverged run has none: its weights are NaN)."""
+        if not self.result.is_file():
+            return False
+        return self.model.is_file() or self.result_says("diverged_epoch")
+
+    def result_says(self, key: str) -> Any:
+        try:
+            return json.loads(self.result.read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            return None
 
 
 # ---------------------------------------------------------------- model files
@@ -128,7 +165,18 @@ def model_path(where: Path | str) -> Path:
             f"no model at {path}: train one with `lenet train`, or pass a run directory "
             "or a model.safetensors file"
         )
+    check_size(path)
     return path
+
+
+MAX_FILE_BYTES = 10_000_000  # a model file is ~16 kB, a checkpoint with AdamW's state ~60 kB
+
+
+def check_size(path: Path) -> None:
+    """RunError for a model or checkpoint file too large to be one (it would be read into memory)."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise RunError(f"{path}: {size:,} bytes is not a lenet model or checkpoint (they are under 100 kB)")
 
 
 def check_shape(path: Path, meta: dict[str, str]) -> None:
@@ -167,11 +215,17 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()  # torch's message spans lines; its last says which
         raise RunError(f"{path}: weights do not fit the {ARCHITECTURE} network ({first})") from None
-    info = {
-        "config": json.loads(meta.get("config", "{}")),
-        "extra": json.loads(meta.get("extra", "{}")),
-        "path": str(path),
-    }
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise RunError(f"{path}: its weights are not finite (NaN or infinity: a diverged run); retrain")
+    info: dict[str, Any] = {}
+    for key in ("config", "extra"):  # free text in the file: a JSON object, or the file is refused
+        try:
+            info[key] = json.loads(meta.get(key, "{}"))
+        except (ValueError, RecursionError):
+            info[key] = None
+        if not isinstance(info[key], dict):
+            raise RunError(f"{path}: its metadata '{key}' is not a JSON object; retrain or re-save the model")
+    info["path"] = str(path)
     return model.to(device).eval(), info
 
 
@@ -185,10 +239,12 @@ def save_checkpoint(
     epoch: int,
     rows: list[dict],
     ema: LeNet | None = None,
+    config: TrainConfig | None = None,
 ) -> None:
     """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file.
 
-    `optimizer` is None for plain SGD, whose step keeps no state."""
+    `optimizer` is None for plain SGD, whose step keeps no state. `config` is stored so that a resume can
+    check that config.json still says what the checkpoint was trained with."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:  # the weight average (--ema)
         tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
@@ -202,34 +258,129 @@ def save_checkpoint(
                 scalars.setdefault(str(idx), {})[key] = value
     meta = {
         "epoch": str(epoch),
-        "rows": json.dumps(rows),
+        "rows": dumps(rows),
         "param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
+        **({"config": json.dumps(config.to_dict())} if config is not None else {}),
     }
     write_atomic(path, st_save(tensors, metadata=meta))
 
 
-def load_checkpoint(
-    path: Path, model: LeNet, optimizer: torch.optim.Optimizer | None, ema: LeNet | None = None
-) -> tuple[int, list[dict]]:
-    """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far)."""
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checkpoint's parsed metadata and tensors; RunError (one line) for anything unreadable."""
     from safetensors import safe_open
 
+    fix = "delete it to restart the run from epoch 0"
+    if not path.is_file():
+        raise RunError(f"{path}: not a checkpoint file; {fix}")
+    check_size(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
+            raw = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except (OSError, SafetensorError) as e:
-        raise RunError(f"{path}: unreadable checkpoint ({e}); delete it to restart the run") from None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise RunError(f"{path}: unreadable checkpoint ({one_line(e)}); {fix}") from None
+    meta: dict[str, Any] = {}
+    for key, kind in (("epoch", int), ("rows", list), ("param_groups", list), ("optim_scalars", dict)):
+        try:
+            meta[key] = int(raw[key]) if kind is int else json.loads(raw[key])
+        except (KeyError, ValueError, TypeError, RecursionError):
+            raise RunError(f"{path}: its '{key}' is missing or garbled; {fix}") from None
+        if not isinstance(meta[key], kind):
+            raise RunError(f"{path}: its '{key}' is not a JSON {kind.__name__}; {fix}")
+    try:
+        meta["config"] = json.loads(raw["config"]) if "config" in raw else None
+    except (ValueError, RecursionError):
+        raise RunError(f"{path}: its 'config' is garbled; {fix}") from None
+    return meta, tensors
+
+
+def check_checkpoint(
+    path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor], cfg: TrainConfig
+) -> None:
+    """RunError unless the checkpoint is one of `cfg`'s run: same settings, a sane epoch and rows, finite
+    weights of the right shapes. Nothing has been written when this refuses."""
+    fix = "delete it to restart the run from epoch 0"
+    stored = meta["config"]
+    if stored is not None:
+        differ = sorted(k for k, v in cfg.to_dict().items() if k not in PLACEMENT and stored.get(k) != v)
+        if differ:
+            said = ", ".join(f"{k}: {stored.get(k)!r} -> {getattr(cfg, k)!r}" for k in differ)
+            raise RunError(f"{path}: config.json no longer says what this run was trained with ({said}); "
+                           "undo the edit, or start a new run with --out")  # fmt: skip
+    epoch, rows = meta["epoch"], meta["rows"]
+    if not 1 <= epoch <= cfg.epochs or len(rows) != epoch:
+        raise RunError(f"{path}: epoch {epoch} with {len(rows)} metric rows does not fit a run of "
+                       f"{cfg.epochs} epochs; {fix}")  # fmt: skip
+    if any(not isinstance(r, dict) or r.get("epoch") != i + 1 for i, r in enumerate(rows)):
+        raise RunError(f"{path}: its metric rows are garbled; {fix}")
+    want = {f"model.{k}": s for k, s in SHAPE.param_shapes().items()}
+    if cfg.ema > 0:
+        want |= {f"ema.{k}": s for k, s in SHAPE.param_shapes().items()}
+    for name, shape in want.items():
+        t = tensors.get(name)
+        if t is None or tuple(t.shape) != shape:
+            raise RunError(f"{path}: tensor {name} is missing or has the wrong shape; {fix}")
+        if not torch.isfinite(t).all():
+            raise RunError(f"{path}: tensor {name} holds NaN or infinite values; {fix}")
+
+
+def load_checkpoint(
+    path: Path,
+    model: LeNet,
+    optimizer: torch.optim.Optimizer | None,
+    ema: LeNet | None = None,
+    config: TrainConfig | None = None,
+) -> tuple[int, list[dict]]:
+    """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far).
+
+    With `config`, the checkpoint is checked against it first (`check_checkpoint`)."""
+    meta, tensors = read_checkpoint(path)
+    if config is not None:
+        check_checkpoint(path, meta, tensors, config)
     device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: dict[int, dict[str, Any]] = {int(i): dict(s) for i, s in json.loads(meta["optim_scalars"]).items()}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value.to(device)
-    if optimizer is not None:  # plain SGD has none (checkpoints of older versions hold its lr only)
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return int(meta["epoch"]), json.loads(meta["rows"])
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        state: dict[int, dict[str, Any]] = {int(i): dict(s) for i, s in meta["optim_scalars"].items()}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value.to(device)
+        if optimizer is not None:  # plain SGD has none (checkpoints of older versions hold its lr only)
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise RunError(
+            f"{path}: does not fit this run ({one_line(e)}); delete it to restart the run"
+        ) from None
+    return meta["epoch"], nan_for_null(meta["rows"])
+
+
+@contextmanager
+def locked(run: RunDir) -> Iterator[None]:
+    """Hold an OS lock on the run folder while training in it: a second process is refused in one line."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        except BlockingIOError:
+            raise RunError(f"{run.path}: another lenet process is training in this folder; wait for it to "
+                           "finish, or pick another --out") from None  # fmt: skip
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1].strip() if text else type(e).__name__
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(finite_or_none(value), allow_nan=False)

@@ -14,6 +14,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,11 +29,11 @@ from lenet.config import (
     field_named,
     flag_name,
 )
-from lenet.runs import RunDir, read_jsonl
+from lenet.runs import RunDir, RunError, read_jsonl
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
 STALL_TOLERANCE = 0.05
-BACKENDS = ("auto", "vectorised", "sequential", "processes")
+BACKENDS = ("auto", "vectorised", "sequential", "processes", "ray")  # ray: lenet.ray_runner
 
 
 def is_stalled(final_train_loss: float) -> bool:
@@ -119,8 +120,16 @@ class RunResult:
 
 
 def load_result(spec: RunSpec) -> RunResult:
+    """A finished run's result.json and metrics rows; RunError (one line) if either is unreadable."""
     run = RunDir(spec.out)
-    return RunResult(spec, json.loads(run.result.read_text()), read_jsonl(run.metrics))
+    try:
+        summary, rows = json.loads(run.result.read_bytes().decode()), read_jsonl(run.metrics)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON or UTF-8
+        raise RunError(f"{run.path}: unreadable result ({type(e).__name__}); delete {run.result.name} "
+                       "and rerun the command to train the run again") from None  # fmt: skip
+    if not isinstance(summary, dict) or not rows or "test_accuracy" not in summary:
+        raise RunError(f"{run.path}: incomplete result; delete {run.result.name} and rerun the command")
+    return RunResult(spec, summary, rows)
 
 
 def run_dir_name(cfg: TrainConfig, varied: list[str]) -> str:
@@ -169,15 +178,19 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)  # one core per worker: no oversubscription
 
 
-def _train_in_worker(config: dict[str, Any], out: str, data_dir: str | None, command: str | None) -> None:
+def _train_in_worker(
+    config: dict[str, Any], out: str, data_dir: str | None, command: str | None, tensorboard: str | None
+) -> None:
     from lenet.data import load_split
+    from lenet.tensorboard import run_log
     from lenet.train import resolve_device, train
 
     cfg = TrainConfig.from_dict(config)
     key = (cfg.dataset, cfg.device)  # the parent fetched missing files before starting the workers
     if key not in _worker_splits:
         _worker_splits[key] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
-    train(cfg, _worker_splits[key], Path(out), log=run_logger(Path(out)), resume=True, command=command)
+    with run_log(tensorboard, Path(out)) as tb:
+        train(cfg, _worker_splits[key], Path(out), run_logger(Path(out)), True, command, on_epoch=tb)
 
 
 class LocalRunner:
@@ -190,12 +203,17 @@ class LocalRunner:
         workers: int | None = None,
         group_size: int = 256,
         command: str | None = None,
+        tensorboard: Path | str | None = None,
     ) -> None:
-        """`command`: the command line that asked for the sweep, recorded in every run's config.json."""
+        """`command`: the command line that asked for the sweep, recorded in every run's config.json;
+        `tensorboard`: a folder for TensorBoard logs, one subfolder per run."""
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+        if backend == "ray":  # a runner of its own: lenet.ray_runner.RayRunner (commands.common.make_runner)
+            raise ConfigError("LocalRunner trains here; --backend ray is lenet.ray_runner.RayRunner")
         self.data_dir, self.backend, self.group_size, self.command = data_dir, backend, group_size, command
         self.workers = workers or max(1, min(os.cpu_count() or 1, 8))
+        self.tensorboard = tensorboard
         self._splits: dict = {}
 
     def split(self, cfg: TrainConfig):
@@ -237,14 +255,17 @@ class LocalRunner:
         return [results[i] for i in range(len(specs))]
 
     def _run_sequential(self, specs, todo, done, on_epoch) -> None:
+        from lenet.tensorboard import run_log
         from lenet.train import train
 
         for i in todo:
             cfg, out = specs[i].config, specs[i].out
-            train(cfg, self.split(cfg), out, log=run_logger(out, on_epoch), resume=True, command=self.command)
+            with run_log(self.tensorboard, out) as tb:
+                train(cfg, self.split(cfg), out, run_logger(out, on_epoch), True, self.command, on_epoch=tb)
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
+        from lenet.tensorboard import run_log
         from lenet.vectorised import train_group
 
         recipes = [i for i in todo if specs[i].config.step_extras()]
@@ -261,7 +282,9 @@ class LocalRunner:
                 cfgs = [specs[i].config for i in chunk]
                 outs = [specs[i].out for i in chunk]
                 logs = [run_logger(o, on_epoch) for o in outs]
-                train_group(cfgs, self.split(cfgs[0]), outs, logs, resume=True, command=self.command)
+                with ExitStack() as stack:
+                    tbs = [stack.enter_context(run_log(self.tensorboard, o)) for o in outs]
+                    train_group(cfgs, self.split(cfgs[0]), outs, logs, True, self.command, on_epochs=tbs)
                 for i in chunk:
                     done(i)
 
@@ -283,7 +306,12 @@ class LocalRunner:
             left = {i: specs[i].config.epochs - finished_epochs(specs[i].out) for i in todo}  # for the bar
             futures = {
                 pool.submit(
-                    _train_in_worker, specs[i].config.to_dict(), str(specs[i].out), data_dir, self.command
+                    _train_in_worker,
+                    specs[i].config.to_dict(),
+                    str(specs[i].out),
+                    data_dir,
+                    self.command,
+                    None if self.tensorboard is None else str(self.tensorboard),
                 ): i
                 for i in todo
             }
@@ -335,10 +363,41 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
                 "final_loss_mean": loss_mean,
                 "final_loss_sd": loss_sd,
                 "stalled": sum(is_stalled(x) for x in losses),
+                **intervals(accs, losses),
+                **deaths(group),
                 "seeds": [r.spec.config.seed for r in group],
             }
         )
     return rows
+
+
+def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
+    """95% intervals: t for the mean test accuracy and final loss, Wilson for the share of stalled runs."""
+    from lenet.stats import mean_interval, wilson
+
+    stalled_low, stalled_high = wilson(sum(is_stalled(x) for x in losses), len(losses))
+    acc_low, acc_high = mean_interval(accs)
+    loss_low, loss_high = mean_interval(losses)
+    return {
+        **{"test_acc_ci_low": acc_low, "test_acc_ci_high": acc_high},
+        **{"final_loss_ci_low": loss_low, "final_loss_ci_high": loss_high},
+        **{"stalled_ci_low": stalled_low, "stalled_ci_high": stalled_high},
+    }
+
+
+def deaths(group: list[RunResult]) -> dict[str, Any]:
+    """How many runs died (lenet.train.death_check), of those whose metrics record it, and when."""
+    from lenet.stats import death_epoch, recorded_deaths
+
+    known = [r for r in group if recorded_deaths(r.rows)]
+    epochs = [e for e in (death_epoch(r.rows) for r in known) if e is not None]
+    stalled = [r for r in known if is_stalled(r.final_train_loss)]
+    return {
+        "died": len(epochs),
+        "death_recorded": len(known),
+        "death_epoch_median": statistics.median(epochs) if epochs else None,
+        "stalled_dead": sum(death_epoch(r.rows) is not None for r in stalled),
+    }
 
 
 def sweep_specs(cfgs: list[TrainConfig], out: Path) -> list[RunSpec]:
@@ -350,8 +409,12 @@ def prepare_sweep(out: Path, cfgs: list[TrainConfig], command: str) -> list[RunS
     """Record the sweep in out/sweep.json; the same sweep again resumes, a different one is refused."""
     record = {"configs": [c.to_dict() for c in cfgs]}
     path = out / "sweep.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if path.exists():
+        try:
+            old = json.loads(path.read_bytes().decode())
+            old = old if isinstance(old, dict) else {}
+        except (OSError, ValueError, RecursionError):
+            raise RunError(f"{path}: unreadable sweep record; restore it, or pick another --out") from None
         if old.get("configs") != record["configs"]:
             raise ConfigError(
                 f"{out} holds a different sweep; pick another --out (or rerun its own command: "

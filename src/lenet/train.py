@@ -7,9 +7,11 @@ optimiser step -> weight average), then validation, the log line, the metrics ro
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +26,12 @@ from lenet.engines import Engine, select_engine
 from lenet.engines.torch_engine import evaluate
 from lenet.model import LeNet, count_parameters, make_model
 from lenet.recipe import Ema, epoch_augmentation, evaluate_tta, lr_at, make_optimizer
-from lenet.runs import RunDir, load_checkpoint, provenance, save_checkpoint, save_model
+from lenet.runs import RunDir, RunError, load_checkpoint, locked, provenance, save_checkpoint, save_model
 
+OnEpoch = Callable[[dict, LeNet], None]  # an observer of finished epochs: (metrics row, evaluated model)
+# an observer of training steps: (0-based epoch, steps done in it, steps just taken, their summed loss)
+OnSteps = Callable[[int, int, int, torch.Tensor], None]
+Advance = Callable[[int, torch.Tensor], None]  # (steps just taken, their summed loss)
 PROGRESS_CHUNK = 50  # steps per engine call: the progress bar's granularity
 
 
@@ -68,6 +74,7 @@ class TrainResult:
     test_total: int
     seconds: float
     test_correct_tta: int | None = None  # with test-time augmentation (--tta), beside the plain count
+    diverged_epoch: int | None = None  # the epoch whose average loss was not finite; training stopped there
 
     @property
     def test_accuracy(self) -> float:
@@ -82,6 +89,7 @@ class TrainResult:
             "train_seconds": self.seconds,
             "final_train_loss": self.rows[-1]["train_loss"],
             "parameters": count_parameters(self.model),
+            **({} if self.diverged_epoch is None else {"diverged_epoch": self.diverged_epoch}),
             **(
                 {}
                 if self.test_correct_tta is None
@@ -98,6 +106,8 @@ class State:
     optimizer: torch.optim.Optimizer | None  # None: plain SGD, whose step keeps no state
     ema: Ema | None  # the weight average a recipe evaluates and saves
     rows: list[dict]  # one per finished epoch, as in metrics.jsonl
+    config: TrainConfig | None = None  # what the run trains with, stored in its checkpoints
+    alive_chunk: int = 0  # where the dead-network check last saw the network alive: it looks there first
 
     @property
     def evaluated(self) -> LeNet:
@@ -108,7 +118,7 @@ class State:
 def new_state(cfg: TrainConfig, device: torch.device) -> State:
     model = make_model(cfg).to(device)
     optimizer = make_optimizer(cfg, model.parameters()) if cfg.step_extras() else None
-    return State(model, optimizer, Ema(model, cfg.ema) if cfg.ema > 0 else None, [])
+    return State(model, optimizer, Ema(model, cfg.ema) if cfg.ema > 0 else None, [], cfg)
 
 
 def start_run(
@@ -120,13 +130,18 @@ def start_run(
     log: Callable[[str], None],
     command: str | None = None,
 ) -> int:
-    """Write config.json; with `resume`, restore the last checkpoint into `state`. Returns finished epochs."""
+    """Write config.json; with `resume`, restore the last checkpoint into `state`. Returns finished epochs.
+
+    A checkpoint that is garbled or was made with other settings than `cfg` is refused (RunError) before
+    anything in the folder is written."""
     if run is None:
         return 0
+    if not resume and run.config.exists():
+        raise RunError(f"{run.path} already holds a run; pick another folder, or resume it")
     start_epoch = 0
-    if resume and run.checkpoint.is_file():
+    if resume and run.checkpoint.exists():
         ema = state.ema.model if state.ema else None
-        start_epoch, state.rows = load_checkpoint(run.checkpoint, state.model, state.optimizer, ema)
+        start_epoch, state.rows = load_checkpoint(run.checkpoint, state.model, state.optimizer, ema, cfg)
         log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
     device = next(state.model.parameters()).device
     write_json(run.config, {"config": cfg.to_dict(), **provenance(device, engine), "command": command})
@@ -154,14 +169,56 @@ def end_epoch(
         "val_accuracy": val_correct / len(split.val_x),
         "lr": lr,  # the lr of the epoch's last step (schedules move it)
         "seconds": seconds,
+        **death_check(state, split),
     }
     state.rows.append(row)
     extra = f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"
     log(epoch_line(epoch, train_loss, lr, extra))
     if run is not None:
         ema = state.ema.model if state.ema else None
-        save_checkpoint(run.checkpoint, state.model, state.optimizer, epoch, state.rows, ema)
+        save_checkpoint(run.checkpoint, state.model, state.optimizer, epoch, state.rows, ema, state.config)
         write_jsonl(run.metrics, state.rows)
+
+
+DEAD_CHUNK = 128  # training images per forward pass of the dead-network check (measured fastest per image)
+
+
+@torch.no_grad()
+def dead_units(
+    model: LeNet, x: torch.Tensor, chunk: int = DEAD_CHUNK, start: int = 0
+) -> tuple[dict[str, int] | None, int]:
+    """(None if the network's output depends on `x`, else how many conv1 and conv2 channels are zero after
+    ReLU at every position of every image in `x`: all of one layer's, at least; the chunk to start at next).
+
+    Scans chunks of `x` from chunk `start` on (wrapping round) and stops once each layer has had a channel
+    positive somewhere: a live network needs one chunk, and a nearly dead one (positive on a few images)
+    needs one too when it starts where it was last seen alive. A dead one is scanned whole: exact counts.
+    """
+    chunks = x.split(chunk)
+    seen: dict[str, torch.Tensor] = {}
+    for k in range(len(chunks)):
+        i = (start + k) % len(chunks)
+        maps = model.features(chunks[i])
+        for name in ("conv1", "conv2"):
+            positive = (maps[name] > 0).any(dim=(0, 2, 3))  # (channels,)
+            seen[name] = positive | seen[name] if name in seen else positive
+        if all(bool(s.any()) for s in seen.values()):
+            return None, i
+    return {name: int((~s).sum()) for name, s in seen.items()}, start
+
+
+def death_check(state: State, split: Split) -> dict:
+    """The metrics row's `dead`: the output no longer depends on the input, because every conv1 or every
+    conv2 channel is zero on every training image; a dead row also has `dead_units`, the counts per layer.
+
+    Under plain SGD no gradient reaches the layers below a dead one, so a dead network stays dead and is
+    not checked again; a recipe's optimiser may move it (weight decay, momentum), so it is checked.
+    """
+    last = state.rows[-1] if state.rows else {}
+    if state.optimizer is None and last.get("dead"):
+        return {"dead": True, "dead_units": last["dead_units"]}
+    units, state.alive_chunk = dead_units(state.model, split.train_x, start=state.alive_chunk)
+    return {"dead": False} if units is None else {"dead": True, "dead_units": units}
 
 
 def finish_run(
@@ -176,11 +233,20 @@ def finish_run(
         total = len(split.test_x)
         log(f"Test Set with TTA ({cfg.tta}): Accuracy: {tta}/{total} ({100 * tta / total:.2f}%)")
     rows = state.rows
+    diverged = next((r["epoch"] for r in rows if not math.isfinite(r["train_loss"])), None)
     result = TrainResult(
-        model, rows, test_loss, test_correct, len(split.test_x), sum(r["seconds"] for r in rows), tta
+        model,
+        rows,
+        test_loss,
+        test_correct,
+        len(split.test_x),
+        sum(r["seconds"] for r in rows),
+        tta,
+        diverged,
     )
     if run is not None:
-        save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
+        if diverged is None:  # a diverged run's weights are not finite: no model file is kept
+            save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
         write_json(run.result, result.summary())
     return result
 
@@ -192,26 +258,56 @@ def train(
     log: Callable[[str], None] = print,
     resume: bool = False,
     command: str | None = None,
+    on_epoch: OnEpoch | None = None,
+    on_steps: OnSteps | None = None,
+    on_start: Callable[[LeNet], None] | None = None,
 ) -> TrainResult:
     """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it).
 
-    `command` is the command line that asked for the run, recorded in config.json."""
+    `command` is the command line that asked for the run, recorded in config.json. `on_epoch` hears of
+    every finished epoch: its metrics row and the evaluated model (e.g. `lenet.tensorboard.TensorBoardLog`);
+    `on_steps` of every engine call within an epoch (a live view; it may block to pause, or raise to stop);
+    `on_start` gets the model being trained once, before its first step (a live view reads its weights).
+    """
+    run = RunDir(out) if out is not None else None
+    with locked(run) if run is not None else nullcontext():  # one process per run folder
+        return train_locked(cfg, split, run, log, resume, command, on_epoch, on_steps, on_start)
+
+
+def train_locked(
+    cfg: TrainConfig,
+    split: Split,
+    run: RunDir | None,
+    log: Callable[[str], None],
+    resume: bool,
+    command: str | None,
+    on_epoch: OnEpoch | None,
+    on_steps: OnSteps | None,
+    on_start: Callable[[LeNet], None] | None = None,
+) -> TrainResult:
+    """`train`, once the run folder (if any) is locked."""
     device = split.train_x.device
     engine = select_engine(cfg, device)
-    run = RunDir(out) if out is not None else None
     state = new_state(cfg, device)
     start_epoch = start_run(cfg, run, state, engine.name, resume, log, command)
+    if on_start is not None:
+        on_start(state.model)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         batches = epoch_batches(len(split.train_x), cfg.batch_size, cfg.seed, epoch)  # (steps, B)
         with progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
+            advance = stepper(bar, epoch, on_steps)
             if state.optimizer is None:  # the original's plain SGD: whole steps on the engine
-                total, lr = sgd_epoch(engine, state.model, cfg.lr, split, batches, bar.update), cfg.lr
+                total, lr = sgd_epoch(engine, state.model, cfg.lr, split, batches, advance), cfg.lr
             else:
-                total, lr = recipe_epoch(cfg, engine, state, split, batches, epoch, bar.update)
+                total, lr = recipe_epoch(cfg, engine, state, split, batches, epoch, advance)
         train_loss = total.item() / len(batches)  # the epoch's one host sync
         seconds = time.perf_counter() - t0
         end_epoch(run, state, engine.evaluate, split, train_loss, lr, seconds, log)
+        if on_epoch is not None:
+            on_epoch(state.rows[-1], state.evaluated)
+        if not math.isfinite(train_loss):  # diverged: NaN weights learn nothing more; result.json says so
+            break
     return finish_run(cfg, run, state, split, log)
 
 
@@ -221,14 +317,29 @@ def sgd_epoch(
     lr: float,
     split: Split,
     batches: torch.Tensor,
-    advance: Callable[[int], object],
+    advance: Advance,
 ) -> torch.Tensor:
     """Plain gradient descent over one epoch's batches, PROGRESS_CHUNK steps per engine call."""
     total = torch.zeros((), device=split.train_x.device)
     for chunk in batches.split(PROGRESS_CHUNK):
-        total += engine.sgd_steps(model, lr, split.train_x, split.train_y, chunk)
-        advance(len(chunk))
+        loss = engine.sgd_steps(model, lr, split.train_x, split.train_y, chunk)
+        total += loss
+        advance(len(chunk), loss)
     return total
+
+
+def stepper(bar: tqdm, epoch: int, on_steps: OnSteps | None) -> Advance:
+    """What the epoch loops call after each engine call: the progress bar, then `on_steps`."""
+    done = 0
+
+    def advance(steps: int, loss: torch.Tensor) -> None:
+        nonlocal done
+        done += steps
+        bar.update(steps)
+        if on_steps is not None:
+            on_steps(epoch, done, steps, loss)
+
+    return advance
 
 
 def recipe_epoch(
@@ -238,7 +349,7 @@ def recipe_epoch(
     split: Split,
     batches: torch.Tensor,
     epoch: int,
-    advance: Callable[[int], object],
+    advance: Advance,
 ) -> tuple[torch.Tensor, float]:
     """One epoch of a recipe, step by step. Returns the summed batch losses and the last step's lr.
 
@@ -256,16 +367,28 @@ def recipe_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         xb = augment(split.train_x[idx], i).contiguous()
-        total += engine.gradient(model, xb, split.train_y[idx], cfg.label_smoothing)
+        loss = engine.gradient(model, xb, split.train_y[idx], cfg.label_smoothing)
+        total += loss
         optimizer.step()
         if ema is not None:
             ema.update(model, step)
-        advance(1)
+        advance(1, loss)
     return total, lr
 
 
-def progress(total: int, desc: str) -> tqdm:
-    """A progress bar on stderr, shown only when stderr is a terminal."""
+def progress(total: int, desc: str, unit: str = "step") -> tqdm:
+    """A progress bar on stderr, shown only when stderr is a terminal; inside a Jupyter kernel (whose
+    stderr is no terminal) tqdm.auto's bar instead: a widget with ipywidgets, else text in the cell."""
+    ipython = sys.modules.get("IPython")  # imported already wherever a kernel runs: never imported here
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None and "IPKernelApp" in shell.config:
+        import warnings
+
+        with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns, then draws text: fine here
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm as notebook_tqdm
+
+        return notebook_tqdm(total=total, desc=desc, unit=unit, leave=False)
     return tqdm(
-        total=total, desc=desc, unit="step", leave=False, file=sys.stderr, disable=not sys.stderr.isatty()
+        total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=not sys.stderr.isatty()
     )

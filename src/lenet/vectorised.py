@@ -21,7 +21,7 @@ from lenet.data import Split, epoch_batches
 from lenet.engines.torch_engine import evaluate
 from lenet.model import SHAPE, LeNet
 from lenet.runs import RunDir
-from lenet.train import PROGRESS_CHUNK, TrainResult, end_epoch, finish_run, new_state, start_run
+from lenet.train import PROGRESS_CHUNK, OnEpoch, TrainResult, end_epoch, finish_run, new_state, start_run
 
 PARAM_NAMES = tuple(SHAPE.param_shapes())  # conv1.weight, conv1.bias, conv2.weight, ... (the model's order)
 
@@ -86,6 +86,7 @@ def train_group(
     logs: list[Callable[[str], None]],
     resume: bool = False,
     command: str | None = None,
+    on_epochs: list[OnEpoch | None] | None = None,
 ) -> list[TrainResult]:
     """Train plain-SGD runs as one group; each writes its run directory as `lenet.train.train` does.
 
@@ -115,4 +116,6 @@ def train_group(
         for i, (cfg, state) in enumerate(zip(cfgs, states, strict=True)):
             stack.copy_into(i, state.model)
             end_epoch(runs[i], state, evaluate, split, losses[i], cfg.lr, seconds, logs[i])
+            if on_epochs is not None and on_epochs[i] is not None:
+                on_epochs[i](state.rows[-1], state.model)
     return [finish_run(c, r, s, split, lg) for c, r, s, lg in members]

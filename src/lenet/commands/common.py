@@ -65,6 +65,9 @@ def given_settings(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+MAX_COUNT = 100_000  # a sane bound on every count a flag takes (seeds, epochs, workers)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -72,6 +75,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_COUNT:,} (got {value})")
     return value
 
 
@@ -81,6 +86,16 @@ def positive_int(text: str) -> int:
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
+    )
+
+
+def add_tensorboard(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help=f"also write TensorBoard logs of {what} into DIR (needs the tensorboard extra; "
+        "view with: tensorboard --logdir DIR)",
     )
 
 
@@ -135,17 +150,38 @@ def add_runner_flags(parser: argparse.ArgumentParser, device: bool = True) -> No
         choices=BACKENDS,
         default="auto",
         help="how runs are trained: auto (measured fastest: processes on CPU, vectorised on GPU), "
-        "vectorised (many models in one step), sequential, processes (one per core)",
+        "vectorised (many models in one step), sequential, processes (one per core), "
+        "ray (a Ray cluster: docs/cluster.md)",
     )
     parser.add_argument(
         "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
+    )
+    parser.add_argument(
+        "--address",
+        help="--backend ray: the cluster to run on, HOST:PORT of its head (default: the cluster `ray start` "
+        "runs on this machine, else a new local one; 'local': always a new local one)",
+    )
+    parser.add_argument(
+        "--cpus-per-run",
+        type=positive_int,
+        default=1,
+        help="--backend ray: CPUs (and torch threads) per run (default: %(default)s)",
     )
 
 
 def make_runner(args: argparse.Namespace):
     from lenet.sweep import LocalRunner
 
-    return LocalRunner(args.data_dir, args.backend, args.workers, command=args.command_line)
+    if args.backend == "ray":
+        from lenet.ray_runner import RayRunner
+
+        if getattr(args, "tensorboard", None):  # its logs are written where a run trains: not here
+            raise UsageError("--tensorboard does not work with --backend ray yet; use --backend processes")
+        return RayRunner(args.address, args.cpus_per_run, args.data_dir, command=args.command_line)
+    tensorboard = getattr(args, "tensorboard", None)  # only sweep has the flag
+    return LocalRunner(
+        args.data_dir, args.backend, args.workers, command=args.command_line, tensorboard=tensorboard
+    )
 
 
 def sweep_progress(specs: list, desc: str):

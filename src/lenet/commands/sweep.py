@@ -10,6 +10,7 @@ from lenet.commands.common import (
     add_runner_flags,
     add_seeds,
     add_settings,
+    add_tensorboard,
     given_settings,
     make_runner,
     seed_list,
@@ -30,6 +31,7 @@ def add_parser(sub) -> None:
     add_seeds(p, default=3, unit="configuration")
     p.add_argument("--out", type=Path, help="sweep folder (default: sweeps/<time>)")
     add_runner_flags(p, device=False)  # --device is one of the grid's settings here
+    add_tensorboard(p, "every run (one subfolder per run)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from lenet.commands.common import UsageError, add_data_dir, add_recipe, add_settings, given_settings
+from lenet.commands.common import (
+    UsageError,
+    add_data_dir,
+    add_recipe,
+    add_settings,
+    add_tensorboard,
+    given_settings,
+)
 
 
 def add_parser(sub) -> None:
@@ -21,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<settings>)")
     add_data_dir(p)
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
+    add_tensorboard(p, "the run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.dataset, args.data_dir, device, fetch_missing=True, log=lambda s: print(s, file=sys.stderr)
     )
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.log", "a") as logfile:
+    with open(out / "train.log", "a") as logfile, run_log(args.tensorboard) as tensorboard:
 
         def log(line: str) -> None:
             print(line, flush=True)
@@ -44,12 +52,32 @@ def run(args: argparse.Namespace) -> int:
             logfile.flush()
 
         try:
-            train(cfg, split, out, log=log, resume=args.resume is not None, command=args.command_line)
+            resume = args.resume is not None
+            result = train(
+                cfg, split, out, log=log, resume=resume, command=args.command_line, on_epoch=tensorboard
+            )
         except KeyboardInterrupt:
             print(f"\ninterrupted; continue with: lenet train --resume {out}", file=sys.stderr)
             return 130
+    if result.diverged_epoch is not None:
+        print(f"lenet: error: training diverged in epoch {result.diverged_epoch} (its average loss is not a "
+              f"finite number) at --lr {cfg.lr:g}; {out}/result.json records it; try a smaller --lr",
+              file=sys.stderr)  # fmt: skip
+        return 1
     print(f"run saved in {out}", file=sys.stderr)
     return 0
+
+
+def run_log(folder: Path | None):
+    """The run's TensorBoard log when --tensorboard is given (made before training: a missing package
+    stops the command at once)."""
+    from contextlib import nullcontext
+
+    if folder is None:
+        return nullcontext()
+    from lenet.tensorboard import TensorBoardLog
+
+    return TensorBoardLog(folder)
 
 
 def plan_run(args: argparse.Namespace):
