@@ -30,8 +30,8 @@ from typing import Any
 
 from lenet.atomic import write_atomic
 from lenet.config import ConfigError, TrainConfig
-from lenet.runs import RunDir, RunError
-from lenet.sweep import RunResult, RunSpec, load_result
+from lenet.runs import RunError
+from lenet.sweep import Results, RunResult, RunSpec
 
 # The order a run directory's files land in: result.json last, so a run is finished only when whole.
 RUN_FILES = (
@@ -84,18 +84,8 @@ class RayRunner:
         on_result: Callable[[RunResult], None] = lambda r: None,
         on_epoch: Callable[[], None] | None = None,
     ) -> list[RunResult]:
-        results: dict[int, RunResult] = {}
-
-        def done(i: int) -> None:
-            results[i] = load_result(specs[i])
-            on_result(results[i])
-
-        todo = []
-        for i, spec in enumerate(specs):
-            if RunDir(spec.out).finished():
-                done(i)  # a finished run is kept as it is
-            else:
-                todo.append(i)
+        results = Results(specs, on_result)
+        todo = results.todo
         if any(specs[i].config.device not in ("auto", "cpu") for i in todo):
             raise ConfigError(
                 "--backend ray trains on CPUs (--device auto or cpu); for a GPU use --backend vectorised"
@@ -103,11 +93,11 @@ class RayRunner:
         if todo:
             started = self.connect()
             try:
-                RaySweep(self, specs, done, on_epoch).run(todo)
+                RaySweep(self, specs, results.done, on_epoch).run(todo)
             finally:
                 if started:
                     import_ray().shutdown()
-        return [results[i] for i in range(len(specs))]
+        return results.in_order()
 
     def connect(self) -> bool:
         """Join (or start) the cluster unless this process already has; True when this call did."""

@@ -137,6 +137,25 @@ def run_dir_name(cfg: TrainConfig, varied: list[str]) -> str:
     return "-".join([*parts, f"seed{cfg.seed}"])
 
 
+class Results:
+    """A runner's bookkeeping: finished runs are read at once (and kept as they are), the others (`todo`)
+    when the runner says they are `done`; `in_order` gives them back in the order of the specs."""
+
+    def __init__(self, specs: list[RunSpec], on_result: Callable[[RunResult], None]) -> None:
+        self.specs, self.on_result, self.found = specs, on_result, {}
+        self.todo = [i for i, spec in enumerate(specs) if not RunDir(spec.out).finished()]
+        for i in range(len(specs)):
+            if i not in self.todo:
+                self.done(i)
+
+    def done(self, i: int) -> None:
+        self.found[i] = load_result(self.specs[i])
+        self.on_result(self.found[i])
+
+    def in_order(self) -> list[RunResult]:
+        return [self.found[i] for i in range(len(self.specs))]
+
+
 class Runner(Protocol):
     def run(
         self,
@@ -233,18 +252,8 @@ class LocalRunner:
         on_result: Callable[[RunResult], None] = lambda r: None,
         on_epoch: Callable[[], None] | None = None,
     ) -> list[RunResult]:
-        results: dict[int, RunResult] = {}
-
-        def done(i: int) -> None:
-            results[i] = load_result(specs[i])
-            on_result(results[i])
-
-        todo = []
-        for i, spec in enumerate(specs):
-            if RunDir(spec.out).finished():
-                done(i)  # a finished run is kept as it is
-            else:
-                todo.append(i)
+        results = Results(specs, on_result)
+        todo, done = results.todo, results.done
         if todo:
             from lenet.train import resolve_device
 
@@ -252,7 +261,7 @@ class LocalRunner:
             if backend == "auto":
                 backend = default_backend(resolve_device(specs[todo[0]].config.device).type)
             getattr(self, f"_run_{backend}")(specs, todo, done, on_epoch)
-        return [results[i] for i in range(len(specs))]
+        return results.in_order()
 
     def _run_sequential(self, specs, todo, done, on_epoch) -> None:
         from lenet.tensorboard import run_log
