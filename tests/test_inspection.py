@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 import lenet.inspection
 import lenet.model
 from lenet.cli import main
-from lenet.config import TrainConfig
+from lenet.config import TrainConfig, describe
 from lenet.inspection import WRONG_SHOWN, features_figure, filters_figure, inspect_run
 from lenet.model import SHAPE, LeNet, Shape
 from lenet.predict import predict
@@ -157,3 +158,50 @@ def test_pictures_follow_the_declared_shape(monkeypatch):
     assert len(panels(conv1)) == other.conv1 and len(panels(conv2)) == other.conv2
     assert "(28×28" in conv1._suptitle.get_text() and "(10×10" in conv2._suptitle.get_text()
     assert panels(conv1)[0].images[0].get_array().shape == (other.conv1_side, other.conv1_side)
+
+
+# ---------------------------------------------------------------- faults (issue 13)
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def copy_run(run: Path, target: Path) -> Path:
+    target.mkdir()
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        shutil.copy(run / name, target / name)
+    return target
+
+
+def test_an_unwritable_run_is_one_line_naming_the_path(inspected, tmp_path, capsys):
+    """RUN/inspect cannot be made (here a file is in the way; a read-only run fails the same way):
+    a FileExistsError traceback before, after all the work; now one line at once, exit 1."""
+    run = copy_run(inspected[0], tmp_path / "run")
+    (run / "inspect").write_text("in the way")
+    assert main(["inspect", str(run)]) == 1
+    assert f"{run / 'inspect'}: File exists" in one_error_line(capsys)
+    assert (run / "inspect").read_text() == "in the way"
+
+
+@pytest.mark.parametrize(("key", "text"), [("config", "{not json"), ("extra", '"a string"')])
+def test_model_metadata_that_is_not_json_is_one_line(inspected, tmp_path, capsys, key, text):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = copy_run(inspected[0], tmp_path / "run")
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    model = run / "model.safetensors"
+    save_file(load_file(model), str(model), metadata=meta | {key: text})
+    assert main(["inspect", str(run)]) == 1
+    assert f"metadata '{key}' is not a JSON object" in one_error_line(capsys)
+
+
+def test_the_page_says_the_recipe_in_lenet_config_words(inspected, summary):
+    run, _ = inspected
+    recipe = describe(TrainConfig(epochs=2))
+    assert summary["recipe"] == recipe and recipe.startswith("plain SGD")
+    assert f"Trained with {recipe}." in (run / "inspect" / "index.html").read_text()

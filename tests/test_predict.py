@@ -406,3 +406,37 @@ def test_cli_missing_model(digit_files, tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "no-run"), paths[0]]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no model" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- faults (issue 13)
+
+
+def test_save_input_that_is_a_file_or_under_one(digit_files, tmp_path, capsys):
+    """`--save-input FILE` was a FileExistsError traceback: now a bad value (exit 2) before any work;
+    a folder under a file is the file system's refusal: one line naming it, exit 1."""
+    paths, _ = digit_files
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    assert main(["predict", "--save-input", str(existing), paths[0]]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "--save-input" in err and "is a file" in err
+    assert main(["predict", "--save-input", str(existing / "inputs"), paths[0]]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and f"{existing / 'inputs'}: " in err
+    assert existing.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("key", "text"), [("config", "{not json"), ("extra", "[]"), ("config", "1e999")])
+def test_model_whose_metadata_is_not_json_is_one_line(digit_files, tmp_path, capsys, key, text):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(DEFAULT_MODEL), framework="pt") as f:
+        meta = f.metadata()
+    bad = tmp_path / "model.safetensors"
+    save_file(load_file(DEFAULT_MODEL), str(bad), metadata=meta | {key: text})
+    with pytest.raises(RunError, match=f"metadata '{key}' is not a JSON object"):
+        load_predictor(bad)
+    assert main(["predict", "--model", str(bad), digit_files[0][0]]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(bad) in err

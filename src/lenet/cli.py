@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 
 from lenet.commands import ablate, data, export, inspect, predict, reproduce, serve, sweep, train
@@ -40,11 +44,13 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr and an exit status (LENET_DEBUG=1: traceback)."""
     from lenet.data import DataError
     from lenet.export import ExportError
     from lenet.inspection import InspectError
     from lenet.predict import ImageError
     from lenet.runs import RunError
+    from lenet.serve import ServeError
     from lenet.train import DeviceError
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -53,11 +59,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except (UsageError, ConfigError, DeviceError, InspectError) as e:
-        print(f"lenet: error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, RunError, ExportError, ImageError) as e:
-        print(f"lenet: error: {e}", file=sys.stderr)
-        return 1
+        return fail(e, f"lenet: error: {e}", 2)
+    except (DataError, RunError, ExportError, ImageError, ServeError) as e:
+        return fail(e, f"lenet: error: {e}", 1)
+    except OSError as e:  # the file system said no: a read-only folder, a path under a file, a full disk
+        return fail(e, f"lenet: error: {os_error(e)}", 1)
+    except KeyboardInterrupt as e:
+        return fail(e, "lenet: interrupted", 130)
+
+
+def fail(error: BaseException, line: str, status: int) -> int:
+    """Print the one line; with LENET_DEBUG=1 (for bug reports) the traceback before it."""
+    if os.environ.get("LENET_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(error)
+    print(line, file=sys.stderr)
+    return status
+
+
+def os_error(e: OSError) -> str:
+    """An OSError as one line that names the path, what went wrong and what to do."""
+    paths = [ATOMIC_TMP.sub(r"\1", str(p)) for p in (e.filename, e.filename2) if p is not None]
+    path = " -> ".join(paths) or "a file"  # lenet.atomic's temporary file is named for the file it makes
+    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    fix = OS_FIXES.get(e.errno, "check the path and its permissions")
+    return f"{path}: {reason}; {fix}"
+
+
+ATOMIC_TMP = re.compile(r"(?<![^/])\.([^/]+)\.[^./]+\.tmp$")  # .NAME.RANDOM.tmp -> NAME
+OS_FIXES = {
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that is a folder: give a file path",
+    errno.EEXIST: "a file is where a folder should be: move it away or choose another path",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.EACCES: "permission denied: choose a writable path",
+    errno.EPERM: "not permitted: choose a writable path",
+    errno.EROFS: "read-only file system: choose a writable path",
+    errno.ENOSPC: "the disk is full: free some space and run it again",
+}
 
 
 if __name__ == "__main__":

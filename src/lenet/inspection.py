@@ -6,7 +6,8 @@
   filters.png                     the learned kernels of conv1 and conv2 (conv2: one row per input channel)
   features-N.png                  conv1 and conv2 feature maps (after ReLU) for test image N
   curves.png                      training loss, validation loss and accuracy per epoch (metrics.jsonl)
-  summary.json                    the numbers behind the pictures, the network's shape and the command
+  summary.json                    the numbers behind the pictures, the network's shape, the recipe in words
+                                  (lenet.config.describe) and the command
 Every count and size of a layer comes from `lenet.model.SHAPE`, the one declaration of the network.
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from lenet.atomic import write_atomic, write_json, write_text
+from lenet.config import describe
 from lenet.data import load_split
 from lenet.model import SHAPE, LeNet
 from lenet.predict import predict
@@ -77,12 +79,13 @@ def inspect_run(
     run = RunDir(Path(run_path))
     cfg = run.read_config()
     model, _ = load_model(run.path)
+    out = run.path / "inspect"
+    out.mkdir(exist_ok=True)  # an unwritable run fails here, in one line (OSError), before any work
     split = load_split(cfg.dataset, data_dir)
     if not 0 <= index < len(split.test_x):
         raise InspectError(f"--index must be in 0..{len(split.test_x) - 1} (got {index})")
     results = TestResults(split.test_x, split.test_y, predict(model, split.test_x))
     names = CLASS_NAMES[cfg.dataset]
-    out = run.path / "inspect"
     confusion = results.confusion()
     wrong = results.most_confidently_wrong(WRONG_SHOWN)
     rows = read_jsonl(run.metrics) if run.metrics.is_file() else []
@@ -96,7 +99,8 @@ def inspect_run(
         result = json.loads(run.result.read_text()) if run.result.is_file() else None
         files["curves.png"] = curves_figure(rows, result)
     written = {name: save_figure(fig, out / name) for name, fig in files.items()}
-    summary = summarise(results, confusion, wrong, index, names) | {"command": command}
+    recipe = describe(cfg)
+    summary = summarise(results, confusion, wrong, index, names) | {"recipe": recipe, "command": command}
     text = confusion_text(confusion, names)
     write_text(out / "confusion.txt", text)
     write_json(out / "summary.json", summary)
@@ -327,6 +331,7 @@ pre{{background:#f6f6f6;padding:1em}}
 </style></head><body>
 <h1>Inspecting run {html.escape(str(run.path))}</h1>
 <p>Test accuracy: <b>{100 * summary["test_accuracy"]:.2f}%</b> on {summary["test_images"]:,} test images.</p>
+<p>Trained with {html.escape(summary.get("recipe", "settings not recorded"))}.</p>
 <p>Settings: <code>{html.escape(settings)}</code></p>
 {command}{figures}
 <h2>Per-class accuracy</h2><table>{per_class}</table>

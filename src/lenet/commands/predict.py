@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lenet.commands.common import add_model
+from lenet.commands.common import UsageError, add_model
 
 
 def add_parser(sub) -> None:
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lenet.predict import Failure, load_predictor, predict_files
 
+    if args.save_input is not None and args.save_input.exists() and not args.save_input.is_dir():
+        raise UsageError(f"--save-input {args.save_input}: is a file; give a folder (made if missing)")
     model, _ = load_predictor(args.model)
     results = predict_files(model, args.images, save_input=args.save_input)
     for failure in (r for r in results if isinstance(r, Failure)):
