@@ -33,7 +33,7 @@ def app():
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:  # raise_server_exceptions: a 500 would fail the test loudly
+    with TestClient(app, base_url="http://localhost") as c:  # raise_server_exceptions: a 500 fails loudly
         yield c
 
 
@@ -166,7 +166,12 @@ REFUSALS = [  # body, content type, status, words the message must hold
     (b"[1, 2, 3]", "application/json", 422, "pixels"),
     (json.dumps({"pixels": [[0.5] * 27] * 28}).encode(), "application/json", 400, "28x28"),
     (json.dumps({"pixels": [[0.5] * 28] * 27 + [[0.5] * 27]}).encode(), "application/json", 400, "28x28"),
-    (json.dumps({"pixels": [["a"] * 28] * 28}).encode(), "application/json", 400, "numbers"),
+    (json.dumps({"pixels": [["a"] * 28] * 28}).encode(), "application/json", 422, "numbers"),
+    (json.dumps({"pixels": [["0.5"] * 28] * 28}).encode(), "application/json", 422, "not strings"),  # was 200
+    (json.dumps({"pixels": [[True] * 28] * 28}).encode(), "application/json", 422, "booleans"),  # was 200
+    (json.dumps({"pixels": [[0.5] * 27 + [None]] * 28}).encode(), "application/json", 422, "null"),
+    (json.dumps({"pixels": [[[0.5]] * 28] * 28}).encode(), "application/json", 422, "numbers"),
+    (json.dumps({"pixels": "0.5"}).encode(), "application/json", 422, "numbers"),
     (json.dumps({"pixels": [[float("nan")] * 28] * 28}).encode(), "application/json", 400, "finite"),
     (json.dumps({"pixels": [[2.0] * 28] * 28}).encode(), "application/json", 400, "[0, 1]"),
     (json.dumps({"pixels": [[0] * 28] * 28}).encode(), "application/json", 400, "blank"),
@@ -333,3 +338,132 @@ def test_lenet_serve_binds_loopback_and_import_stays_light(tmp_path):
     assert bad.returncode == 1 and "no model" in bad.stderr
     bad = subprocess.run([*lenet, "--workers", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--workers" in bad.stderr
+
+
+# ---------------------------------------------------------------- hostile clients (issue 13, finding 11)
+
+
+def raw_exchange(url: str, request: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes to the server of `url`; what it answers until it closes (b"" for a reset)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        try:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            return b"".join(chunks) if "chunks" in locals() else b""
+    return b"".join(chunks)
+
+
+def test_only_local_host_names_are_answered(client):
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends Host: evil.example."""
+    for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
+        assert client.get("/api/model", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io"):
+        assert client.get("/api/model", headers={"host": host}).status_code == 400, host
+    assert lenet.serve.app.allowed_hosts("0.0.0.0") == ["*"]  # every interface: any name, with a warning
+    assert lenet.serve.app.allowed_hosts("192.168.1.5")[-1] == "192.168.1.5"
+    assert lenet.serve.app.allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]
+
+
+def test_oversized_headers_are_refused(app):
+    """A 100 KB header was answered 200 and a 1 MB one reset the connection; now both get 431 (the 1 MB
+    one from h11's bound on an incomplete request); the server stays healthy."""
+    with TestClient(app, base_url="http://localhost") as c:
+        r = c.get("/healthz", headers={"x-big": "a" * 100_000})
+        assert r.status_code == 431 and "limit" in r.json()["detail"]
+    with background(app) as url:
+        host = url.removeprefix("http://").encode()
+        head = b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+        small = raw_exchange(url, head + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        assert small.startswith(b"HTTP/1.1 431 "), small[:100]
+        huge = raw_exchange(url, head + b"X-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")  # arrives in pieces
+        assert huge.startswith(b"HTTP/1.1 431 ") and b"limit" in huge, huge[:100]
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_the_server_limits_are_applied(monkeypatch, capsys):
+    """`serve` gives uvicorn a connection limit, a keep-alive timeout, a header bound and the protocol with
+    a header deadline; it warns that a non-local --host has no authentication."""
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lenet.serve.app.serve(port=port)
+    _, settings = calls[-1]
+    assert settings["limit_concurrency"] == lenet.serve.app.MAX_CONNECTIONS
+    assert settings["timeout_keep_alive"] == lenet.serve.app.KEEP_ALIVE_SECONDS
+    assert settings["h11_max_incomplete_event_size"] == lenet.serve.app.MAX_HEADER_BYTES
+    assert settings["http"] is lenet.serve.app.GuardedH11 and settings["host"] == "127.0.0.1"
+    assert "warning" not in capsys.readouterr().err
+    lenet.serve.app.serve(host="0.0.0.0", port=port)
+    assert "no authentication" in capsys.readouterr().err
+    with TestClient(calls[-1][0], base_url="http://example.org") as c:  # any name on every interface
+        assert c.get("/healthz").status_code == 200
+    with pytest.raises(ValueError, match="port"):
+        lenet.serve.app.serve(port=70000)
+
+
+class QuickDeadline(lenet.serve.app.GuardedH11):
+    header_seconds = 0.5
+
+
+def test_a_slow_client_is_dropped_and_others_are_served(app):
+    """A client that sends half a request and then nothing is disconnected after the header deadline
+    (uvicorn alone waits forever), also on a keep-alive connection; other requests are served meanwhile."""
+    with background(app, http=QuickDeadline) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+            assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+            start = time.monotonic()
+            assert slow.recv(100) == b""  # closed by the server
+            assert time.monotonic() - start < 5
+        with socket.create_connection((host, int(port)), timeout=10) as keep:  # the same on keep-alive
+            keep.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            answer = b""
+            while not answer.endswith(b"}") and (chunk := keep.recv(1000)):  # may come in two reads
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            keep.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+            start = time.monotonic()
+            assert keep.recv(100) == b"" and time.monotonic() - start < 5
+
+
+def test_a_client_that_hangs_up_mid_upload_is_not_logged_as_an_error(app):
+    """It logged a 60-line traceback (ClientDisconnect) per request."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "lenet.serve.app")]
+    with background(app) as url:
+        for logger in loggers:  # after the server started: uvicorn's logging set-up replaces handlers
+            logger.addHandler(handler)
+        try:
+            host, port = url.removeprefix("http://").split(":")
+            head = f"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+            for _ in range(3):
+                with socket.create_connection((host, int(port)), timeout=10) as s:
+                    s.sendall(f"{head}Content-Length: 50000\r\n\r\n".encode() + b"\0" * 1000)
+                time.sleep(0.3)
+            assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+def test_api_model_describes_the_recipe_in_lenet_config_words(client, app):
+    from lenet.config import TrainConfig, describe
+
+    facts = client.get("/api/model").json()
+    assert facts["description"] == describe(TrainConfig.from_dict(facts["recipe"]))
+    assert facts["description"].startswith("AdamW") and "80 epochs" in facts["description"]

@@ -133,6 +133,15 @@ def test_the_page_builds_what_api_model_says(browser, app):
     assert captions[0] == "32x32 input" and captions[-1] == f"conv1 map {SHAPE.conv1 + 2}"
 
 
+def test_the_model_card_is_lenet_config_describe(page, app):
+    """The card said "plain SGD, lr 0.008, 80 epochs, batch 256, init std 0.1 (fc 1)" for the shipped AdamW
+    model: app.js built its own text. Now it shows /api/model's description, lenet.config.describe's."""
+    card = dict(zip(page.locator("#facts dt").all_inner_texts(), page.locator("#facts dd").all_inner_texts(),
+                    strict=True))  # fmt: skip
+    assert card["recipe"] == app.state.predictor.facts["description"]
+    assert card["recipe"].startswith("AdamW") and "He init" in card["recipe"] and "SGD" not in card["recipe"]
+
+
 def test_undo_takes_back_the_last_stroke(page):
     page.keyboard.press("Escape")
     stroke(page, [(0.5, 0.15 + 0.7 * i / 20) for i in range(21)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lenet.commands.common import UsageError, add_model
 
@@ -15,8 +16,13 @@ def add_parser(sub) -> None:
         "API (/api/predict, /api/model, /healthz; docs at /docs).",
     )
     add_model(p)
-    p.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1: this machine only); another address also serves "
+        "other machines, with no authentication (0.0.0.0: every interface, answering any host name)",
+    )
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default: 8000)")
     p.add_argument(
         "--workers",
         type=int,
@@ -24,6 +30,23 @@ def add_parser(sub) -> None:
         metavar="N",
         help="server processes sharing the port, to use more cores (default: 1)",
     )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        metavar="DIR",
+        help="where the training page (/train) writes its run folders (default: runs)",
+    )
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 1-65535 (got {port})")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {args.workers})")
-    serve(args.model, host=args.host, port=args.port, workers=args.workers)
+    serve(args.model, host=args.host, port=args.port, workers=args.workers, runs_dir=args.runs_dir)
     return 0

@@ -12,6 +12,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+
+class ServeError(Exception):
+    """The server cannot start (e.g. its port is in use); the message is one line."""
+
+
 MISSING_EXTRA = "serving needs the serve extra: pip install 'lenet[serve]'"
 EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "PIL")
 

@@ -211,15 +211,6 @@ function buildMaps(shape) {
 // ---- the model's facts
 function pct(x) { return typeof x === "number" ? `${(100 * x).toFixed(2)}%` : "not recorded"; }
 
-// What the model file's config says; runs from before the recipe settings are plain SGD, seed init.
-function recipeText(r) {
-  const optimizer = { sgd: "plain SGD", momentum: "SGD with momentum", nesterov: "Nesterov SGD", adamw: "AdamW" };
-  const init = r.init === "kaiming" ? "He init" : `init std ${r.init_std} (fc ${r.fc_init_std})`;
-  const schedule = r.schedule && r.schedule !== "constant" ? ` (${r.schedule})` : "";
-  return `${optimizer[r.optimizer || "sgd"] || r.optimizer}, lr ${r.lr}${schedule}, ${r.epochs} epochs, ` +
-    `batch ${r.batch_size}, ${init}, seed ${r.seed}, ${r.dataset}`;
-}
-
 function network(s) {
   const k = `${s.kernel}x${s.kernel}`;
   return `conv ${k} 1→${s.conv1}, conv ${k} ${s.conv1}→${s.conv2}, fc ${s.features}→${s.classes}`;
@@ -230,8 +221,7 @@ async function loadFacts() {
   try {
     const f = await (await fetch("/api/model")).json();
     buildMaps(f.shape);
-    const r = f.recipe || {};
-    const recipe = r.lr === undefined ? "not recorded" : recipeText(r);
+    const recipe = f.description || "not recorded"; // lenet.config.describe, the one wording of a config
     const rows = [["parameters", f.parameters.toLocaleString("en")], ["test accuracy", pct(f.test_accuracy)],
       ["recipe", recipe], ["network", network(f.shape)], ["architecture", f.architecture], ["file", f.file]];
     dl.replaceChildren(...rows.flatMap(([k, v]) => {

@@ -1,0 +1,453 @@
+"""The training page of `lenet serve`: start a run (or a pair to compare), pause, resume, stop, and watch it.
+
+  GET  /train                 the page (static/train.html + train.js)
+  GET  /api/train/options  presets, the settings the page offers (declared in lenet.config), the runs folder
+  POST /api/train/start    {"preset", "lr", "init_std", "batch_size", "epochs", "seed", "compare_lr", "name"}
+                           or {"resume": NAME}; 422 with config.py's message for a bad value, 409 while busy
+  POST /api/train/pause | resume | stop
+  GET  /api/train/status   the current training's runs: state, loss curve, epochs, filters, digits' top 3
+  GET  /api/train/events   the same as Server-Sent Events, at most EVENTS_PER_SECOND a second
+  GET  /api/train/digits   the 50 fixed test digits the page shows (base64 uint8 pixels) and their labels
+  POST /api/train/predict  ?run=NAME: a prediction (same bodies as /api/predict) with that run's weights
+
+Each run trains in a background thread through `lenet.train.train`, in an ordinary run folder under the
+server's runs folder (so `lenet train --resume`, `lenet inspect` and `lenet export` work on it); nothing is
+written anywhere else, and a name that would leave the folder is refused. One training at a time per server
+process: one run, or a pair started together with the same seed and two learning rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from lenet.config import ConfigError, TrainConfig, field_named
+from lenet.data import Split, load_split
+from lenet.model import LeNet
+from lenet.recipe import lr_at, preset_names, recipe_config
+from lenet.runs import RunDir, RunError, dumps, one_line, read_jsonl
+
+STATIC = Path(__file__).parent / "static"
+SETTINGS = ("lr", "init_std", "batch_size", "epochs", "seed")  # what the page's form sets
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a run folder's name: no separators, no dot-dot start
+DIGITS = 50  # fixed test digits shown with their top-3 bars
+LOSS_EVERY = 50  # steps per point of the loss curve (one engine call of plain SGD)
+SNAPSHOT_SECONDS = 0.2  # weights copied (for the filters and live predictions) at most 5 times a second
+EVENTS_PER_SECOND = 8  # Server-Sent Events sent at most this often
+PING_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
+DIGITS_SECONDS = 0.5  # the digits read with the current weights at most twice a second per run
+
+
+class Stopped(Exception):
+    """The page asked the run to stop; its folder keeps the last finished epoch's checkpoint."""
+
+
+def fail(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def rounded(t: torch.Tensor, places: int = 3) -> list:
+    return t.double().mul(10**places).round().div(10**places).tolist()
+
+
+class LiveRun:
+    """One run training in a thread, and what the page sees of it (replaced whole under `lock`)."""
+
+    def __init__(self, name: str, label: str, cfg: TrainConfig, out: Path, split: Split, resume: bool):
+        self.name, self.label, self.cfg, self.out = name, label, cfg, out
+        self.split, self.resume = split, resume
+        self.steps = len(split.train_x) // cfg.batch_size  # per epoch
+        self.lock = threading.Lock()
+        self.go = threading.Event()  # cleared: paused
+        self.go.set()
+        self.stopping = False
+        self.state = "starting"  # -> running <-> paused -> finished | stopped | failed
+        self.version = 0
+        self.model: LeNet | None = None  # the model being trained (lenet.train's), read between steps only
+        self.weights: dict[str, torch.Tensor] | None = None  # a copy at the last snapshot
+        self.loss: list[list[float]] = []  # [epochs done as a fraction, mean loss of the last steps]
+        self.rows: list[dict] = []  # one per finished epoch
+        self.view: dict[str, Any] = {}  # step-level facts, filters and the digits' top 3
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.pending, self.pending_steps = torch.zeros(()), 0
+        self.last_snapshot = self.last_digits = 0.0
+        self.clock, self.images = time.perf_counter(), 0  # images per second since the last snapshot
+        self.thread = threading.Thread(target=self.run, name=f"lenet-live-{name}", daemon=True)
+
+    # ---- the training thread
+
+    def run(self) -> None:
+        from lenet.train import train
+
+        self.set_state("running")
+        with open(self.out / "train.log", "a") as logfile:
+
+            def log(line: str) -> None:
+                logfile.write(line + "\n")
+                logfile.flush()
+
+            try:
+                result = train(self.cfg, self.split, self.out, log=log, resume=self.resume,
+                               command=f"lenet serve: /train ({self.label})", on_epoch=self.on_epoch,
+                               on_steps=self.on_steps, on_start=self.on_start)  # fmt: skip
+                self.result = result.summary()
+                self.set_state("finished")
+            except Stopped:
+                log(f"stopped from the training page; continue with: lenet train --resume {self.out}")
+                self.set_state("stopped")
+            except Exception as e:  # shown on the page; the folder keeps its last checkpoint
+                self.error = f"{type(e).__name__}: {one_line(e)}"
+                self.set_state("failed")
+
+    def on_start(self, model: LeNet) -> None:
+        self.model = model
+        if self.resume:  # the epochs restored from the checkpoint, as start_run rewrote metrics.jsonl
+            rows = read_jsonl(RunDir(self.out).metrics)
+            with self.lock:
+                self.rows = rows
+                self.loss = [[row["epoch"], row["train_loss"]] for row in rows]  # an average per epoch
+        self.snapshot(0, 0)
+
+    def on_steps(self, epoch: int, done: int, steps: int, loss: torch.Tensor) -> None:
+        self.pending = self.pending + loss.detach().float().cpu()
+        self.pending_steps += steps
+        self.images += steps * self.cfg.batch_size
+        if self.pending_steps >= LOSS_EVERY or done == self.steps:
+            mean = float(self.pending) / self.pending_steps
+            with self.lock:
+                self.loss = [*self.loss, [epoch + done / self.steps, mean]]
+                self.version += 1
+            self.pending, self.pending_steps = torch.zeros(()), 0
+        now = time.perf_counter()
+        if now - self.last_snapshot >= SNAPSHOT_SECONDS:
+            self.snapshot(epoch, done, digits=now - self.last_digits >= DIGITS_SECONDS)
+        if not self.go.is_set():
+            self.set_state("paused")
+            self.go.wait()
+            self.clock, self.images = time.perf_counter(), 0  # paused time is no training time
+            self.set_state("running")
+        if self.stopping:
+            raise Stopped
+
+    def on_epoch(self, row: dict, model: LeNet) -> None:
+        self.snapshot(row["epoch"] - 1, self.steps)
+        # lenet.train's exact count over every training image when a whole layer died; else the digits' look
+        dead = row["dead_units"] if row.get("dead") else self.view["digits_dead"]
+        with self.lock:
+            self.rows = [*self.rows, {**row, "dead_channels": dead}]
+            self.version += 1
+
+    @torch.no_grad()
+    def snapshot(self, epoch: int, done: int, digits: bool = True) -> None:
+        """Copy the weights, note the lr and speed; with `digits`, read the fixed digits with them too."""
+        assert self.model is not None
+        now = time.perf_counter()
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        seconds = now - self.clock
+        view = {
+            **self.view,
+            "epoch": epoch + (done > 0),  # the epoch in progress, 1-based; 0 before the first step
+            "step": done,
+            "lr": lr_at(self.cfg, epoch * self.steps + max(done - 1, 0), self.steps),
+            "images_per_second": round(self.images / seconds) if self.images and seconds > 0
+            else self.view.get("images_per_second"),  # the last measured: none since (an epoch's end)
+            "filters": {"conv1": rounded(weights["conv1.weight"].flatten(1)),
+                        "conv2": rounded(weights["conv2.weight"].flatten(2).flatten(0, 1))},
+        }  # fmt: skip
+        if digits:
+            view["top3"], view["digits_dead"] = self.read_digits()
+            self.last_digits = now
+        with self.lock:
+            self.weights, self.view = weights, view
+            self.version += 1
+        self.last_snapshot, self.clock, self.images = now, now, 0
+
+    def read_digits(self) -> tuple[list, dict[str, int]]:
+        """The fixed digits' top 3 (digit, probability) and the conv channels that are zero on all of them.
+        One small forward pass, but torch's convolutions cost a few ms of CPU: at most twice a second."""
+        assert self.model is not None
+        x = self.split.test_x[:DIGITS].to(next(self.model.parameters()).device)
+        maps = self.model.features(x)
+        top = maps["logits"].softmax(1).topk(3, dim=1)  # (DIGITS, 3)
+        pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        top3 = [[[d, round(p, 3)] for d, p in zip(i, v, strict=True)] for i, v in pairs]
+        dead = {name: int((~(maps[name] > 0).any(dim=(0, 2, 3))).sum()) for name in ("conv1", "conv2")}
+        return top3, dead
+
+    def set_state(self, state: str) -> None:
+        with self.lock:
+            self.state = state
+            self.version += 1
+
+    # ---- what the page is told
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() or self.state == "starting"
+
+    def facts(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "name": self.name, "label": self.label, "state": self.state, "folder": str(self.out),
+                "config": {k: getattr(self.cfg, k) for k in SETTINGS}, "recipe": bool(self.cfg.step_extras()),
+                "epochs": self.cfg.epochs, "steps_per_epoch": self.steps, "loss": self.loss,
+                "rows": self.rows, **self.view, "result": self.result, "error": self.error,
+            }  # fmt: skip
+
+    def model_copy(self) -> LeNet | None:
+        with self.lock:
+            weights = self.weights
+        if weights is None:
+            return None
+        model = LeNet()
+        model.load_state_dict(weights)
+        return model.eval()
+
+
+class Live:
+    """The server's trainings: the current one (one run or a pair), its runs folder and the data."""
+
+    def __init__(self, runs_dir: Path | str | None = None) -> None:
+        self.runs_dir = Path(runs_dir if runs_dir is not None else "runs")
+        self.runs: list[LiveRun] = []
+        self.lock = threading.Lock()
+        self.load: Callable[[str, torch.device], Split] = default_load  # tests give a smaller split
+        self.splits: dict[tuple[str, str], Split] = {}
+
+    def busy(self) -> bool:
+        return any(r.alive() for r in self.runs)
+
+    def split(self, cfg: TrainConfig) -> Split:
+        from lenet.train import resolve_device
+
+        device = resolve_device(cfg.device)
+        key = (cfg.dataset, str(device))
+        if key not in self.splits:
+            self.splits[key] = self.load(cfg.dataset, device)
+        return self.splits[key]
+
+    def folder(self, name: Any) -> Path:
+        """runs_dir/name, refused (400) unless `name` is a plain folder name that stays inside runs_dir."""
+        if not isinstance(name, str) or not NAME.fullmatch(name) or name.endswith(".lock"):
+            raise fail(400, f"run name {str(name)[:120]!r}: use letters, digits, '.', '_' and '-' only "
+                            f"(a folder directly under the runs folder {self.runs_dir})")  # fmt: skip
+        root = self.runs_dir.resolve()
+        path = (root / name).resolve()
+        if path.parent != root:  # e.g. a symbolic link inside runs_dir pointing elsewhere
+            raise fail(400, f"run name {name!r} leads outside the runs folder {self.runs_dir}")
+        return self.runs_dir / name
+
+    def start(self, planned: list[tuple[str, str, TrainConfig, bool]]) -> list[LiveRun]:
+        """Start (name, label, config, resume) runs together; 409 while another training is running."""
+        with self.lock:
+            if self.busy():
+                names = ", ".join(r.name for r in self.runs if r.alive())
+                raise fail(409, f"a training is already running ({names}); stop it first (one per server)")
+            try:
+                split = self.split(planned[0][2])
+            except Exception as e:
+                raise fail(503, f"cannot load the {planned[0][2].dataset} data: {one_line(e)}") from None
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            runs = []
+            for name, label, cfg, resume in planned:
+                out = self.folder(name)
+                out.mkdir(exist_ok=True)
+                runs.append(LiveRun(name, label, cfg, out, split, resume))
+            self.runs = runs
+        for r in runs:
+            r.thread.start()
+        return runs
+
+    def find(self, name: str) -> LiveRun:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise fail(404, f"no run {name[:120]!r} in this server's current training")
+
+    def control(self, action: str) -> None:
+        """Pause, resume or stop every running run of the current training."""
+        if action not in ("pause", "resume", "stop"):
+            raise fail(404, f"no action {action[:40]!r}: pause, resume or stop")
+        running = [r for r in self.runs if r.alive()]
+        if not running:
+            raise fail(409, "no training is running")
+        for r in running:
+            if action == "pause":
+                r.go.clear()
+            else:
+                r.stopping = r.stopping or action == "stop"
+                r.go.set()  # a paused run wakes up, to go on or to stop
+
+    def digits(self) -> dict[str, Any]:
+        split = self.runs[0].split if self.runs else self.split(TrainConfig())
+        pixels = (split.test_x[:DIGITS] * 255).round().to(torch.uint8).cpu().numpy().tobytes()
+        return {"side": split.test_x.shape[-1], "labels": split.test_y[:DIGITS].tolist(),
+                "pixels": base64.b64encode(pixels).decode()}  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        return {"busy": self.busy(), "runs_dir": str(self.runs_dir), "runs": [r.facts() for r in self.runs]}
+
+    def version(self) -> tuple:
+        return tuple((r.name, r.version) for r in self.runs)
+
+
+def default_load(dataset: str, device: torch.device) -> Split:
+    return load_split(dataset, device=device)
+
+
+def declared(name: str) -> dict[str, Any]:
+    """A setting as lenet.config declares it: default, meaning and bounds (the page's form reads it)."""
+    f = field_named(name)
+    meta = f.metadata
+    return {"default": f.default, "help": meta["help"], "low": meta["low"], "high": meta["high"],
+            "type": type(f.default).__name__}  # fmt: skip
+
+
+def plan(live: Live, body: Any) -> list[tuple[str, str, TrainConfig, bool]]:
+    """The runs a start request asks for; 422 with config.py's message for a bad setting."""
+    if not isinstance(body, dict):
+        raise fail(422, "send a JSON object of settings")
+    if body.get("resume") is not None:
+        return [resumed(live, body["resume"])]
+    known = {"preset", "compare_lr", "name", "resume", *SETTINGS}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise fail(422, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    preset = body.get("preset") or None
+    if preset is not None and preset not in preset_names():
+        raise fail(422, f"preset must be one of {', '.join(preset_names())} (got {str(preset)[:60]!r})")
+    given = {k: body[k] for k in SETTINGS if body.get(k) is not None}
+    try:
+        cfg = recipe_config(preset, given)
+        pair = [cfg] if body.get("compare_lr") is None else [cfg, checked(cfg, body["compare_lr"])]
+    except (ConfigError, TypeError) as e:
+        raise fail(422, str(e)) from None
+    stamp = f"live-{datetime.now():%Y%m%d-%H%M%S}"
+    base = body.get("name") or None
+    names = [base or f"{stamp}-{c.short_name()}" for c in pair]
+    if len(pair) == 2:
+        names = [f"{base}-lr{c.lr:g}" for c in pair] if base else names
+        if names[0] == names[1]:
+            raise fail(422, "--lr: the pair needs two different learning rates")
+    planned = []
+    for name, c in zip(names, pair, strict=True):
+        if RunDir(live.folder(name)).config.exists():
+            raise fail(409, f"{live.runs_dir / name} already holds a run; pick another name, or resume it")
+        planned.append((name, f"{preset or 'custom'}, lr {c.lr:g}", c, False))
+    return planned
+
+
+def checked(cfg: TrainConfig, lr: Any) -> TrainConfig:
+    if isinstance(lr, str):
+        lr = float(lr) if re.fullmatch(r"[-+0-9.eE]+", lr) else lr
+    return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr})
+
+
+def resumed(live: Live, name: Any) -> tuple[str, str, TrainConfig, bool]:
+    run = RunDir(live.folder(name))
+    try:
+        cfg = run.read_config()
+    except RunError as e:
+        raise fail(404 if not run.config.exists() else 422, str(e)) from None
+    if run.finished():
+        raise fail(409, f"{run.path} already finished; nothing to resume")
+    return name, f"resumed, lr {cfg.lr:g}", replace(cfg), True
+
+
+def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
+    """Add the training page and its API to `app`; runs go under `runs_dir` (default: runs/)."""
+    live = Live(runs_dir)
+    app.state.live = live
+    router = APIRouter(tags=["training"])
+
+    @router.get("/train", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "train.html")
+
+    @router.get("/api/train/options", summary="Presets, the page's settings and defaults, the runs folder")
+    def options() -> dict[str, Any]:
+        return {"presets": preset_names(), "settings": {k: declared(k) for k in SETTINGS},
+                "runs_dir": str(live.runs_dir)}  # fmt: skip
+
+    @router.post("/api/train/start", summary="Start a run, a pair with two learning rates, or resume a run")
+    async def start(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise fail(422, "send a JSON object of settings") from None
+        planned = plan(live, body)
+        runs = await asyncio.to_thread(live.start, planned)
+        return {"runs": [r.name for r in runs]}
+
+    @router.post("/api/train/predict", summary="Read a digit with a copy of a live run's current weights")
+    async def predict(request: Request, run: str) -> Response:
+        return await predict_live(request, live.find(run))
+
+    @router.post("/api/train/{action}", summary="pause, resume or stop the current training")
+    def control(action: str) -> Response:
+        live.control(action)
+        return Response(dumps(live.status()), media_type="application/json")
+
+    @router.get("/api/train/status", summary="The current training's runs: state, curves, filters, digits")
+    def status() -> Response:
+        return Response(dumps(live.status()), media_type="application/json")
+
+    @router.get("/api/train/events", summary="The status as Server-Sent Events, whenever it changes")
+    async def events(request: Request) -> StreamingResponse:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(live, request), media_type="text/event-stream", headers=headers)
+
+    @router.get("/api/train/digits", summary=f"The {DIGITS} fixed test digits: uint8 pixels (base64), labels")
+    def digits() -> dict[str, Any]:
+        return live.digits()
+
+    app.include_router(router)
+    return live
+
+
+async def stream(live: Live, request: Request):
+    """The status whenever it changes, at most EVENTS_PER_SECOND times a second; a ping when quiet."""
+    seen, quiet = None, time.monotonic()
+    yield "retry: 1000\n\n"
+    while not await request.is_disconnected():
+        version = live.version()
+        if version != seen:
+            seen, quiet = version, time.monotonic()
+            yield f"data: {dumps(live.status())}\n\n"
+        elif time.monotonic() - quiet > PING_SECONDS:
+            quiet = time.monotonic()
+            yield ": ping\n\n"
+        await asyncio.sleep(1 / EVENTS_PER_SECOND)
+
+
+async def predict_live(request: Request, run: LiveRun) -> Response:
+    """The drawing page's answer (same body forms as /api/predict), from the run's latest weights."""
+    from lenet.predict import decode, open_image, preprocess
+    from lenet.serve.app import MAX_DECODE_PIXELS, Predictor, guarded, parse_pixels, read_body, work
+
+    model = run.model_copy()
+    if model is None:
+        raise fail(409, f"run {run.name} has no weights yet; try again in a moment")
+    body = await read_body(request)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body:
+        raise fail(400, "empty body")
+    predictor = Predictor(model, {"config": run.cfg.to_dict()})
+    if kind == "application/json":
+        return Response(work(predictor, lambda: parse_pixels(body)), media_type="application/json")
+    if not kind.startswith(("image/", "application/octet-stream")):
+        raise fail(415, f"content type {kind or '(none)'!r}; send image/png or application/json")
+    image = guarded(lambda: open_image(body, MAX_DECODE_PIXELS))
+    return Response(work(predictor, lambda: preprocess(decode(image))), media_type="application/json")

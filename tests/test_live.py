@@ -1,0 +1,286 @@
+"""The training page's API (lenet.serve.live): runs in ordinary run folders, config.py's checks, the runs
+folder's walls, one training at a time, pause, resume, stop, a pair, the event stream and live predictions.
+
+Runs train on 5,000 real MNIST images (conftest's small_split) with batch 10: 500 steps, ~10 loss points
+and a fraction of a second per epoch."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from lenet.cli import build_parser
+from lenet.config import ConfigError, TrainConfig
+from lenet.runs import RunDir, load_model, read_jsonl
+from lenet.serve.app import background, create_app
+from lenet.train import train
+
+FAST = {"batch_size": 10}  # 500 steps per epoch on the small split
+KNOWN = ("batch_size", "compare_lr", "epochs", "init_std", "lr", "name", "preset", "resume", "seed")
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def app(runs_dir, small_split):
+    app = create_app(runs_dir=runs_dir)
+    app.state.live.load = lambda dataset, device: small_split
+    yield app
+    for run in app.state.live.runs:  # never leave a thread training after a test
+        run.stopping = True
+        run.go.set()
+        run.thread.join(timeout=30)
+
+
+@pytest.fixture
+def client(app):
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+def wait(client: TestClient, ready, timeout: float = 120.0) -> dict:
+    """Poll /api/train/status until ready(status) holds; returns that status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.get("/api/train/status").json()
+        if ready(status):
+            return status
+        assert time.monotonic() < deadline, f"timed out; last status: {status['busy']}, " + str(
+            [(r["state"], r.get("error")) for r in status["runs"]]
+        )
+        time.sleep(0.05)
+
+
+def idle(status: dict) -> bool:
+    return not status["busy"]
+
+
+def test_a_run_trains_in_an_ordinary_run_folder(client, runs_dir, small_split):
+    r = client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "first"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"runs": ["first"]}
+    (run,) = wait(client, idle)["runs"]
+    assert run["state"] == "finished", run["error"]
+    assert len(run["loss"]) == 10 and run["loss"][-1][0] == 1.0  # one point per 50 steps
+    assert run["loss"][-1][1] < run["loss"][0][1]  # it learned
+    assert [row["epoch"] for row in run["rows"]] == [1]
+    assert set(run["rows"][0]["dead_channels"]) == {"conv1", "conv2"}
+    assert run["result"]["test_accuracy"] > 0.7
+    assert len(run["filters"]["conv1"]) == 4 and len(run["filters"]["conv1"][0]) == 25
+    assert len(run["filters"]["conv2"]) == 48
+    assert len(run["top3"]) == 50 and all(len(t) == 3 for t in run["top3"])
+    assert run["images_per_second"] > 0 and run["lr"] == 0.01
+    folder = runs_dir / "first"
+    assert RunDir(folder).finished()
+    assert RunDir(folder).read_config() == TrainConfig(epochs=1, batch_size=10)
+    assert json.loads((folder / "config.json").read_text())["command"].startswith("lenet serve: /train")
+    _, info = load_model(folder)  # what inspect, export and predict read
+    assert info["extra"]["test_accuracy"] == run["result"]["test_accuracy"]
+    assert "Test Set: Average Loss" in (folder / "train.log").read_text()
+    digits = client.get("/api/train/digits").json()
+    assert digits["labels"] == small_split.test_y[:50].tolist() and digits["side"] == 28
+
+
+def test_the_page_and_its_options(client):
+    assert "Watch it learn" in client.get("/train").text
+    assert 'href="/train"' in client.get("/").text  # linked from the drawing page
+    options = client.get("/api/train/options").json()
+    assert options["presets"] == ["improved", "seed"]
+    assert options["settings"]["lr"]["default"] == TrainConfig().lr
+    assert set(options["settings"]) == {"lr", "init_std", "batch_size", "epochs", "seed"}
+
+
+def config_message(**values) -> str:
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**values)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"lr": -1}, config_message(lr=-1.0)),
+        ({"lr": 0}, config_message(lr=0.0)),
+        ({"lr": "fast"}, config_message(lr="fast")),
+        ({"epochs": 0}, config_message(epochs=0)),
+        ({"batch_size": 2.5}, config_message(batch_size=2.5)),
+        ({"init_std": -0.1}, config_message(init_std=-0.1)),
+        ({"seed": -3}, config_message(seed=-3)),
+        ({"compare_lr": -0.1}, config_message(lr=-0.1)),
+        ({"compare_lr": 0.01}, "--lr: the pair needs two different learning rates"),
+        ({"preset": "../../etc/passwd"}, "preset must be one of improved, seed (got '../../etc/passwd')"),
+        ({"momentum": 0.5}, "unknown field(s) momentum; known: " + ", ".join(sorted(KNOWN))),
+    ],
+)
+def test_bad_settings_get_the_config_message(client, runs_dir, body, detail):
+    r = client.post("/api/train/start", json=body)
+    assert r.status_code == 422
+    assert r.json()["detail"] == detail
+    assert not runs_dir.exists()  # nothing written
+
+
+def test_a_body_that_is_not_an_object_is_refused(client):
+    assert client.post("/api/train/start", content=b"[1, 2]").status_code == 422
+    assert client.post("/api/train/start", content=b"{oops").status_code == 422
+
+
+@pytest.mark.parametrize(
+    "name", ["../outside", "a/b", "/tmp/x", "..", ".hidden", "x" * 101, "runs\\..\\x", "a b", 3]
+)
+def test_names_that_would_leave_the_runs_folder_are_refused(client, runs_dir, tmp_path, name):
+    before = sorted(tmp_path.rglob("*"))
+    r = client.post("/api/train/start", json={"name": name, "epochs": 1})
+    assert r.status_code in (400, 422), r.text
+    r = client.post("/api/train/start", json={"resume": name})
+    assert r.status_code in (400, 422) and "run name" in r.json()["detail"]
+    assert sorted(tmp_path.rglob("*")) == before
+    assert not client.get("/api/train/status").json()["runs"]
+
+
+def test_a_link_out_of_the_runs_folder_is_refused(client, runs_dir, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    runs_dir.mkdir()
+    (runs_dir / "link").symlink_to(tmp_path / "elsewhere")
+    for body in ({"name": "link", "epochs": 1}, {"resume": "link"}):
+        r = client.post("/api/train/start", json=body)
+        assert r.status_code == 400 and "outside the runs folder" in r.json()["detail"]
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_resuming_a_missing_or_finished_run_is_refused(client):
+    r = client.post("/api/train/start", json={"resume": "nothing-here"})
+    assert r.status_code == 404 and "not a run directory" in r.json()["detail"]
+    client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "done"})
+    wait(client, idle)
+    r = client.post("/api/train/start", json={"resume": "done"})
+    assert r.status_code == 409 and "already finished" in r.json()["detail"]
+    r = client.post("/api/train/start", json={"name": "done", "epochs": 1})
+    assert r.status_code == 409 and "already holds a run" in r.json()["detail"]
+
+
+def test_one_training_at_a_time_pause_resume_stop(client, runs_dir, small_split):
+    assert client.post("/api/train/start", json={**FAST, "epochs": 30, "name": "long"}).status_code == 200
+    wait(client, lambda s: s["runs"][0]["loss"])
+    second = client.post("/api/train/start", json={"epochs": 1, "name": "other"})
+    assert second.status_code == 409
+    assert second.json()["detail"] == "a training is already running (long); stop it first (one per server)"
+    assert not (runs_dir / "other").exists()
+
+    client.post("/api/train/pause")
+    paused = wait(client, lambda s: s["runs"][0]["state"] == "paused")["runs"][0]
+    time.sleep(0.5)
+    still = client.get("/api/train/status").json()["runs"][0]
+    assert still["state"] == "paused"
+    assert (len(still["loss"]), still["step"]) == (len(paused["loss"]), paused["step"])  # no step taken
+
+    client.post("/api/train/resume")
+    wait(client, lambda s: len(s["runs"][0]["rows"]) >= 1 and s["runs"][0]["state"] == "running")
+    client.post("/api/train/stop")
+    (run,) = wait(client, idle)["runs"]
+    assert run["state"] == "stopped" and run["result"] is None
+    assert client.post("/api/train/stop").status_code == 409  # nothing left to stop
+
+    # the folder is an ordinary interrupted run: `lenet train --resume` continues from its checkpoint
+    folder = RunDir(runs_dir / "long")
+    done = len(read_jsonl(folder.metrics))
+    assert done >= 1 and folder.checkpoint.is_file() and not folder.finished()
+    assert folder.read_config().epochs == 30
+    r = client.post("/api/train/start", json={"resume": "long"})  # and so does the page
+    assert r.status_code == 200
+    wait(client, lambda s: len(s["runs"][0]["rows"]) > done)
+    client.post("/api/train/pause")
+    client.post("/api/train/stop")  # a paused run stops too
+    (run,) = wait(client, idle)["runs"]
+    assert run["state"] == "stopped"
+    assert [row["epoch"] for row in run["rows"]] == list(range(1, len(run["rows"]) + 1))  # the old ones too
+    assert len(run["rows"]) > done
+    assert "resuming" in (runs_dir / "long" / "train.log").read_text()
+
+
+def test_a_pair_with_two_learning_rates(client, runs_dir):
+    r = client.post("/api/train/start", json={**FAST, "epochs": 1, "compare_lr": 0.1, "name": "pair"})
+    assert r.json() == {"runs": ["pair-lr0.01", "pair-lr0.1"]}
+    assert client.post("/api/train/start", json={"epochs": 1}).status_code == 409  # the pair counts as one
+    a, b = wait(client, idle)["runs"]
+    assert (a["state"], b["state"]) == ("finished", "finished")
+    ca, cb = (RunDir(runs_dir / n).read_config() for n in ("pair-lr0.01", "pair-lr0.1"))
+    assert ca.seed == cb.seed and (ca.lr, cb.lr) == (0.01, 0.1)
+    assert ca == TrainConfig.from_dict({**cb.to_dict(), "lr": 0.01})
+    assert a["loss"] != b["loss"] and a["label"] == "custom, lr 0.01"
+
+
+def test_a_preset_sets_the_recipe(client, runs_dir):
+    body = {"preset": "improved", "epochs": 1, "batch_size": 100, "name": "imp"}
+    r = client.post("/api/train/start", json=body)
+    assert r.status_code == 200, r.text
+    (run,) = wait(client, idle)["runs"]
+    assert run["state"] == "finished", run["error"]
+    cfg = RunDir(runs_dir / "imp").read_config()
+    assert cfg.optimizer != "sgd" and cfg.epochs == 1 and run["recipe"]
+    assert len(run["loss"]) == 1  # 50 steps: one point, however many engine calls
+
+
+def test_the_event_stream_follows_a_run(app):
+    events: list[dict] = []
+    with (
+        background(app) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+        http.stream("GET", "/api/train/events") as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        started = http.post("/api/train/start", json={**FAST, "epochs": 6, "name": "streamed"})
+        assert started.status_code == 200
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["runs"] and not events[-1]["busy"]:
+                    break
+    run = events[-1]["runs"][0]
+    assert run["state"] == "finished" and len(run["rows"]) == 6
+    assert len(events) >= 3  # the run's start, progress and end at least
+    seen = {(len(e["runs"][0]["loss"]), len(e["runs"][0]["rows"])) for e in events if e["runs"]}
+    assert len(seen) >= 3  # the client saw the run progress, not just its end
+
+
+def test_predict_with_a_live_runs_weights(client, small_split):
+    assert client.post("/api/train/predict?run=nope", json={"pixels": [[0.0] * 28] * 28}).status_code == 404
+    client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "draw"})
+    wait(client, idle)
+    x = small_split.test_x[0, 0]
+    r = client.post("/api/train/predict?run=draw", json={"pixels": x.tolist()})
+    assert r.status_code == 200, r.text
+    model, _ = load_model(Path(client.get("/api/train/status").json()["runs"][0]["folder"]))
+    assert r.json()["label"] == int(model(x[None, None]).argmax()) == int(small_split.test_y[0])
+    assert client.post("/api/train/predict?run=draw", content=b"x", headers={"content-type": "text/plain"}
+                       ).status_code == 415  # fmt: skip
+
+
+def test_serve_takes_a_runs_dir():
+    args = build_parser().parse_args(["serve", "--runs-dir", "somewhere"])
+    assert args.runs_dir == Path("somewhere")
+    assert build_parser().parse_args(["serve"]).runs_dir == Path("runs")
+
+
+def test_train_tells_on_start_the_model_it_trains(small_split):
+    seen = []
+    cfg = TrainConfig(epochs=1, batch_size=1000)
+    result = train(cfg, small_split, on_start=seen.append, log=lambda s: None)
+    assert seen == [result.model]
+
+
+def test_numbers_that_are_not_finite_stay_valid_json(app, client):
+    """A diverging run's loss turns NaN or infinite: the status shows null there, never invalid JSON."""
+    client.post("/api/train/start", json={**FAST, "epochs": 1, "lr": 1000, "name": "boom"})
+    wait(client, idle)
+    app.state.live.runs[0].loss.append([1.0, float("nan")])
+    app.state.live.runs[0].rows[0]["train_loss"] = float("inf")
+    (run,) = json.loads(client.get("/api/train/status").text)["runs"]
+    assert "NaN" not in client.get("/api/train/status").text  # which json.loads would accept
+    assert run["loss"][-1] == [1.0, None] and run["rows"][0]["train_loss"] is None

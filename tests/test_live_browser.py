@@ -1,0 +1,153 @@
+"""The training page (/train) in a real headless Chromium: start, watch, pause, resume, stop, bad lr, a pair.
+
+Runs train on the real MNIST split (1 epoch: 550 steps, ~1 s on an idle laptop core). Screenshots go to
+test-artifacts/ (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lenet.runs import RunDir
+from lenet.serve.app import background, create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+SLOW = 120_000  # ms: a run on a busy machine
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("live") / "runs"
+
+
+@pytest.fixture(scope="module")
+def page(runs_dir, mnist_split):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    app = create_app(runs_dir=runs_dir)
+    app.state.live.load = lambda dataset, device: mnist_split  # the session's copy: no second read
+    errors: list[str] = []
+    with background(app) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/train")
+        page.wait_for_function("document.querySelector('input[name=lr]').value !== ''")
+        yield page
+        browser.close()
+        for run in app.state.live.runs:  # never leave a thread training
+            run.stopping = True
+            run.go.set()
+            run.thread.join(timeout=30)
+    assert not errors, errors  # no JavaScript error
+
+
+def settings(page, **values) -> None:
+    """Fill the form: the defaults, then `values` (compare_lr=None unticks the pair)."""
+    page.select_option("#preset", "")
+    for name, value in {"lr": "0.01", "init_std": "0.1", "batch_size": "100", "epochs": "1", "seed": "0",
+                        **values}.items():  # fmt: skip
+        if name == "compare_lr":
+            continue
+        page.fill(f"input[name={name}]", str(value))
+    page.set_checked("#compare", values.get("compare_lr") is not None)
+    if values.get("compare_lr") is not None:
+        page.fill("#compare-lr", str(values["compare_lr"]))
+
+
+def attribute(page, selector: str, name: str) -> str:
+    return page.locator(selector).first.get_attribute(name) or ""
+
+
+def test_a_run_from_the_page(page, runs_dir):
+    settings(page, epochs=1)
+    page.click("#start")
+    page.wait_for_selector(".run .digits[data-top*=':']", timeout=SLOW)
+    first_top = attribute(page, ".run .digits", "data-top")
+    page.wait_for_selector("body[data-state=finished]", timeout=SLOW)
+    page.wait_for_selector(".run .f-test[data-accuracy]", timeout=SLOW)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "train-one-run.png"), full_page=True)
+    assert int(attribute(page, "#loss", "data-updates")) >= 3  # the curve was redrawn as it grew
+    assert int(attribute(page, "#loss", "data-points")) == 11  # 550 steps: a point per 50 and the last
+    assert int(attribute(page, "#acc", "data-points")) == 1
+    assert attribute(page, ".run .digits", "data-top") != first_top  # the bars moved
+    assert len(first_top.split(";")) == 50
+    assert re.fullmatch(r"\d{2}\.\d\d%", page.locator(".run .f-test").inner_text())
+    assert float(attribute(page, ".run .f-test", "data-accuracy")) > 0.8
+    assert page.locator(".run .digit-cell").count() == 50
+    name = attribute(page, ".run", "data-name")
+    assert RunDir(runs_dir / name).finished()
+
+
+def test_pause_resume_and_stop(page):
+    settings(page, epochs=5)
+    page.click("#start")
+    page.wait_for_function("Number(document.getElementById('loss').dataset.points) >= 1", timeout=SLOW)
+    page.click("#pause")
+    page.wait_for_selector("body[data-state=paused]", timeout=SLOW)
+    assert page.locator("#resume").is_enabled() and page.locator("#pause").is_disabled()
+    step = page.locator(".run .f-epoch").inner_text()
+    page.wait_for_timeout(600)
+    assert page.locator(".run .f-epoch").inner_text() == step  # no step while paused
+    page.click("#resume")
+    page.wait_for_function(f"document.querySelector('.run .f-epoch').textContent !== {step!r}", timeout=SLOW)
+    page.click("#stop")
+    page.wait_for_selector("body[data-state=stopped]", timeout=SLOW)
+    assert page.locator("#start").is_enabled() and page.locator("#stop").is_disabled()
+
+
+def test_a_bad_lr_shows_the_message(page):
+    settings(page, lr="-1")
+    page.click("#start")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.locator("#error").inner_text() == "--lr must be > 0 (got -1.0)"
+    settings(page, lr="lots")
+    page.click("#start")
+    page.wait_for_function("document.getElementById('error').textContent.includes(\"'lots'\")")
+    assert page.locator("#error").inner_text() == "--lr must be a float (got 'lots')"
+
+
+def test_side_by_side(page, runs_dir):
+    settings(page, epochs=1, compare_lr="0.1")
+    page.click("#start")
+    page.wait_for_function("document.querySelectorAll('.run').length === 2", timeout=SLOW)
+    assert page.locator("#error").is_hidden()
+    page.wait_for_selector("body[data-state=finished]", timeout=SLOW)
+    both = "document.querySelectorAll('.run .f-test[data-accuracy]').length === 2"
+    page.wait_for_function(both, timeout=SLOW)
+    page.screenshot(path=str(ARTIFACTS / "train-side-by-side.png"), full_page=True)
+    labels = page.locator(".run .run-label").all_inner_texts()
+    assert labels == ["custom, lr 0.01", "custom, lr 0.1"]
+    accuracies = [float(a.get_attribute("data-accuracy")) for a in page.locator(".run .f-test").all()]
+    assert accuracies[0] > 0.8  # lr 0.01 learns in one epoch; lr 0.1 may stall (the report's claim B)
+    assert int(attribute(page, "#loss", "data-points")) == 22  # both curves
+    names = [n.get_attribute("data-name") for n in page.locator(".run").all()]
+    configs = [RunDir(runs_dir / n).read_config() for n in names]
+    assert [c.lr for c in configs] == [0.01, 0.1] and configs[0].seed == configs[1].seed
+
+
+def test_drawing_against_a_runs_weights(page):
+    """After test_side_by_side's pair: a 1 drawn on the small pad, read with the lr-0.01 run's weights."""
+    page.select_option("#against", index=0)
+    page.click("#live-clear")
+    box = page.locator("#livepad").bounding_box()
+    x = box["x"] + box["width"] * 0.5
+    page.mouse.move(x, box["y"] + box["height"] * 0.15)
+    page.mouse.down()
+    page.mouse.move(x, box["y"] + box["height"] * 0.85, steps=8)
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('live-label').dataset.label !== ''", timeout=SLOW)
+    assert page.locator("#live-label").get_attribute("data-label") == "1"
+    name = attribute(page, ".run", "data-name")  # the first run: lr 0.01
+    assert page.locator("#live-about").inner_text().endswith(f"sure, with {name}'s weights now")
+    page.screenshot(path=str(ARTIFACTS / "train-draw.png"), full_page=True)
