@@ -263,3 +263,15 @@ def test_reproduce_report_records_the_exact_argv(tmp_path, capsys):
     ]
     assert main(argv) == 0
     assert shlex.join(["lenet", *argv]) in (tmp_path / "a b" / "report.md").read_text()
+
+
+def test_a_bad_value_is_refused_before_torch_is_imported():
+    """The parser and its checks need no torch: `lenet train --lr -1` answers at once."""
+    code = (
+        "import sys, lenet.cli; lenet.cli.build_parser()\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('lenet'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bad = run_cli("train", "--lr", "-1")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "must be > 0" in bad.stderr

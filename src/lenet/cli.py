@@ -44,7 +44,29 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; every failure is one line on stderr and an exit status (LENET_DEBUG=1: traceback)."""
+    """Run one command; every failure is one line on stderr and an exit status (LENET_DEBUG=1: traceback).
+
+    Nothing heavy is imported before the arguments are parsed: a bad value costs no torch import."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["lenet", *argv])  # what the command writes records how it was run
+    try:
+        return COMMANDS[args.command].run(args)
+    except (UsageError, ConfigError) as e:
+        return fail(e, f"lenet: error: {e}", 2)
+    except KeyboardInterrupt as e:
+        return fail(e, "lenet: interrupted", 130)
+    except Exception as e:
+        status = exit_status(e)
+        if status is None:
+            raise  # a bug: its traceback is what a report needs
+        line = os_error(e) if isinstance(e, OSError) else str(e)
+        return fail(e, f"lenet: error: {line}", status)
+
+
+def exit_status(e: Exception) -> int | None:
+    """2 for a bad value, 1 for a failure (missing, corrupt, unwritable), None for anything else (a bug).
+    The error classes are imported here: the module that raised one is loaded already."""
     from lenet.data import DataError
     from lenet.export import ExportError
     from lenet.inspection import InspectError
@@ -53,19 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lenet.serve import ServeError
     from lenet.train import DeviceError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.command_line = shlex.join(["lenet", *argv])  # what the command writes records how it was run
-    try:
-        return COMMANDS[args.command].run(args)
-    except (UsageError, ConfigError, DeviceError, InspectError) as e:
-        return fail(e, f"lenet: error: {e}", 2)
-    except (DataError, RunError, ExportError, ImageError, ServeError) as e:
-        return fail(e, f"lenet: error: {e}", 1)
-    except OSError as e:  # the file system said no: a read-only folder, a path under a file, a full disk
-        return fail(e, f"lenet: error: {os_error(e)}", 1)
-    except KeyboardInterrupt as e:
-        return fail(e, "lenet: interrupted", 130)
+    if isinstance(e, DeviceError | InspectError):
+        return 2
+    if isinstance(e, DataError | RunError | ExportError | ImageError | ServeError | OSError):
+        return 1  # OSError: the file system said no (a read-only folder, a path under a file, a full disk)
+    return None
 
 
 def fail(error: BaseException, line: str, status: int) -> int:

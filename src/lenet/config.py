@@ -18,6 +18,16 @@ INITS = ("seed", "kaiming")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
 TTAS = ("off", "shifts")
+EXPORT_FORMATS = ("onnx", "safetensors")  # what `lenet export` writes
+BACKENDS = (
+    "auto",
+    "vectorised",
+    "sequential",
+    "processes",
+    "ray",
+)  # how a sweep trains (ray: lenet.ray_runner)
+PHASE_LRS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2)  # the stall phase diagram's default grid (reproduce)
+PHASE_STDS = (0.1, 0.5, 1.0)
 MAX_EPOCHS = 100_000  # a sane bound on every count of epochs (the improved recipe trains 160)
 PLACEMENT = ("device", "engine")  # where and how a run computes: never changes what it learns
 RUN_SETTINGS = ("seed", *PLACEMENT, "dataset")  # which run, and where: never part of a recipe

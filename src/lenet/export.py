@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lenet.atomic import write_atomic, write_json
+from lenet.config import EXPORT_FORMATS
 from lenet.data import load_split
 from lenet.model import SHAPE
 from lenet.runs import RunDir, load_model
@@ -34,7 +35,7 @@ OPSET = 18  # ONNX opset of the exported graph: the torch.export-based exporter'
 SLACK = 10.0
 FLOOR = 1e-6
 CHECK_IMAGES = 1_000  # test images the export is checked on
-FORMATS = ("onnx", "safetensors")
+FORMATS = EXPORT_FORMATS
 SUFFIX = ".onnx"
 
 

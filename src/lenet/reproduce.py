@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lenet.atomic import write_text
-from lenet.config import TrainConfig
+from lenet.config import PHASE_LRS, PHASE_STDS, TrainConfig
 from lenet.report import (
     TABLE_NOTE,
     log_scale_plain,
@@ -90,10 +90,6 @@ def reproduce_specs(
         ]
         for name, cfg in experiments(long_epochs, epochs).items()
     }
-
-
-PHASE_LRS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2)
-PHASE_STDS = (0.1, 0.5, 1.0)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from lenet.atomic import write_json
 from lenet.config import (
+    BACKENDS,
     PLACEMENT,
     RUN_SETTINGS,
     ConfigError,
@@ -33,7 +34,6 @@ from lenet.runs import RunDir, RunError, read_jsonl
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
 STALL_TOLERANCE = 0.05
-BACKENDS = ("auto", "vectorised", "sequential", "processes", "ray")  # ray: lenet.ray_runner
 
 
 def is_stalled(final_train_loss: float) -> bool:

@@ -9,8 +9,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lenet.config import DATASETS, DEVICES, ConfigError, TrainConfig, field_named, flag_name, parse_value
-from lenet.sweep import BACKENDS
+from lenet.config import (
+    BACKENDS,
+    DATASETS,
+    DEVICES,
+    ConfigError,
+    TrainConfig,
+    field_named,
+    flag_name,
+    parse_value,
+)
 
 
 class UsageError(Exception):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lenet.commands.common import UsageError, add_data_dir, add_run
-from lenet.export import FORMATS
+from lenet.config import EXPORT_FORMATS
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
         "that is not a previous export. safetensors: names the run's own weights and config.",
     )
     add_run(p)
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default: onnx")
     p.add_argument(
         "--out",
         type=Path,

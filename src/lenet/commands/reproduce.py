@@ -11,8 +11,10 @@ from lenet.commands.common import (
     make_runner,
     positive_int,
     seed_list,
+    setting_type,
     sweep_progress,
 )
+from lenet.config import field_named
 
 
 def add_parser(sub) -> None:
@@ -49,7 +51,7 @@ def add_parser(sub) -> None:
 
 
 def add_phase_flags(p: argparse.ArgumentParser) -> None:
-    from lenet.reproduce import PHASE_LRS, PHASE_STDS
+    from lenet.config import PHASE_LRS, PHASE_STDS
 
     p.add_argument(
         "--phase-diagram",
@@ -62,7 +64,7 @@ def add_phase_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--phase-lr",
-        type=float,
+        type=setting_type(field_named("lr")),
         nargs="+",
         default=list(PHASE_LRS),
         metavar="LR",
@@ -70,7 +72,7 @@ def add_phase_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--phase-init-std",
-        type=float,
+        type=setting_type(field_named("init_std")),
         nargs="+",
         default=list(PHASE_STDS),
         metavar="STD",
