@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(e, f"lenet: error: {e}", 2)
     except KeyboardInterrupt as e:
         return fail(e, "lenet: interrupted", 130)
+    except BrokenPipeError:  # the reader went away (`lenet train | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except Exception as e:
         status = exit_status(e)
         if status is None:
