@@ -284,3 +284,32 @@ def test_numbers_that_are_not_finite_stay_valid_json(app, client):
     (run,) = json.loads(client.get("/api/train/status").text)["runs"]
     assert "NaN" not in client.get("/api/train/status").text  # which json.loads would accept
     assert run["loss"][-1] == [1.0, None] and run["rows"][0]["train_loss"] is None
+
+
+def test_the_lr_changed_mid_run_is_taken_at_the_next_epoch_and_recorded(client, runs_dir):
+    """Issue 16, item 5: the page's lr change; config.json and metrics record it."""
+    assert client.post("/api/train/start", json={**FAST, "epochs": 3, "name": "steer"}).status_code == 200
+    wait(client, lambda s: s["runs"][0]["loss"])
+    client.post("/api/train/pause")
+    wait(client, lambda s: s["runs"][0]["state"] == "paused")
+    bad = client.post("/api/train/lr", json={"run": "steer", "lr": -1})
+    assert bad.status_code == 422 and bad.json()["detail"] == "--lr must be > 0 (got -1.0)"
+    assert client.post("/api/train/lr", json={"run": "nope", "lr": 0.2}).status_code == 404
+    ok = client.post("/api/train/lr", json={"run": "steer", "lr": 0.02})
+    assert ok.status_code == 200 and ok.json()["runs"][0]["lr_next"] == 0.02
+    client.post("/api/train/resume")
+    (run,) = wait(client, idle)["runs"]
+    assert run["state"] == "finished" and run["lr_next"] is None and run["lr"] == 0.02
+    rows = read_jsonl(runs_dir / "steer" / "metrics.jsonl")
+    assert [r["lr"] for r in rows] == [FAST.get("lr", 0.01), 0.02, 0.02]
+    config = json.loads((runs_dir / "steer" / "config.json").read_text())
+    assert config["lr_changes"] == [[1, 0.02]]  # never mistaken for its preset
+
+
+def test_a_recipe_run_refuses_an_lr_change(client):
+    started = client.post("/api/train/start", json={"preset": "improved", "epochs": 1, "name": "recipe"})
+    assert started.status_code == 200
+    refused = client.post("/api/train/lr", json={"run": "recipe", "lr": 0.02})
+    assert refused.status_code == 409 and "schedules its own lr" in refused.json()["detail"]
+    client.post("/api/train/stop")
+    wait(client, idle)

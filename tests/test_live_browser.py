@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lenet.runs import RunDir
+from lenet.runs import RunDir, read_jsonl
 from lenet.serve.app import background, create_app
 
 pytestmark = pytest.mark.browser
@@ -104,6 +104,26 @@ def test_pause_resume_and_stop(page):
     page.click("#stop")
     page.wait_for_selector("body[data-state=stopped]", timeout=SLOW)
     assert page.locator("#start").is_enabled() and page.locator("#stop").is_disabled()
+
+
+def test_the_lr_changed_from_the_page(page, runs_dir):
+    settings(page, epochs=3)
+    page.click("#start")
+    page.wait_for_function("Number(document.getElementById('loss').dataset.points) >= 1", timeout=SLOW)
+    page.click("#pause")
+    page.wait_for_selector("body[data-state=paused]", timeout=SLOW)
+    panel = page.locator(".run").last
+    panel.locator("input[name=new_lr]").fill("0.03")
+    panel.locator(".set-lr button").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('.run .f-lr')].pop().textContent.includes('0.03 from the next epoch')",
+        timeout=SLOW,
+    )
+    page.click("#resume")
+    page.wait_for_selector("body[data-state=finished]", timeout=SLOW)
+    assert panel.locator(".f-lr").inner_text() == "0.0300"
+    rows = read_jsonl(runs_dir / panel.get_attribute("data-name") / "metrics.jsonl")
+    assert [r["lr"] for r in rows] == [0.01, 0.03, 0.03]
 
 
 def test_a_bad_lr_shows_the_message(page):

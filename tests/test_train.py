@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet.config import TrainConfig
+from lenet.config import ConfigError, TrainConfig
 from lenet.engines import TorchEngine
 from lenet.engines.fast_engine import cpu_signature
 from lenet.model import make_model
 from lenet.recipe import recipe_config
 from lenet.runs import load_model, read_jsonl
-from lenet.train import epoch_line, evaluation_line, train
+from lenet.train import LrRequest, epoch_line, evaluation_line, train
 
 
 def hand_step(params: dict[str, torch.Tensor], x, y, lr):
@@ -208,3 +208,42 @@ def test_on_steps_sees_every_step_and_its_loss(small_split):
         assert [c[1] for c in mine] == [min(per_epoch, 50 * (i + 1)) for i in range(len(mine))]
         mean = sum(c[3] for c in mine) / per_epoch
         assert mean == pytest.approx(result.rows[epoch]["train_loss"], rel=1e-6)
+
+
+def test_an_lr_set_by_hand_applies_from_the_next_epoch_and_survives_a_resume(
+    small_split, tmp_path, interrupt_at_epoch
+):
+    """The training page's lr change: taken at the next epoch start, recorded in config.json, metrics and
+    checkpoints, so a resumed run follows it bit-identically."""
+    cfg = TrainConfig(epochs=3, seed=6)
+
+    def ask_in_epoch_0(request):
+        def on_steps(epoch, done, steps, loss):
+            if epoch == 0 and done == 50:
+                request.ask(0.05)
+
+        return on_steps
+
+    request = LrRequest()
+    whole = train(cfg, small_split, tmp_path / "whole", log=lambda s: None, on_steps=ask_in_epoch_0(request),
+                  lr_request=request)  # fmt: skip
+    assert [r["lr"] for r in whole.rows] == [0.01, 0.05, 0.05]
+    assert json.loads((tmp_path / "whole/config.json").read_text())["lr_changes"] == [[1, 0.05]]
+    plain = train(cfg, small_split, log=lambda s: None)
+    assert plain.rows[0]["train_loss"] == whole.rows[0]["train_loss"] != plain.rows[1]["train_loss"]
+
+    request = LrRequest()
+    with pytest.raises(KeyboardInterrupt):  # stopped in epoch 3: the checkpoint of epoch 2 holds the change
+        train(cfg, small_split, tmp_path / "cut", log=interrupt_at_epoch(3), on_steps=ask_in_epoch_0(request),
+              lr_request=request)  # fmt: skip
+    resumed = train(cfg, small_split, tmp_path / "cut", log=lambda s: None, resume=True)
+    assert [r["lr"] for r in resumed.rows] == [0.01, 0.05, 0.05]
+    assert [r["train_loss"] for r in resumed.rows] == [r["train_loss"] for r in whole.rows]
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, whole.model.state_dict()[k])
+    assert json.loads((tmp_path / "cut/config.json").read_text())["lr_changes"] == [[1, 0.05]]
+
+
+def test_a_recipe_refuses_an_lr_set_by_hand(small_split):
+    with pytest.raises(ConfigError, match="plain-SGD runs only"):
+        train(TrainConfig(epochs=1, optimizer="adamw"), small_split, lr_request=LrRequest())

@@ -14,6 +14,7 @@ A run directory holds
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -240,6 +241,7 @@ def save_checkpoint(
     rows: list[dict],
     ema: LeNet | None = None,
     config: TrainConfig | None = None,
+    lr_changes: list[list] | None = None,
 ) -> None:
     """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file.
 
@@ -262,6 +264,7 @@ def save_checkpoint(
         "param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
         **({"config": json.dumps(config.to_dict())} if config is not None else {}),
+        **({"lr_changes": json.dumps(lr_changes)} if lr_changes else {}),  # set by hand (the training page)
     }
     write_atomic(path, st_save(tensors, metadata=meta))
 
@@ -290,8 +293,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
             raise RunError(f"{path}: its '{key}' is not a JSON {kind.__name__}; {fix}")
     try:
         meta["config"] = json.loads(raw["config"]) if "config" in raw else None
+        meta["lr_changes"] = json.loads(raw.get("lr_changes", "[]"))
     except (ValueError, RecursionError):
-        raise RunError(f"{path}: its 'config' is garbled; {fix}") from None
+        raise RunError(f"{path}: its 'config' or 'lr_changes' is garbled; {fix}") from None
     return meta, tensors
 
 
@@ -314,6 +318,9 @@ def check_checkpoint(
                        f"{cfg.epochs} epochs; {fix}")  # fmt: skip
     if any(not isinstance(r, dict) or r.get("epoch") != i + 1 for i, r in enumerate(rows)):
         raise RunError(f"{path}: its metric rows are garbled; {fix}")
+    changes = meta["lr_changes"]
+    if not isinstance(changes, list) or not all(is_lr_change(c, cfg) for c in changes):
+        raise RunError(f"{path}: its lr changes are garbled; {fix}")
     want = {f"model.{k}": s for k, s in SHAPE.param_shapes().items()}
     if cfg.ema > 0:
         want |= {f"ema.{k}": s for k, s in SHAPE.param_shapes().items()}
@@ -325,14 +332,24 @@ def check_checkpoint(
             raise RunError(f"{path}: tensor {name} holds NaN or infinite values; {fix}")
 
 
+def is_lr_change(change: Any, cfg: TrainConfig) -> bool:
+    """[first epoch, lr] of an lr set by hand: a plain-SGD run's, within its epochs, a positive finite lr."""
+    if cfg.step_extras() or not isinstance(change, list) or len(change) != 2:
+        return False
+    epoch, lr = change
+    ok_lr = isinstance(lr, float | int) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    return isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < cfg.epochs and ok_lr
+
+
 def load_checkpoint(
     path: Path,
     model: LeNet,
     optimizer: torch.optim.Optimizer | None,
     ema: LeNet | None = None,
     config: TrainConfig | None = None,
-) -> tuple[int, list[dict]]:
-    """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far).
+) -> tuple[int, list[dict], list[list]]:
+    """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far,
+    the lrs set by hand so far).
 
     With `config`, the checkpoint is checked against it first (`check_checkpoint`)."""
     meta, tensors = read_checkpoint(path)
@@ -354,7 +371,7 @@ def load_checkpoint(
         raise RunError(
             f"{path}: does not fit this run ({one_line(e)}); delete it to restart the run"
         ) from None
-    return meta["epoch"], nan_for_null(meta["rows"])
+    return meta["epoch"], nan_for_null(meta["rows"]), meta["lr_changes"]
 
 
 @contextmanager

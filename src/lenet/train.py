@@ -7,12 +7,14 @@ optimiser step -> weight average), then validation, the log line, the metrics ro
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lenet.atomic import write_json, write_jsonl
-from lenet.config import TrainConfig
+from lenet.config import ConfigError, TrainConfig
 from lenet.data import Split, epoch_batches
 from lenet.engines import Engine, select_engine
 from lenet.engines.torch_engine import evaluate
@@ -107,6 +109,7 @@ class State:
     ema: Ema | None  # the weight average a recipe evaluates and saves
     rows: list[dict]  # one per finished epoch, as in metrics.jsonl
     config: TrainConfig | None = None  # what the run trains with, stored in its checkpoints
+    lr_changes: list[list] = field(default_factory=list)  # [first epoch (0-based), lr] set by hand
     alive_chunk: int = 0  # where the dead-network check last saw the network alive: it looks there first
 
     @property
@@ -141,10 +144,15 @@ def start_run(
     start_epoch = 0
     if resume and run.checkpoint.exists():
         ema = state.ema.model if state.ema else None
-        start_epoch, state.rows = load_checkpoint(run.checkpoint, state.model, state.optimizer, ema, cfg)
+        start_epoch, state.rows, state.lr_changes = load_checkpoint(
+            run.checkpoint, state.model, state.optimizer, ema, cfg
+        )
         log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
     device = next(state.model.parameters()).device
-    write_json(run.config, {"config": cfg.to_dict(), **provenance(device, engine), "command": command})
+    changes = {"lr_changes": state.lr_changes} if state.lr_changes else {}  # never mistaken for its preset
+    write_json(
+        run.config, {"config": cfg.to_dict(), **provenance(device, engine), "command": command, **changes}
+    )
     write_jsonl(run.metrics, state.rows)  # drop rows of an epoch whose checkpoint was never written
     return start_epoch
 
@@ -176,7 +184,16 @@ def end_epoch(
     log(epoch_line(epoch, train_loss, lr, extra))
     if run is not None:
         ema = state.ema.model if state.ema else None
-        save_checkpoint(run.checkpoint, state.model, state.optimizer, epoch, state.rows, ema, state.config)
+        save_checkpoint(
+            run.checkpoint,
+            state.model,
+            state.optimizer,
+            epoch,
+            state.rows,
+            ema,
+            state.config,
+            state.lr_changes,
+        )
         write_jsonl(run.metrics, state.rows)
 
 
@@ -261,17 +278,32 @@ def train(
     on_epoch: OnEpoch | None = None,
     on_steps: OnSteps | None = None,
     on_start: Callable[[LeNet], None] | None = None,
+    lr_request: LrRequest | None = None,
 ) -> TrainResult:
     """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it).
 
     `command` is the command line that asked for the run, recorded in config.json. `on_epoch` hears of
     every finished epoch: its metrics row and the evaluated model (e.g. `lenet.tensorboard.TensorBoardLog`);
     `on_steps` of every engine call within an epoch (a live view; it may block to pause, or raise to stop);
-    `on_start` gets the model being trained once, before its first step (a live view reads its weights).
+    `on_start` gets the model being trained once, before its first step (a live view reads its weights);
+    `lr_request` carries an lr set by hand (plain SGD only), taken from the next epoch on (`epoch_lr`).
     """
+    if lr_request is not None and cfg.step_extras():
+        raise ConfigError("the lr can be changed by hand in plain-SGD runs only (a recipe schedules its own)")
+    hooks = Hooks(on_start, on_steps, on_epoch, lr_request)
     run = RunDir(out) if out is not None else None
     with locked(run) if run is not None else nullcontext():  # one process per run folder
-        return train_locked(cfg, split, run, log, resume, command, on_epoch, on_steps, on_start)
+        return train_locked(cfg, split, run, log, resume, command, hooks)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Who watches or steers a run (see `train`); each is optional."""
+
+    on_start: Callable[[LeNet], None] | None = None
+    on_steps: OnSteps | None = None
+    on_epoch: OnEpoch | None = None
+    lr_request: LrRequest | None = None
 
 
 def train_locked(
@@ -281,34 +313,70 @@ def train_locked(
     log: Callable[[str], None],
     resume: bool,
     command: str | None,
-    on_epoch: OnEpoch | None,
-    on_steps: OnSteps | None,
-    on_start: Callable[[LeNet], None] | None = None,
+    hooks: Hooks,
 ) -> TrainResult:
     """`train`, once the run folder (if any) is locked."""
     device = split.train_x.device
     engine = select_engine(cfg, device)
     state = new_state(cfg, device)
     start_epoch = start_run(cfg, run, state, engine.name, resume, log, command)
-    if on_start is not None:
-        on_start(state.model)
+    if hooks.on_start is not None:
+        hooks.on_start(state.model)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         batches = epoch_batches(len(split.train_x), cfg.batch_size, cfg.seed, epoch)  # (steps, B)
         with progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
-            advance = stepper(bar, epoch, on_steps)
+            advance = stepper(bar, epoch, hooks.on_steps)
             if state.optimizer is None:  # the original's plain SGD: whole steps on the engine
-                total, lr = sgd_epoch(engine, state.model, cfg.lr, split, batches, advance), cfg.lr
+                lr = epoch_lr(cfg, epoch, state, run, hooks.lr_request)
+                total = sgd_epoch(engine, state.model, lr, split, batches, advance)
             else:
                 total, lr = recipe_epoch(cfg, engine, state, split, batches, epoch, advance)
         train_loss = total.item() / len(batches)  # the epoch's one host sync
         seconds = time.perf_counter() - t0
         end_epoch(run, state, engine.evaluate, split, train_loss, lr, seconds, log)
-        if on_epoch is not None:
-            on_epoch(state.rows[-1], state.evaluated)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(state.rows[-1], state.evaluated)
         if not math.isfinite(train_loss):  # diverged: NaN weights learn nothing more; result.json says so
             break
     return finish_run(cfg, run, state, split, log)
+
+
+class LrRequest:
+    """An lr asked for by another thread (the training page) during a plain-SGD run."""
+
+    def __init__(self) -> None:
+        self.lock, self.asked = threading.Lock(), None
+
+    def ask(self, lr: float) -> None:
+        with self.lock:
+            self.asked = lr
+
+    def take(self) -> float | None:
+        with self.lock:
+            lr, self.asked = self.asked, None
+        return lr
+
+
+def epoch_lr(
+    cfg: TrainConfig, epoch: int, state: State, run: RunDir | None, request: LrRequest | None
+) -> float:
+    """The plain-SGD lr of `epoch`: --lr, or the last lr set by hand for an epoch up to this one.
+
+    A request is taken at the epoch's start and recorded in state.lr_changes, which config.json and the
+    checkpoints hold, so a resumed run follows the same lrs and the run is never mistaken for its preset.
+    """
+    asked = request.take() if request is not None else None
+    if asked is not None:
+        state.lr_changes.append([epoch, asked])
+        if run is not None:
+            record = json.loads(run.config.read_text())
+            write_json(run.config, {**record, "lr_changes": state.lr_changes})
+    lr = cfg.lr
+    for first, value in state.lr_changes:
+        if first <= epoch:
+            lr = value
+    return lr
 
 
 def sgd_epoch(

@@ -38,6 +38,7 @@ from lenet.data import Split, load_split
 from lenet.model import LeNet
 from lenet.recipe import lr_at, preset_names, recipe_config
 from lenet.runs import RunDir, RunError, dumps, one_line, read_jsonl
+from lenet.train import LrRequest
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS = ("lr", "init_std", "batch_size", "epochs", "seed")  # what the page's form sets
@@ -85,6 +86,9 @@ class LiveRun:
         self.pending, self.pending_steps = torch.zeros(()), 0
         self.last_snapshot = self.last_digits = 0.0
         self.clock, self.images = time.perf_counter(), 0  # images per second since the last snapshot
+        # the lr set by hand (plain SGD): lenet.train takes it at the next epoch's start and records it
+        self.lr_request = None if cfg.step_extras() else LrRequest()
+        self.lr_now, self.lr_next, self.epoch_now, self.asked_in = cfg.lr, None, -1, -1
         self.thread = threading.Thread(target=self.run, name=f"lenet-live-{name}", daemon=True)
 
     # ---- the training thread
@@ -102,7 +106,8 @@ class LiveRun:
             try:
                 result = train(self.cfg, self.split, self.out, log=log, resume=self.resume,
                                command=f"lenet serve: /train ({self.label})", on_epoch=self.on_epoch,
-                               on_steps=self.on_steps, on_start=self.on_start)  # fmt: skip
+                               on_steps=self.on_steps, on_start=self.on_start,
+                               lr_request=self.lr_request)  # fmt: skip
                 self.result = result.summary()
                 self.set_state("finished")
             except Stopped:
@@ -122,6 +127,10 @@ class LiveRun:
         self.snapshot(0, 0)
 
     def on_steps(self, epoch: int, done: int, steps: int, loss: torch.Tensor) -> None:
+        with self.lock:
+            self.epoch_now = epoch
+            if self.lr_next is not None and epoch > self.asked_in:  # lenet.train took it at the epoch's start
+                self.lr_now, self.lr_next = self.lr_next, None
         self.pending = self.pending + loss.detach().float().cpu()
         self.pending_steps += steps
         self.images += steps * self.cfg.batch_size
@@ -161,7 +170,8 @@ class LiveRun:
             **self.view,
             "epoch": epoch + (done > 0),  # the epoch in progress, 1-based; 0 before the first step
             "step": done,
-            "lr": lr_at(self.cfg, epoch * self.steps + max(done - 1, 0), self.steps),
+            "lr": self.lr_now if self.lr_request else lr_at(self.cfg, epoch * self.steps + max(done - 1, 0),
+                                                            self.steps),
             "images_per_second": round(self.images / seconds) if self.images and seconds > 0
             else self.view.get("images_per_second"),  # the last measured: none since (an epoch's end)
             "filters": {"conv1": rounded(weights["conv1.weight"].flatten(1)),
@@ -204,7 +214,23 @@ class LiveRun:
                 "config": {k: getattr(self.cfg, k) for k in SETTINGS}, "recipe": bool(self.cfg.step_extras()),
                 "epochs": self.cfg.epochs, "steps_per_epoch": self.steps, "loss": self.loss,
                 "rows": self.rows, **self.view, "result": self.result, "error": self.error,
+                "lr_next": self.lr_next, "lr_settable": self.lr_request is not None,
             }  # fmt: skip
+
+    def ask_lr(self, lr: Any) -> None:
+        """Change a plain-SGD run's lr from its next epoch on (422 for a bad lr, 409 when it cannot)."""
+        if self.lr_request is None:
+            raise fail(409, f"run {self.name} follows a recipe, which schedules its own lr")
+        if not self.alive():
+            raise fail(409, f"run {self.name} is {self.state}; start or resume it first")
+        try:
+            lr = checked(self.cfg, lr).lr
+        except (ConfigError, TypeError, ValueError) as e:
+            raise fail(422, str(e)) from None
+        self.lr_request.ask(lr)
+        with self.lock:
+            self.lr_next, self.asked_in = lr, self.epoch_now
+            self.version += 1
 
     def model_copy(self) -> LeNet | None:
         with self.lock:
@@ -395,6 +421,12 @@ def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
     async def predict(request: Request, run: str) -> Response:
         return await predict_live(request, live.find(run))
 
+    @router.post("/api/train/lr", summary="Change a plain-SGD run's lr from its next epoch on (recorded)")
+    async def set_lr(request: Request) -> Response:
+        run, lr = await lr_body(live, request)
+        run.ask_lr(lr)
+        return Response(dumps(live.status()), media_type="application/json")
+
     @router.post("/api/train/{action}", summary="pause, resume or stop the current training")
     def control(action: str) -> Response:
         live.control(action)
@@ -415,6 +447,18 @@ def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
 
     app.include_router(router)
     return live
+
+
+async def lr_body(live: Live, request: Request) -> tuple[LiveRun, Any]:
+    """The run and the lr of a POST /api/train/lr body {"run": NAME, "lr": NUMBER}."""
+    usage = 'send a JSON object {"run": NAME, "lr": NUMBER}'
+    try:
+        body = await request.json()
+    except ValueError:
+        raise fail(422, usage) from None
+    if not isinstance(body, dict) or "lr" not in body:
+        raise fail(422, usage)
+    return live.find(str(body.get("run", ""))), body["lr"]
 
 
 async def stream(live: Live, request: Request):

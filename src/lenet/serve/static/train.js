@@ -169,6 +169,11 @@ function panel(run, color) {
   node.querySelector(".run-label").textContent = run.label;
   const q = (sel) => node.querySelector(sel);
   const p = { node, q, digits: q(".digits"), conv1: q("canvas.conv1"), conv2: q("canvas.conv2"), cells: [] };
+  q(".set-lr").addEventListener("submit", (e) => {  // plain SGD: a new lr from the next epoch on
+    e.preventDefault();
+    const text = e.target.elements.new_lr.value.trim();
+    post("/api/train/lr", { run: run.name, lr: Number.isFinite(Number(text)) ? Number(text) : text });
+  });
   runsEl.appendChild(node);
   panels.set(run.name, p);
   buildDigits(p);
@@ -187,7 +192,9 @@ function renderRun(run, color) {
   const last = run.rows[run.rows.length - 1];
   p.q(".f-state").textContent = run.state + (run.error ? `: ${run.error}` : "");
   p.q(".f-epoch").textContent = `${run.epoch ?? 0} of ${run.epochs} (step ${run.step ?? 0} of ${run.steps_per_epoch})`;
-  p.q(".f-lr").textContent = run.lr === undefined ? "–" : run.lr.toPrecision(3);
+  p.q(".f-lr").textContent = (run.lr === undefined ? "–" : run.lr.toPrecision(3)) +
+    (run.lr_next ? ` (${run.lr_next} from the next epoch)` : "");
+  p.q(".set-lr").hidden = !run.lr_settable || !["running", "paused", "starting"].includes(run.state);
   p.q(".f-speed").textContent = run.images_per_second ? run.images_per_second.toLocaleString("en") : "–";
   p.q(".f-val").textContent = last ? pct(last.val_accuracy) : "–";
   p.q(".f-dead").textContent = last?.dead_channels ? `conv1 ${last.dead_channels.conv1}, conv2 ${last.dead_channels.conv2}` : "–";
