@@ -288,10 +288,11 @@ def test_numbers_that_are_not_finite_stay_valid_json(app, client):
 
 def test_the_lr_changed_mid_run_is_taken_at_the_next_epoch_and_recorded(client, runs_dir):
     """Issue 16, item 5: the page's lr change; config.json and metrics record it."""
-    assert client.post("/api/train/start", json={**FAST, "epochs": 3, "name": "steer"}).status_code == 200
+    assert client.post("/api/train/start", json={**FAST, "epochs": 12, "name": "steer"}).status_code == 200
     wait(client, lambda s: s["runs"][0]["loss"])
     client.post("/api/train/pause")
-    wait(client, lambda s: s["runs"][0]["state"] == "paused")
+    paused = wait(client, lambda s: s["runs"][0]["state"] == "paused")["runs"][0]["epoch"]  # 1-based
+    assert paused < 12, "the run was too fast to pause before its last epoch"
     bad = client.post("/api/train/lr", json={"run": "steer", "lr": -1})
     assert bad.status_code == 422 and bad.json()["detail"] == "--lr must be > 0 (got -1.0)"
     assert client.post("/api/train/lr", json={"run": "nope", "lr": 0.2}).status_code == 404
@@ -301,9 +302,10 @@ def test_the_lr_changed_mid_run_is_taken_at_the_next_epoch_and_recorded(client, 
     (run,) = wait(client, idle)["runs"]
     assert run["state"] == "finished" and run["lr_next"] is None and run["lr"] == 0.02
     rows = read_jsonl(runs_dir / "steer" / "metrics.jsonl")
-    assert [r["lr"] for r in rows] == [FAST.get("lr", 0.01), 0.02, 0.02]
+    # taken at the start of the epoch after the one it was paused in
+    assert [r["lr"] for r in rows] == [0.01] * paused + [0.02] * (12 - paused)
     config = json.loads((runs_dir / "steer" / "config.json").read_text())
-    assert config["lr_changes"] == [[1, 0.02]]  # never mistaken for its preset
+    assert config["lr_changes"] == [[paused, 0.02]]  # 0-based first epoch; never mistaken for its preset
 
 
 def test_a_recipe_run_refuses_an_lr_change(client):

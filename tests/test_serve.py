@@ -346,15 +346,18 @@ def test_lenet_serve_binds_loopback_and_import_stays_light(tmp_path):
 def raw_exchange(url: str, request: bytes, timeout: float = 10) -> bytes:
     """Send raw bytes to the server of `url`; what it answers until it closes (b"" for a reset)."""
     host, port = url.removeprefix("http://").split(":")
+    chunks: list[bytes] = []
     with socket.create_connection((host, int(port)), timeout=timeout) as s:
         try:
             s.sendall(request)
             s.shutdown(socket.SHUT_WR)
-            chunks = []
+        except OSError:  # the server answered and closed before all was sent (EPIPE, ENOTCONN): read it
+            pass
+        try:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
-        except ConnectionResetError:
-            return b"".join(chunks) if "chunks" in locals() else b""
+        except ConnectionResetError:  # what arrived before the reset is still read above
+            pass
     return b"".join(chunks)
 
 

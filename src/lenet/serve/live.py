@@ -144,6 +144,7 @@ class LiveRun:
         if now - self.last_snapshot >= SNAPSHOT_SECONDS:
             self.snapshot(epoch, done, digits=now - self.last_digits >= DIGITS_SECONDS)
         if not self.go.is_set():
+            self.snapshot(epoch, done, digits=False)  # the page shows exactly where it paused
             self.set_state("paused")
             self.go.wait()
             self.clock, self.images = time.perf_counter(), 0  # paused time is no training time
