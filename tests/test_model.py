@@ -59,10 +59,14 @@ def test_the_shape_declaration_is_the_network():
 
 
 def test_make_model_takes_its_defaults_from_the_config():
-    a, b = (
-        make_model(TrainConfig()),
-        make_model(TrainConfig(seed=0, init_std=0.1, fc_init_std=1.0, init="seed")),
-    )
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    """No second copy of a default: make_model reads every init setting from the TrainConfig it is given."""
+    import inspect
+
+    params = inspect.signature(make_model).parameters
+    assert list(params) == ["cfg"] and params["cfg"].default is inspect.Parameter.empty
+    base = make_model(TrainConfig())
+    for change in ({"seed": 1}, {"init_std": 0.2}, {"fc_init_std": 0.5}, {"init": "kaiming"}):
+        other = make_model(TrainConfig(**change))
+        assert not all(torch.equal(p, q) for p, q in zip(base.parameters(), other.parameters(), strict=True))
     kaiming = make_model(TrainConfig(init="kaiming"))
     assert not kaiming.fc.bias.any() and kaiming.fc.weight.std() < 0.2

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lenet.model import SHAPE, LeNet
-from lenet.runs import RunError, load_model
+from lenet.runs import RunError, load_model, one_line
 
 if TYPE_CHECKING:  # PIL is an extra, imported where it is used so `import lenet` stays light
     from PIL import Image as PILImage
@@ -123,10 +123,6 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_FILE_PIXELS) ->
 
 def source_name(source: str | Path | bytes) -> str:
     return "image data" if isinstance(source, bytes) else str(source)
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 # ---------------------------------------------------------------- preprocessing

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lenet.atomic import finite_or_none, write_atomic
@@ -180,6 +179,14 @@ def check_size(path: Path) -> None:
         raise RunError(f"{path}: {size:,} bytes is not a lenet model or checkpoint (they are under 100 kB)")
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A safetensors file's metadata and tensors, in one read (model files and checkpoints)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+
+
 def check_shape(path: Path, meta: dict[str, str]) -> None:
     """RunError unless the file was made for the network lenet.model declares (files before the shape was
     stored are judged by the architecture name alone)."""
@@ -201,12 +208,7 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
     """Rebuild a model from a run directory or a model.safetensors file. Returns it and its metadata."""
     path = model_path(where)
     try:
-        raw = path.read_bytes()
-        tensors = st_load(raw)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta, tensors = read_safetensors(path)
     except (OSError, SafetensorError, ValueError) as e:
         raise RunError(f"{path}: not a readable safetensors model ({e})") from None
     check_shape(path, meta)
@@ -214,8 +216,7 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()  # torch's message spans lines; its last says which
-        raise RunError(f"{path}: weights do not fit the {ARCHITECTURE} network ({first})") from None
+        raise RunError(f"{path}: weights do not fit the {ARCHITECTURE} network ({one_line(e)})") from None
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise RunError(f"{path}: its weights are not finite (NaN or infinity: a diverged run); retrain")
     info: dict[str, Any] = {}
@@ -271,16 +272,12 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The checkpoint's parsed metadata and tensors; RunError (one line) for anything unreadable."""
-    from safetensors import safe_open
-
     fix = "delete it to restart the run from epoch 0"
     if not path.is_file():
         raise RunError(f"{path}: not a checkpoint file; {fix}")
     check_size(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        raw, tensors = read_safetensors(path)
     except (OSError, SafetensorError, ValueError) as e:
         raise RunError(f"{path}: unreadable checkpoint ({one_line(e)}); {fix}") from None
     meta: dict[str, Any] = {}
@@ -394,9 +391,9 @@ def locked(run: RunDir) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1].strip() if text else type(e).__name__
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (torch's and PIL's can span several), or its type's name."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def dumps(value: Any) -> str:

@@ -69,10 +69,11 @@ def kernel_grid(weight: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def run_log(folder: Path | str | None, run: Path) -> Iterator[TensorBoardLog | None]:
-    """The log of one run of a sweep, in `folder`/<run folder name> (None when `folder` is None)."""
+def run_log(folder: Path | str | None, run: Path | None = None) -> Iterator[TensorBoardLog | None]:
+    """A run's log in `folder` (a sweep's run: in `folder`/<its run folder's name>); None without `folder`.
+    Made before training starts, so a missing tensorboard package stops a command at once."""
     if folder is None:
         yield None
         return
-    with TensorBoardLog(Path(folder) / run.name) as log:
+    with TensorBoardLog(Path(folder) if run is None else Path(folder) / run.name) as log:
         yield log

@@ -62,22 +62,18 @@ def add_phase_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--phase-seeds", type=positive_int, default=20, help="seeds per phase-diagram cell (default: 20)"
     )
-    p.add_argument(
-        "--phase-lr",
-        type=setting_type(field_named("lr")),
-        nargs="+",
-        default=list(PHASE_LRS),
-        metavar="LR",
-        help="learning rates of the phase diagram (default: %(default)s)",
-    )
-    p.add_argument(
-        "--phase-init-std",
-        type=setting_type(field_named("init_std")),
-        nargs="+",
-        default=list(PHASE_STDS),
-        metavar="STD",
-        help="conv init stddevs of the phase diagram (default: %(default)s)",
-    )
+    for setting, values, metavar, meaning in (
+        ("lr", PHASE_LRS, "LR", "learning rates"),
+        ("init_std", PHASE_STDS, "STD", "conv init stddevs"),
+    ):  # the grid's axes, each checked by its setting's rules
+        p.add_argument(
+            f"--phase-{setting.replace('_', '-')}",
+            type=setting_type(field_named(setting)),
+            nargs="+",
+            default=list(values),
+            metavar=metavar,
+            help=f"{meaning} of the phase diagram (default: %(default)s)",
+        )
 
 
 def phase_grid(args: argparse.Namespace):

@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lenet.data import load_split
+    from lenet.tensorboard import run_log
     from lenet.train import resolve_device, train
 
     planned = plan_run(args)
@@ -66,18 +67,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"run saved in {out}", file=sys.stderr)
     return 0
-
-
-def run_log(folder: Path | None):
-    """The run's TensorBoard log when --tensorboard is given (made before training: a missing package
-    stops the command at once)."""
-    from contextlib import nullcontext
-
-    if folder is None:
-        return nullcontext()
-    from lenet.tensorboard import TensorBoardLog
-
-    return TensorBoardLog(folder)
 
 
 def plan_run(args: argparse.Namespace):

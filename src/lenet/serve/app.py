@@ -47,13 +47,12 @@ from lenet.predict import (
     ImageError,
     decode,
     load_predictor,
-    one_line,
     open_image,
     preprocess,
     preprocess_pixels,
 )
+from lenet.runs import one_line
 from lenet.serve import ServeError
-from lenet.serve.live import add_live
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -273,6 +272,8 @@ def create_app(
         if image.width * image.height <= INLINE_PIXELS:
             return answer(work(predictor, read))
         return answer(await anyio.to_thread.run_sync(work, predictor, read, limiter=decoders()))
+
+    from lenet.serve.live import add_live  # here: live.py takes fail/rounded/Predictor from this module
 
     add_live(app, runs_dir)  # the training page, /train, and its API (lenet.serve.live); runs go in runs_dir
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

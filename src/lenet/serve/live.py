@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from lenet.config import ConfigError, TrainConfig, field_named
+from lenet.config import ConfigError, TrainConfig, field_named, parse_value
 from lenet.data import Split, load_split
 from lenet.model import LeNet
 from lenet.recipe import lr_at, preset_names, recipe_config
 from lenet.runs import RunDir, RunError, dumps, one_line, read_jsonl
+from lenet.serve.app import fail, rounded
 from lenet.train import LrRequest
 
 STATIC = Path(__file__).parent / "static"
@@ -53,14 +54,6 @@ DIGITS_SECONDS = 0.5  # the digits read with the current weights at most twice a
 
 class Stopped(Exception):
     """The page asked the run to stop; its folder keeps the last finished epoch's checkpoint."""
-
-
-def fail(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
-
-
-def rounded(t: torch.Tensor, places: int = 3) -> list:
-    return t.double().mul(10**places).round().div(10**places).tolist()
 
 
 class LiveRun:
@@ -377,8 +370,9 @@ def plan(live: Live, body: Any) -> list[tuple[str, str, TrainConfig, bool]]:
 
 
 def checked(cfg: TrainConfig, lr: Any) -> TrainConfig:
+    """`cfg` with another lr, by config.py's rules (text as the CLI parses it)."""
     if isinstance(lr, str):
-        lr = float(lr) if re.fullmatch(r"[-+0-9.eE]+", lr) else lr
+        lr = parse_value(field_named("lr"), lr.strip())
     return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr})
 
 
