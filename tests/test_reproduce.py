@@ -1,3 +1,4 @@
+import json
 import re
 
 from lenet.cli import main
@@ -15,6 +16,7 @@ from lenet.reproduce import (
     verdict_b,
     verdict_c,
 )
+from lenet.runs import read_jsonl
 from lenet.sweep import RunResult, RunSpec, summarise
 
 
@@ -150,6 +152,12 @@ def test_reproduce_smoke_run_writes_a_self_contained_report(tmp_path, capsys):
     assert len(list((out / "phase" / "runs").iterdir())) == 1  # lr 0.01 is the seed protocol's run
     assert not re.search(r"""src=["'](?!data:)""", page), "the page must not load anything from outside"
     assert len(list((out / "runs").iterdir())) == 14
+    longer = sorted((out / "runs").glob("*epochs2-seed*"))  # the 2-epoch init-std runs began at epoch 2
+    assert len(longer) == 4
+    for run in longer:
+        short = out / "runs" / run.name.replace("epochs2", "epochs1")
+        assert json.loads((run / "config.json").read_text())["started_from"] == str(short)
+        assert read_jsonl(run / "metrics.jsonl")[:1] == read_jsonl(short / "metrics.jsonl")
     steps = {p.name.split("-")[0] for p in (out / "ablation" / "runs").iterdir()}
     assert "step0" not in steps and len(steps) >= 5  # the seed recipe's runs are the seed protocol's
 

@@ -247,3 +247,77 @@ def test_an_lr_set_by_hand_applies_from_the_next_epoch_and_survives_a_resume(
 def test_a_recipe_refuses_an_lr_set_by_hand(small_split):
     with pytest.raises(ConfigError, match="plain-SGD runs only"):
         train(TrainConfig(epochs=1, optimizer="adamw"), small_split, lr_request=LrRequest())
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_a_longer_run_takes_over_a_shorter_runs_epochs_bit_for_bit(small_split, tmp_path):
+    """Plain SGD at a constant lr: a 2-epoch run's epochs are a 4-epoch run's first two, so a 4-epoch run
+    started from it equals one trained from epoch 1 (weights, metrics, test line) and says where it began."""
+    cfg = TrainConfig(epochs=4, seed=3)
+    train(TrainConfig(epochs=2, seed=3), small_split, tmp_path / "short", log=lambda line: None)
+    lines: list[str] = []
+    warm = train(cfg, small_split, tmp_path / "warm", log=lines.append, start_from=tmp_path / "short")
+    cold_lines: list[str] = []
+    cold = train(cfg, small_split, tmp_path / "cold", log=cold_lines.append)
+    assert without_seconds(warm.rows) == without_seconds(cold.rows)
+    assert read_jsonl(tmp_path / "warm" / "metrics.jsonl") == warm.rows
+    for k, v in warm.model.state_dict().items():
+        assert torch.equal(v, cold.model.state_dict()[k]), k
+    assert lines[0] == f"starting from {tmp_path / 'short'}: its 2 epochs are this run's first 2 (plain SGD)"
+    assert [x.split(" | ")[0] for x in lines[1:]] == [x.split(" | ")[0] for x in cold_lines]
+    record = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert record["started_from"] == str(tmp_path / "short") and "started_from" not in json.loads(
+        (tmp_path / "cold" / "config.json").read_text()
+    )
+    # resumed (here: after it finished), the run keeps the record of where it started
+    train(cfg, small_split, tmp_path / "warm", log=lambda line: None, resume=True, start_from=tmp_path / "x")
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["started_from"] == str(
+        tmp_path / "short"
+    )
+
+
+@pytest.mark.parametrize(
+    "source, cfg, why",
+    [
+        (TrainConfig(epochs=1, seed=4, lr=0.02), TrainConfig(epochs=2, seed=4), "its settings differ (lr)"),
+        (TrainConfig(epochs=2, seed=4), TrainConfig(epochs=2, seed=4), "it has 2 epochs, not fewer than 2"),
+        (None, TrainConfig(epochs=2, seed=4), "it holds no finished run"),
+        (
+            TrainConfig(epochs=1, seed=4, optimizer="adamw"),
+            TrainConfig(epochs=2, seed=4, optimizer="adamw"),
+            "only plain-SGD runs take over epochs (this one has adamw)",
+        ),
+    ],
+)
+def test_a_shorter_run_that_cannot_be_taken_over_is_said_and_not_used(
+    small_split, tmp_path, source, cfg, why
+):
+    if source is not None:
+        train(source, small_split, tmp_path / "short", log=lambda line: None)
+    lines: list[str] = []
+    warm = train(cfg, small_split, tmp_path / "warm", log=lines.append, start_from=tmp_path / "short")
+    assert lines[0] == f"not starting from {tmp_path / 'short'}: {why}; training from epoch 1"
+    cold = train(cfg, small_split, tmp_path / "cold", log=lambda line: None)
+    assert without_seconds(warm.rows) == without_seconds(cold.rows)
+    assert "started_from" not in json.loads((tmp_path / "warm" / "config.json").read_text())
+
+
+def test_a_shorter_run_whose_lr_was_changed_by_hand_is_not_taken_over(small_split, tmp_path):
+    request = LrRequest()
+    request.ask(0.02)  # taken at epoch 1's start: the source's lr changes
+    train(
+        TrainConfig(epochs=1, seed=4),
+        small_split,
+        tmp_path / "short",
+        log=lambda line: None,
+        lr_request=request,
+    )
+    lines: list[str] = []
+    cfg = TrainConfig(epochs=2, seed=4)
+    warm = train(cfg, small_split, tmp_path / "warm", log=lines.append, start_from=tmp_path / "short")
+    assert lines[0].endswith("its lr was changed by hand; training from epoch 1")
+    cold = train(cfg, small_split, tmp_path / "cold", log=lambda line: None)  # its weights were put back
+    assert without_seconds(warm.rows) == without_seconds(cold.rows)

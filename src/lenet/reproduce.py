@@ -83,13 +83,15 @@ def reproduce_specs(
     out: Path, seeds: list[int], long_epochs: int, epochs: int = 20, device: str = "auto"
 ) -> dict[str, list[RunSpec]]:
     varied = ["lr", "init_std", "epochs"]
-    return {
-        name: [
-            RunSpec(s, out / "runs" / run_dir_name(s, varied))
-            for s in (replace(cfg, seed=k, device=device) for k in seeds)
-        ]
-        for name, cfg in experiments(long_epochs, epochs).items()
-    }
+    folder = {}  # a longer run starts where the run of its settings with `epochs` ended (`train.warm_start`)
+    specs = {}
+    for name, cfg in experiments(long_epochs, epochs).items():
+        specs[name] = []
+        for s in (replace(cfg, seed=k, device=device) for k in seeds):
+            short = folder.get(replace(s, epochs=epochs)) if s.epochs > epochs else None
+            specs[name].append(RunSpec(s, out / "runs" / run_dir_name(s, varied), short))
+            folder[s] = specs[name][-1].out
+    return specs
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def varied_settings(cfgs: list[TrainConfig]) -> list[str]:
 class RunSpec:
     config: TrainConfig
     out: Path
+    start_from: Path | None = None  # a shorter run of the same settings to take the first epochs from
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,12 @@ def _worker_init(threads: int) -> None:
 
 
 def _train_in_worker(
-    config: dict[str, Any], out: str, data_dir: str | None, command: str | None, tensorboard: str | None
+    config: dict[str, Any],
+    out: str,
+    data_dir: str | None,
+    command: str | None,
+    tensorboard: str | None,
+    start_from: str | None = None,
 ) -> None:
     from lenet.data import load_split
     from lenet.tensorboard import run_log
@@ -209,7 +215,8 @@ def _train_in_worker(
     if key not in _worker_splits:
         _worker_splits[key] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
     with run_log(tensorboard, Path(out)) as tb:
-        train(cfg, _worker_splits[key], Path(out), run_logger(Path(out)), True, command, on_epoch=tb)
+        log, start = run_logger(Path(out)), None if start_from is None else Path(start_from)
+        train(cfg, _worker_splits[key], Path(out), log, True, command, on_epoch=tb, start_from=start)
 
 
 class LocalRunner:
@@ -270,7 +277,8 @@ class LocalRunner:
         for i in todo:
             cfg, out = specs[i].config, specs[i].out
             with run_log(self.tensorboard, out) as tb:
-                train(cfg, self.split(cfg), out, run_logger(out, on_epoch), True, self.command, on_epoch=tb)
+                log, start = run_logger(out, on_epoch), specs[i].start_from
+                train(cfg, self.split(cfg), out, log, True, self.command, on_epoch=tb, start_from=start)
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
@@ -321,6 +329,7 @@ class LocalRunner:
                     data_dir,
                     self.command,
                     None if self.tensorboard is None else str(self.tensorboard),
+                    None if specs[i].start_from is None else str(specs[i].start_from),
                 ): i
                 for i in todo
             }

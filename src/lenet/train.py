@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,19 +22,32 @@ import torch
 from tqdm import tqdm
 
 from lenet.atomic import write_json, write_jsonl
-from lenet.config import ConfigError, TrainConfig
+from lenet.config import PLACEMENT, ConfigError, TrainConfig
 from lenet.data import Split, epoch_batches
+from lenet.dead import dead_sgd_epoch
 from lenet.engines import Engine, select_engine
 from lenet.engines.torch_engine import evaluate
-from lenet.model import LeNet, count_parameters, make_model
+from lenet.model import SHAPE, LeNet, count_parameters, make_model
 from lenet.recipe import Ema, epoch_augmentation, evaluate_tta, lr_at, make_optimizer
-from lenet.runs import RunDir, RunError, load_checkpoint, locked, provenance, save_checkpoint, save_model
+from lenet.runs import (
+    RunDir,
+    RunError,
+    load_checkpoint,
+    locked,
+    one_line,
+    provenance,
+    save_checkpoint,
+    save_model,
+)
 
 OnEpoch = Callable[[dict, LeNet], None]  # an observer of finished epochs: (metrics row, evaluated model)
 # an observer of training steps: (0-based epoch, steps done in it, steps just taken, their summed loss)
 OnSteps = Callable[[int, int, int, torch.Tensor], None]
 Advance = Callable[[int, torch.Tensor], None]  # (steps just taken, their summed loss)
 PROGRESS_CHUNK = 50  # steps per engine call: the progress bar's granularity
+# A dead network's plain-SGD epochs (`lenet.dead`) are computed from the batches' labels alone: the same
+# lines and rows as the engine's to float tolerance (tests/test_dead.py), for a fraction of the work.
+SKIP_DEAD_WORK = True
 
 
 class DeviceError(Exception):
@@ -132,29 +145,89 @@ def start_run(
     resume: bool,
     log: Callable[[str], None],
     command: str | None = None,
+    start_from: Path | None = None,
 ) -> int:
     """Write config.json; with `resume`, restore the last checkpoint into `state`. Returns finished epochs.
 
     A checkpoint that is garbled or was made with other settings than `cfg` is refused (RunError) before
-    anything in the folder is written."""
+    anything in the folder is written. A new run with `start_from` begins where that shorter run of the
+    same settings ended, when it can (`warm_start`)."""
     if run is None:
         return 0
     if not resume and run.config.exists():
         raise RunError(f"{run.path} already holds a run; pick another folder, or resume it")
-    start_epoch = 0
-    if resume and run.checkpoint.exists():
+    start_epoch, started = 0, {}
+    if start_from is not None and not (resume and run.checkpoint.exists()):
+        start_epoch = warm_start(cfg, RunDir(start_from), state, log)
+        started = {"started_from": str(start_from)} if start_epoch else {}
+    elif resume and run.checkpoint.exists():
         ema = state.ema.model if state.ema else None
         start_epoch, state.rows, state.lr_changes = load_checkpoint(
             run.checkpoint, state.model, state.optimizer, ema, cfg
         )
         log(f"resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
+        started = {k: v for k, v in previous_record(run).items() if k == "started_from"}  # kept
     device = next(state.model.parameters()).device
     changes = {"lr_changes": state.lr_changes} if state.lr_changes else {}  # never mistaken for its preset
-    write_json(
-        run.config, {"config": cfg.to_dict(), **provenance(device, engine), "command": command, **changes}
-    )
+    record = {"config": cfg.to_dict(), **provenance(device, engine), "command": command, **changes}
+    write_json(run.config, {**record, **started})
     write_jsonl(run.metrics, state.rows)  # drop rows of an epoch whose checkpoint was never written
     return start_epoch
+
+
+def warm_start(cfg: TrainConfig, source: RunDir, state: State, log: Callable[[str], None]) -> int:
+    """Begin a plain-SGD run at a constant lr where `source`, a finished shorter run of the same settings,
+    ended: its epochs are exactly this run's first ones (the batch order depends on seed and epoch only),
+    so they are not trained again. Returns the epochs taken over (0: it cannot be used, said in one line).
+    """
+    why = None
+    try:
+        stored = previous_record(source).get("config") if source.result.is_file() else None
+        if not isinstance(stored, dict) or not isinstance(stored.get("epochs"), int):
+            why = "it holds no finished run"
+        elif differ := [
+            k for k, v in cfg.to_dict().items() if k not in ("epochs", *PLACEMENT) and stored.get(k) != v
+        ]:
+            why = f"its settings differ ({', '.join(differ)})"
+        elif cfg.step_extras():
+            why = f"only plain-SGD runs take over epochs (this one has {', '.join(cfg.step_extras())})"
+        elif not 1 <= stored["epochs"] < cfg.epochs:
+            why = f"it has {stored['epochs']} epochs, not fewer than {cfg.epochs}"
+        else:
+            shorter = replace(cfg, epochs=stored["epochs"])
+            epoch, rows, changes = load_checkpoint(source.checkpoint, state.model, None, None, shorter)
+            if changes:
+                why = "its lr was changed by hand"
+            elif epoch != shorter.epochs:
+                why = f"it stopped after epoch {epoch} of {shorter.epochs}"
+    except (RunError, OSError, ValueError) as e:
+        why = one_line(e)
+    if why is not None:
+        state.model.load_state_dict(make_model(cfg).state_dict())  # nothing of the source is kept
+        log(f"not starting from {source.path}: {why}; training from epoch 1")
+        return 0
+    state.rows = rows
+    log(f"starting from {source.path}: its {epoch} epochs are this run's first {epoch} (plain SGD)")
+    for row in rows:
+        log(row_line(row))
+    return epoch
+
+
+def previous_record(run: RunDir) -> dict:
+    """A run's config.json as it was, or {} where it is missing or is no JSON object."""
+    try:
+        record = json.loads(run.config.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def row_line(row: dict) -> str:
+    """The log line of a finished epoch, from its metrics row."""
+    extra = (
+        f"val loss {row['val_loss']:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {row['seconds']:.2f} s"
+    )
+    return epoch_line(row["epoch"], row["train_loss"], row["lr"], extra)
 
 
 def end_epoch(
@@ -180,8 +253,7 @@ def end_epoch(
         **death_check(state, split),
     }
     state.rows.append(row)
-    extra = f"val loss {val_loss:.4f}, val acc {100 * row['val_accuracy']:.2f}%, {seconds:.2f} s"
-    log(epoch_line(epoch, train_loss, lr, extra))
+    log(row_line(row))
     if run is not None:
         ema = state.ema.model if state.ema else None
         save_checkpoint(
@@ -233,7 +305,10 @@ def death_check(state: State, split: Split) -> dict:
     """
     last = state.rows[-1] if state.rows else {}
     if state.optimizer is None and last.get("dead"):
-        return {"dead": True, "dead_units": last["dead_units"]}
+        units = dict(last["dead_units"])
+        if units["conv1"] == SHAPE.conv1:  # conv2 reads zeros: channel c is relu(its bias) everywhere
+            units["conv2"] = int((state.model.conv2.bias <= 0).sum())
+        return {"dead": True, "dead_units": units}
     units, state.alive_chunk = dead_units(state.model, split.train_x, start=state.alive_chunk)
     return {"dead": False} if units is None else {"dead": True, "dead_units": units}
 
@@ -279,6 +354,7 @@ def train(
     on_steps: OnSteps | None = None,
     on_start: Callable[[LeNet], None] | None = None,
     lr_request: LrRequest | None = None,
+    start_from: Path | None = None,
 ) -> TrainResult:
     """Train one model with `cfg` on `split`; with `out`, keep the run directory (and resume from it).
 
@@ -287,13 +363,15 @@ def train(
     `on_steps` of every engine call within an epoch (a live view; it may block to pause, or raise to stop);
     `on_start` gets the model being trained once, before its first step (a live view reads its weights);
     `lr_request` carries an lr set by hand (plain SGD only), taken from the next epoch on (`epoch_lr`).
+    `start_from`: a finished shorter run of the same settings whose epochs a new plain-SGD run takes over
+    instead of training them again (`warm_start`; it trains from epoch 1 where it cannot).
     """
     if lr_request is not None and cfg.step_extras():
         raise ConfigError("the lr can be changed by hand in plain-SGD runs only (a recipe schedules its own)")
     hooks = Hooks(on_start, on_steps, on_epoch, lr_request)
     run = RunDir(out) if out is not None else None
     with locked(run) if run is not None else nullcontext():  # one process per run folder
-        return train_locked(cfg, split, run, log, resume, command, hooks)
+        return train_locked(cfg, split, run, log, resume, command, hooks, start_from)
 
 
 @dataclass(frozen=True)
@@ -314,12 +392,13 @@ def train_locked(
     resume: bool,
     command: str | None,
     hooks: Hooks,
+    start_from: Path | None = None,
 ) -> TrainResult:
     """`train`, once the run folder (if any) is locked."""
     device = split.train_x.device
     engine = select_engine(cfg, device)
     state = new_state(cfg, device)
-    start_epoch = start_run(cfg, run, state, engine.name, resume, log, command)
+    start_epoch = start_run(cfg, run, state, engine.name, resume, log, command, start_from)
     if hooks.on_start is not None:
         hooks.on_start(state.model)
     for epoch in range(start_epoch, cfg.epochs):
@@ -329,7 +408,14 @@ def train_locked(
             advance = stepper(bar, epoch, hooks.on_steps)
             if state.optimizer is None:  # the original's plain SGD: whole steps on the engine
                 lr = epoch_lr(cfg, epoch, state, run, hooks.lr_request)
-                total = sgd_epoch(engine, state.model, lr, split, batches, advance)
+                if (
+                    SKIP_DEAD_WORK and state.rows and state.rows[-1].get("dead")
+                ):  # the input no longer matters
+                    total = dead_sgd_epoch(
+                        state.model, lr, split, batches, state.rows[-1]["dead_units"], advance
+                    )
+                else:
+                    total = sgd_epoch(engine, state.model, lr, split, batches, advance)
             else:
                 total, lr = recipe_epoch(cfg, engine, state, split, batches, epoch, advance)
         train_loss = total.item() / len(batches)  # the epoch's one host sync
