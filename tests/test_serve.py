@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -315,17 +317,21 @@ def test_lenet_serve_binds_loopback_and_import_stays_light(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    lenet = [sys.executable, "-m", "lenet.cli", "serve"]
+    lenet = [sys.executable, "-X", "faulthandler", "-m", "lenet.cli", "serve"]
     proc = subprocess.Popen([*lenet, "--port", str(port), "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        for _ in range(1200):
+        deadline = time.monotonic() + 120  # two workers each import torch: slow on a busy machine
+        while True:
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
                 break
             except httpx.TransportError:
                 if proc.poll() is not None:
                     pytest.fail(f"lenet serve exited: {proc.stdout.read()}")
+                if time.monotonic() > deadline:  # where it hangs: faulthandler prints every thread's stack
+                    os.kill(proc.pid, signal.SIGABRT)
+                    pytest.fail(f"lenet serve did not answer /healthz within 120 s: {proc.communicate()[0]}")
                 time.sleep(0.05)
         assert r.json() == {"status": "ok"}
         assert httpx.get(f"http://127.0.0.1:{port}/api/model").json()["parameters"] == 3246

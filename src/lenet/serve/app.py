@@ -217,6 +217,14 @@ def recipe_description(config: dict[str, Any]) -> str | None:
         return None
 
 
+def checked_type(kind: str, body: bytes) -> bytes:
+    """`body`, if its content type is one /api/predict reads (an image or JSON); else a 415."""
+    if not (kind.startswith(IMAGE_TYPES) or kind == "application/json" or kind.endswith("+json")):
+        raise fail(415, f"content type {kind or '(none)'!r}; send multipart/form-data, image/png "
+                        "(or another image/* type) or application/json")  # fmt: skip
+    return body
+
+
 def create_app(
     model: Path | str | None = None, hosts: list[str] | None = None, runs_dir: Path | str | None = None
 ) -> FastAPI:
@@ -255,11 +263,9 @@ def create_app(
     async def predict(request: Request) -> Response:
         body = await read_body(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            body = await uploaded_file(request, body)
-        elif not (kind.startswith(IMAGE_TYPES) or kind == "application/json" or kind.endswith("+json")):
-            raise fail(415, f"content type {kind or '(none)'!r}; send multipart/form-data, image/png "
-                            "(or another image/* type) or application/json")  # fmt: skip
+        body = (
+            await uploaded_file(request, body) if kind == "multipart/form-data" else checked_type(kind, body)
+        )
         if not body:
             raise fail(400, "empty body")
         if kind == "application/json" or kind.endswith("+json"):
