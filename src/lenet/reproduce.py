@@ -32,7 +32,16 @@ from lenet.report import (
     save_figure,
     write_tables,
 )
-from lenet.stats import MATCH_P, death_epoch, mean_text, place, proportion_text, recorded_deaths
+from lenet.stats import (
+    MATCH_P,
+    NON_NEGATIVE,
+    PERCENT,
+    death_epoch,
+    mean_text,
+    place,
+    proportion_text,
+    recorded_deaths,
+)
 from lenet.sweep import CHANCE_LOSS, Runner, RunResult, RunSpec, is_stalled, run_dir_name, summarise
 
 # The original's one run (SPEC.md): epoch 1..20 average losses and the test result.
@@ -471,10 +480,11 @@ def seed_section(seed_runs: list[RunResult], table: list[dict], accuracy_plot: P
             f"The original: test accuracy {ORIGINAL_TEST['accuracy']:.2f}% "
             f"({ORIGINAL_TEST['correct']}/10000), "
             f"test loss {ORIGINAL_TEST['loss']}, final training loss {ORIGINAL_LOSSES[-1]}.",
-            f"Ours over {len(seed_acc)} seeds: test accuracy mean [95% CI] {mean_text(seed_acc)}%, median "
-            f"{statistics.median(seed_acc):.2f}%, min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}%"
+            f"Ours over {len(seed_acc)} seeds: test accuracy mean [95% CI] "
+            f"{mean_text(seed_acc, bounds=PERCENT)}%, median {statistics.median(seed_acc):.2f}%, "
+            f"min {min(seed_acc):.2f}%, max {max(seed_acc):.2f}%"
             + (f" ({listed(seed_acc, 2)})" if len(seed_acc) <= LISTED else "")
-            + f"; final training loss mean [95% CI] {mean_text(seed_loss, 4)}.",
+            + f"; final training loss mean [95% CI] {mean_text(seed_loss, 4, NON_NEGATIVE)}.",
             MATCH_RULE,
             f"Where the original falls among ours: its test accuracy {ORIGINAL_TEST['accuracy']:.2f}% is at "
             f"percentile {acc.percentile:.0f} ({acc.below} of {acc.n} of ours below it), "

@@ -391,11 +391,11 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
 
 def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
     """95% intervals: t for the mean test accuracy and final loss, Wilson for the share of stalled runs."""
-    from lenet.stats import mean_interval, wilson
+    from lenet.stats import NON_NEGATIVE, mean_interval, wilson
 
     stalled_low, stalled_high = wilson(sum(is_stalled(x) for x in losses), len(losses))
-    acc_low, acc_high = mean_interval(accs)
-    loss_low, loss_high = mean_interval(losses)
+    acc_low, acc_high = mean_interval(accs, bounds=(0.0, 1.0))
+    loss_low, loss_high = mean_interval(losses, bounds=NON_NEGATIVE)
     return {
         **{"test_acc_ci_low": acc_low, "test_acc_ci_high": acc_high},
         **{"final_loss_ci_low": loss_low, "final_loss_ci_high": loss_high},
