@@ -18,7 +18,8 @@ TABLE_COLUMNS = (
     "death_epoch_median",
 )
 TABLE_NOTE = (
-    "Brackets: 95% intervals (Student's t for a mean, Wilson's for a share of runs). Stalled: the last "
+    "Brackets: 95% intervals (Student's t for a mean, cut at the range it can take; Wilson's for a share "
+    "of runs). Stalled: the last "
     "epoch's loss within 0.05 of ln 10 = 2.303 (chance). Died: every conv1 or every conv2 channel zero on "
     "every training image, so the output no longer depends on the input (median epoch it happened)."
 )

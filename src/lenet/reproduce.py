@@ -32,6 +32,7 @@ from lenet.report import (
     save_figure,
     write_tables,
 )
+from lenet.runs import cpu_name
 from lenet.stats import (
     MATCH_P,
     NON_NEGATIVE,
@@ -444,11 +445,14 @@ def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: 
             f"Seeds: {seed_text(seeds)} (n = {len(seeds)} per configuration). "
             f"Wall time of this invocation: {wall:.0f} s (runs already finished are reused); training "
             f"time summed over all runs: {train_seconds:.0f} s.",
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
-            f"{platform.python_version()}; torch {torch_version()}; lenet {lenet_version()}.",
+            f"Machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} cores, {platform.platform()}; "
+            f"Python {platform.python_version()}; torch {torch_version()}; lenet {lenet_version()}.",
             f"Protocol: the original's (docs/SPEC.md): plain SGD, batch 100, {epochs} epochs, conv init "
             "N(0, 0.1), fc init N(0, 1.0), validation = the first 5,000 training images. "
-            "Each run is a run directory under `runs/`.",
+            "Each run is a run directory under `runs/`. A longer run of claim C begins where the run of "
+            f"its settings with {epochs} epochs ended (plain SGD at a constant lr: the same run up to "
+            "there), and a dead network's epochs are computed from its batches' labels (`lenet.dead`), "
+            "equal to training them to float rounding.",
         ],
     )
 
