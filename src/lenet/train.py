@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from lenet.atomic import write_json, write_jsonl
@@ -287,9 +288,14 @@ def dead_units(
     seen: dict[str, torch.Tensor] = {}
     for k in range(len(chunks)):
         i = (start + k) % len(chunks)
-        maps = model.features(chunks[i])
-        for name in ("conv1", "conv2"):
-            positive = (maps[name] > 0).any(dim=(0, 2, 3))  # (channels,)
+        conv1 = F.relu(model.conv1(chunks[i]))
+        fired = {"conv1": (conv1 > 0).any(dim=(0, 2, 3))}  # (channels,)
+        if fired["conv1"].any():
+            conv2 = F.relu(model.conv2(F.max_pool2d(conv1, SHAPE.pool)))
+            fired["conv2"] = (conv2 > 0).any(dim=(0, 2, 3))
+        else:  # conv2 reads zeros here: each channel is relu(its bias) everywhere (a third of the work)
+            fired["conv2"] = model.conv2.bias > 0
+        for name, positive in fired.items():
             seen[name] = positive | seen[name] if name in seen else positive
         if all(bool(s.any()) for s in seen.values()):
             return None, i
