@@ -158,6 +158,9 @@ def test_reproduce_smoke_run_writes_a_self_contained_report(tmp_path, capsys):
         short = out / "runs" / run.name.replace("epochs2", "epochs1")
         assert json.loads((run / "config.json").read_text())["started_from"] == str(short)
         assert read_jsonl(run / "metrics.jsonl")[:1] == read_jsonl(short / "metrics.jsonl")
+    rows = [r for f in out.glob("**/metrics.jsonl") for r in read_jsonl(f)]
+    own = sum(r["seconds"] for r in rows) - sum(read_jsonl(r / "metrics.jsonl")[0]["seconds"] for r in longer)
+    assert f"training time summed over all runs: {own:.0f} s." in md  # the rows taken over counted once
     steps = {p.name.split("-")[0] for p in (out / "ablation" / "runs").iterdir()}
     assert "step0" not in steps and len(steps) >= 5  # the seed recipe's runs are the seed protocol's
 

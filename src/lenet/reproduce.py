@@ -32,7 +32,7 @@ from lenet.report import (
     save_figure,
     write_tables,
 )
-from lenet.runs import cpu_name
+from lenet.runs import RunDir, cpu_name, read_jsonl
 from lenet.stats import (
     MATCH_P,
     NON_NEGATIVE,
@@ -44,6 +44,7 @@ from lenet.stats import (
     recorded_deaths,
 )
 from lenet.sweep import CHANCE_LOSS, Runner, RunResult, RunSpec, is_stalled, run_dir_name, summarise
+from lenet.train import previous_record
 
 # The original's one run (SPEC.md): epoch 1..20 average losses and the test result.
 ORIGINAL_LOSSES = (
@@ -437,7 +438,7 @@ def claim_plots(res: dict[str, list[RunResult]], long_runs: dict, images: Path) 
 
 
 def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: list[RunResult]) -> Section:
-    train_seconds = sum(r.summary["train_seconds"] for r in results)
+    train_seconds = sum(own_seconds(r) for r in results)
     return Section(
         "How this was made",
         [
@@ -455,6 +456,16 @@ def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: 
             "equal to training them to float rounding.",
         ],
     )
+
+
+def own_seconds(r: RunResult) -> float:
+    """The training seconds of a run's own epochs: a run that began where a shorter one ended
+    (`started_from` in its config.json) holds that run's rows too, which are counted there."""
+    record = previous_record(RunDir(r.spec.out))
+    taken = 0
+    if isinstance(record.get("started_from"), str):
+        taken = len(read_jsonl(RunDir(Path(record["started_from"])).metrics))
+    return sum(row["seconds"] for row in r.rows[taken:])
 
 
 def seed_text(seeds: list[int]) -> str:
