@@ -191,3 +191,11 @@ def test_a_report_of_many_seeds_summarises_instead_of_listing(tmp_path):
     assert "lr 0.1: died in 6 of 12 (50%, 95% CI 25-75%), after epoch 2" in md
     assert "Of its 6 stalled runs, 6 died (every stalled run is a dead one)." in md
     assert "| 0.2 | 0.1 | 12 | 6 of 12 (50%, 95% CI 25-75%) | 6 of 12 | 2 | 6 of 6 |" in md
+
+
+def test_summary_intervals_are_in_percent_and_cut_at_100():
+    """Accuracies in % get a t interval cut at 100%, never at 1 (a fraction's bound)."""
+    steady = summarise([result([1.0, 0.5], k, acc=0.95 + 0.001 * k) for k in range(5)])[0]
+    assert 95.0 < steady["test_acc_ci_low"] < steady["test_acc_mean"] < steady["test_acc_ci_high"] < 95.5
+    split = summarise([result([1.0, 0.5], k, acc=0.1 if k % 2 else 0.97) for k in range(5)])[0]
+    assert split["test_acc_ci_high"] == 100.0 and split["test_acc_ci_low"] > 0

@@ -461,10 +461,10 @@ def how_made(command: str, seeds: list[int], epochs: int, wall: float, results: 
 def own_seconds(r: RunResult) -> float:
     """The training seconds of a run's own epochs: a run that began where a shorter one ended
     (`started_from` in its config.json) holds that run's rows too, which are counted there."""
-    record = previous_record(RunDir(r.spec.out))
-    taken = 0
-    if isinstance(record.get("started_from"), str):
-        taken = len(read_jsonl(RunDir(Path(record["started_from"])).metrics))
+    record = previous_record(RunDir(r.spec.out)) if r.spec.out is not None else {}
+    if not isinstance(record.get("started_from"), str):
+        return r.summary["train_seconds"]
+    taken = len(read_jsonl(RunDir(Path(record["started_from"])).metrics))
     return sum(row["seconds"] for row in r.rows[taken:])
 
 

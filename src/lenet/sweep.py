@@ -390,11 +390,12 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
 
 
 def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
-    """95% intervals: t for the mean test accuracy and final loss, Wilson for the share of stalled runs."""
-    from lenet.stats import NON_NEGATIVE, mean_interval, wilson
+    """95% intervals: t for the mean test accuracy (`accs` in %) and final loss, each cut at its range,
+    and Wilson's for the share of stalled runs."""
+    from lenet.stats import NON_NEGATIVE, PERCENT, mean_interval, wilson
 
     stalled_low, stalled_high = wilson(sum(is_stalled(x) for x in losses), len(losses))
-    acc_low, acc_high = mean_interval(accs, bounds=(0.0, 1.0))
+    acc_low, acc_high = mean_interval(accs, bounds=PERCENT)
     loss_low, loss_high = mean_interval(losses, bounds=NON_NEGATIVE)
     return {
         **{"test_acc_ci_low": acc_low, "test_acc_ci_high": acc_high},
