@@ -144,6 +144,11 @@ class Results:
 
     def __init__(self, specs: list[RunSpec], on_result: Callable[[RunResult], None]) -> None:
         self.specs, self.on_result, self.found = specs, on_result, {}
+        from lenet.atomic import remove_stale_temps
+
+        files = ("config.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors", "result.json")
+        for spec in specs:  # what a killed runner (a driver, a worker) was writing when it died
+            remove_stale_temps(spec.out, files)
         self.todo = [i for i, spec in enumerate(specs) if not RunDir(spec.out).finished()]
         for i in range(len(specs)):
             if i not in self.todo:
