@@ -1,6 +1,6 @@
 """The training page's cost and liveliness, measured in one script on the real MNIST split.
 
-1. Throughput: `lenet.train.train` alone vs with the page's observer attached (lenet.serve.live.LiveRun's
+1. Throughput: `lenet.training.train` alone vs with the page's observer attached (lenet.serve.live.LiveRun's
    on_start, on_steps and on_epoch: loss points, weight copies, the 50 digits' top 3, dead channels), in the
    same process, alternating, `--repeats` times; images per second of training (the epochs' own seconds).
 2. The page watching: a real server (127.0.0.1, a free port) trains a run started through its API while an
@@ -26,7 +26,7 @@ from lenet.config import TrainConfig
 from lenet.data import load_split
 from lenet.serve.app import background, create_app
 from lenet.serve.live import LiveRun
-from lenet.train import train
+from lenet.training import train
 
 
 def images_per_second(rows: list[dict], images: int) -> float:

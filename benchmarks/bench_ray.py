@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lenet.sweep import LocalRunner, expand_grid, sweep_specs
+from lenet.sweeps import LocalRunner, expand_grid, sweep_specs
 
 
 def main() -> None:

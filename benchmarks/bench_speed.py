@@ -137,7 +137,7 @@ def validation_pass(split, fast: bool) -> float:
 def accuracy(seeds: int, split) -> None:
     """The full protocol for seeds 0..n-1 on both engines: test accuracy mean, sd and range."""
     from lenet.config import TrainConfig
-    from lenet.train import train
+    from lenet.training import train
 
     results: dict[str, list[float]] = {"fast": [], "torch": []}
     for seed in range(seeds):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lenet.recipe import recipe_config
-from lenet.sweep import LocalRunner, expand_grid, sweep_specs
+from lenet.sweeps import LocalRunner, expand_grid, sweep_specs
 
 
 def main() -> None:

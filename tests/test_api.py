@@ -33,8 +33,8 @@ def without_seconds(rows: list[dict]) -> list[dict]:
 def test_import_is_light_and_the_names_are_the_functions():
     code = (
         "import sys, lenet; assert 'torch' not in sys.modules, 'import lenet pulled in torch'; "
-        "from lenet.inspection import filters_figure; from lenet.sweep import expand_grid; "  # submodules
-        "import lenet.train; import lenet.reproduce; "
+        "from lenet.inspection import filters_figure; from lenet.sweeps import expand_grid; "  # submodules
+        "import lenet.training; import lenet.reproduction; "
         "assert all(callable(getattr(lenet, n)) for n in ('train', 'predict', 'sweep', 'reproduce')); "
         "assert lenet.train.__module__ == 'lenet.api' and lenet.__version__; print('ok')"
     )

@@ -200,7 +200,7 @@ def record(monkeypatch, module: str, name: str, seen: dict, value=None):
 def test_train_records_its_argv(tmp_path, monkeypatch):
     seen: dict = {}
     record(monkeypatch, "lenet.data", "load_split", {}, value=object())
-    record(monkeypatch, "lenet.train", "train", seen)
+    record(monkeypatch, "lenet.training", "train", seen)
     argv = ["train", "--epochs", "1", "--lr", "0.05", "--out", str(tmp_path / "run"), "--device", "cpu"]
     with pytest.raises(Recorded):
         main(argv)
@@ -212,13 +212,13 @@ def test_train_records_its_argv(tmp_path, monkeypatch):
     [
         (
             ["sweep", "--lr", "0.01", "0.1", "--seeds", "2", "--epochs", "1"],
-            "lenet.sweep",
+            "lenet.sweeps",
             "prepare_sweep",
             2,
         ),
         (
             ["reproduce", "--seeds", "2", "--epochs", "3", "--long-epochs", "0"],
-            "lenet.reproduce",
+            "lenet.reproduction",
             "run_reproduce",
             4,
         ),

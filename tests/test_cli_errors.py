@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import lenet.cli
 from lenet.cli import main
-from lenet.predict import DEFAULT_MODEL
+from lenet.prediction import DEFAULT_MODEL
 from lenet.runs import load_model
 
 BAD_VALUE, FAILURE = 2, 1

@@ -17,9 +17,9 @@ from lenet.dead import dead_sgd_epoch
 from lenet.engines import TorchEngine, select_engine
 from lenet.model import SHAPE, LeNet, make_model
 from lenet.runs import load_model, read_jsonl
-from lenet.train import dead_units
+from lenet.training import dead_units
 
-train_module = importlib.import_module("lenet.train")  # `lenet.train` as an attribute is the function
+train_module = importlib.import_module("lenet.training")  # `lenet.train` as an attribute is the function
 LR = 0.1
 RTOL, ATOL = 1e-5, 1e-6  # float32 engines against the float64 computation
 LOSS_RTOL = 1e-6

@@ -18,7 +18,7 @@ import lenet.model
 from lenet.cli import main
 from lenet.export import FLOOR, OPSET, SLACK, ExportError, export, export_onnx
 from lenet.model import SHAPE, LeNet, Shape
-from lenet.predict import DEFAULT_MODEL
+from lenet.prediction import DEFAULT_MODEL
 from lenet.runs import load_model
 
 

@@ -19,9 +19,9 @@ from lenet.cli import main
 from lenet.config import TrainConfig, describe
 from lenet.inspection import WRONG_SHOWN, features_figure, filters_figure, inspect_run
 from lenet.model import SHAPE, LeNet, Shape
-from lenet.predict import predict
+from lenet.prediction import predict
 from lenet.runs import load_model
-from lenet.train import evaluate, train
+from lenet.training import evaluate, train
 
 INDEX = 3
 PICTURES = ["confusion.png", "wrong.png", "filters.png", f"features-{INDEX}.png", "curves.png"]

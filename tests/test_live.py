@@ -18,7 +18,7 @@ from lenet.cli import build_parser
 from lenet.config import ConfigError, TrainConfig
 from lenet.runs import RunDir, load_model, read_jsonl
 from lenet.serve.app import background, create_app
-from lenet.train import train
+from lenet.training import train
 
 FAST = {"batch_size": 10}  # 500 steps per epoch on the small split
 KNOWN = ("batch_size", "compare_lr", "epochs", "init_std", "lr", "name", "preset", "resume", "seed")

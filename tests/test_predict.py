@@ -15,7 +15,7 @@ from PIL import Image
 
 from lenet.cli import main
 from lenet.data import Split
-from lenet.predict import (
+from lenet.prediction import (
     DEFAULT_MODEL,
     FRAME,
     MAX_FILE_PIXELS,
@@ -28,7 +28,7 @@ from lenet.predict import (
     preprocess_pixels,
 )
 from lenet.runs import RunError, load_model
-from lenet.train import evaluate
+from lenet.training import evaluate
 
 AGREEMENT_IMAGES = 1000
 

@@ -22,7 +22,7 @@ from lenet.cli import main
 from lenet.config import ConfigError
 from lenet.ray_runner import RUN_FILES, RayRunner, check_reachable
 from lenet.runs import RunDir
-from lenet.sweep import expand_grid, sweep_specs
+from lenet.sweeps import expand_grid, sweep_specs
 
 STORE = 150 * 2**20  # object store per node: MNIST's arrays are 55 MB
 SWEEP = ["--lr", "0.01", "0.1", "--seeds", "2", "--epochs", "2"]  # 4 runs x 2 epochs: one checkpoint each

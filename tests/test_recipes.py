@@ -25,7 +25,7 @@ from lenet.recipe import (
     warp,
 )
 from lenet.runs import RunDir
-from lenet.train import evaluate, train
+from lenet.training import evaluate, train
 
 
 def test_presets_load_and_validate():

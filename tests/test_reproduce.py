@@ -3,7 +3,7 @@ import re
 
 from lenet.cli import main
 from lenet.config import TrainConfig
-from lenet.reproduce import (
+from lenet.reproduction import (
     ORIGINAL_LOSSES,
     PhaseGrid,
     falls_every_epoch,
@@ -17,7 +17,7 @@ from lenet.reproduce import (
     verdict_c,
 )
 from lenet.runs import read_jsonl
-from lenet.sweep import RunResult, RunSpec, summarise
+from lenet.sweeps import RunResult, RunSpec, summarise
 
 
 def result(

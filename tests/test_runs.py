@@ -16,7 +16,7 @@ from lenet import runs
 from lenet.config import TrainConfig
 from lenet.model import SHAPE, make_model
 from lenet.runs import RunDir, RunError, load_model, locked, read_jsonl, save_model
-from lenet.train import train
+from lenet.training import train
 
 SHIPPED = runs.Path(runs.__file__).parent / "assets" / "model.safetensors"
 

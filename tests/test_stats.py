@@ -18,7 +18,7 @@ from lenet.stats import (
     recorded_deaths,
     wilson,
 )
-from lenet.train import State, dead_units, death_check
+from lenet.training import State, dead_units, death_check
 
 
 def test_wilson_interval_known_values():

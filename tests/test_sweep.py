@@ -12,7 +12,7 @@ from lenet.engines import TorchEngine
 from lenet.model import make_model
 from lenet.recipe import recipe_config
 from lenet.runs import RunError
-from lenet.sweep import (
+from lenet.sweeps import (
     CHANCE_LOSS,
     LocalRunner,
     RunResult,
@@ -24,7 +24,7 @@ from lenet.sweep import (
     prepare_sweep,
     summarise,
 )
-from lenet.train import train
+from lenet.training import train
 from lenet.vectorised import StackedModels, train_group
 
 # ---------------------------------------------------------------- grids and the stall rule

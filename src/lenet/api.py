@@ -1,9 +1,9 @@
 """lenet from Python and notebooks: train, load, predict, sweep, reproduce, load_mnist.
 
-Each function calls what the matching `lenet` command calls (`lenet.train.train`, `lenet.sweep.LocalRunner`,
-`lenet.reproduce.run_reproduce`, `lenet.predict.preprocess`, ...), so a run made here is the run the CLI
+Each function calls what the matching `lenet` command calls (`lenet.training.train`, `lenet.sweeps.LocalRunner`,
+`lenet.reproduction.run_reproduce`, `lenet.prediction.preprocess`, ...), so a run made here is the run the CLI
 makes. Quiet by default: `verbose=True` prints the original's log lines; progress bars come from
-`lenet.train.progress` (a terminal's stderr, or tqdm.auto's bar in a notebook).
+`lenet.training.progress` (a terminal's stderr, or tqdm.auto's bar in a notebook).
 
     import lenet
     run = lenet.train(epochs=5, seed=1)            # every TrainConfig setting is a keyword
@@ -32,10 +32,10 @@ import torch
 from lenet.config import ConfigError, TrainConfig, flag_name
 from lenet.data import Split
 from lenet.model import LeNet
-from lenet.predict import Prediction
-from lenet.reproduce import Verdict
+from lenet.prediction import Prediction
+from lenet.reproduction import Verdict
 from lenet.runs import RunDir
-from lenet.sweep import RunResult
+from lenet.sweeps import RunResult
 
 if TYPE_CHECKING:  # optional extras, imported where they are used
     import pandas
@@ -184,7 +184,7 @@ def load_mnist(data_dir: PathLike | None = None, dataset: str = "mnist", device:
 
     `data_dir`: default $LENET_DATA_DIR, else ~/.cache/lenet/DATASET (as `lenet data fetch`)."""
     from lenet.data import load_split
-    from lenet.train import resolve_device
+    from lenet.training import resolve_device
 
     return load_split(dataset, data_dir, resolve_device(device), fetch_missing=True, log=to_stderr)
 
@@ -195,7 +195,7 @@ def to_stderr(line: str) -> None:
 
 @contextlib.contextmanager
 def run_log(out: Path | None, verbose: bool) -> Iterator[Callable[[str], None]]:
-    """The `log` of lenet.train.train: printed when verbose, appended to out/train.log when kept."""
+    """The `log` of lenet.training.train: printed when verbose, appended to out/train.log when kept."""
     logfile = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def train(
 ) -> Run:
     """(Replaced below by a docstring generated from TrainConfig's declaration.)"""
     from lenet.recipe import recipe_config
-    from lenet.train import train as train_model
+    from lenet.training import train as train_model
 
     cfg = recipe_config(recipe, checked_settings(settings))
     folder = Path(out) if out is not None else None
@@ -275,7 +275,7 @@ def load(path: PathLike | None = None) -> Run:
 
     The history comes from the run folder's metrics.jsonl and the test result from its result.json
     when there are any (else from what the model file records)."""
-    from lenet.predict import DEFAULT_MODEL
+    from lenet.prediction import DEFAULT_MODEL
     from lenet.runs import load_model, read_jsonl
 
     model, info = load_model(DEFAULT_MODEL if path is None else path)
@@ -303,15 +303,15 @@ def load(path: PathLike | None = None) -> Run:
 def predict(image: Any, model: Any = None, *, preprocess: bool = True) -> Prediction | list[Prediction]:
     """The digit in an image: a file path, a PIL image, a numpy array or a torch tensor.
 
-    One image gives one lenet.predict.Prediction (.label, .probabilities, .top(), .line()); a batch
+    One image gives one lenet.prediction.Prediction (.label, .probabilities, .top(), .line()); a batch
     (a list of images, or an (N, H, W) / (N, 1, H, W) array) gives a list. Every image goes through
-    lenet.predict.preprocess, the one preprocessing of `lenet predict` and `lenet serve` (grayscale,
+    lenet.prediction.preprocess, the one preprocessing of `lenet predict` and `lenet serve` (grayscale,
     white on black, cropped, scaled to 20 px, centred in 28x28), unless `preprocess=False`, where arrays
     must already be in MNIST form (28x28 in [0, 1], like lenet.load_mnist()'s images).
 
     `model`: None (the shipped model), a run folder or model file, a Run, or a LeNet module.
     """
-    from lenet.predict import predict as predict_probabilities
+    from lenet.prediction import predict as predict_probabilities
 
     net = as_model(model)
     single, items = as_items(image)
@@ -323,7 +323,7 @@ def predict(image: Any, model: Any = None, *, preprocess: bool = True) -> Predic
 
 
 def as_model(model: Any) -> LeNet:
-    from lenet.predict import load_predictor
+    from lenet.prediction import load_predictor
 
     if isinstance(model, Run):
         return model.model
@@ -359,8 +359,8 @@ def as_pixels(item: Any, preprocess: bool) -> torch.Tensor:
     """One image -> the (28, 28) float32 tensor the network reads."""
     from PIL import Image
 
-    from lenet.predict import decode, load_image, preprocess_pixels
-    from lenet.predict import preprocess as mnist_form
+    from lenet.prediction import decode, load_image, preprocess_pixels
+    from lenet.prediction import preprocess as mnist_form
 
     if isinstance(item, str | os.PathLike):
         return mnist_form(load_image(item))
@@ -396,7 +396,7 @@ def sweep(
     vectorised or sequential (`lenet sweep --backend`). Example: lenet.sweep(lr=[0.01, 0.1], seeds=3)."""
     from lenet.recipe import recipe_config
     from lenet.report import write_sweep_report
-    from lenet.sweep import LocalRunner, expand_grid, prepare_sweep, summarise
+    from lenet.sweeps import LocalRunner, expand_grid, prepare_sweep, summarise
 
     values = {k: v if isinstance(v, list | tuple) else [v] for k, v in grid.items()}
     checked_settings({k: v[0] for k, v in values.items() if v})  # unknown names: the message of train()
@@ -429,9 +429,9 @@ def own_plotting() -> Iterator[None]:
 
 
 def run_with_progress(runner: Any, specs: Sequence[Any], desc: str) -> list[RunResult]:
-    """runner.run with one bar over every model-epoch still to train (lenet.train.progress)."""
-    from lenet.sweep import finished_epochs
-    from lenet.train import progress
+    """runner.run with one bar over every model-epoch still to train (lenet.training.progress)."""
+    from lenet.sweeps import finished_epochs
+    from lenet.training import progress
 
     left = [s.config.epochs - finished_epochs(s.out) for s in specs if not RunDir(s.out).finished()]
     with progress(sum(left), desc, unit="model-epoch") as bar:
@@ -456,8 +456,8 @@ def reproduce(
 
     `long_epochs`: the longer init-std runs of claim C (0 skips them); `recipes`: add the ablation to the
     improved recipe as a last section. `epochs` other than 20 only for a quick smoke run."""
-    from lenet.reproduce import plan, run_reproduce
-    from lenet.sweep import LocalRunner
+    from lenet.reproduction import plan, run_reproduce
+    from lenet.sweeps import LocalRunner
 
     folder = Path(out)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -484,7 +484,7 @@ def reproduce(
 
 @dataclass
 class BarRunner:
-    """A Runner that shows lenet.train.progress's bar over the runs it trains."""
+    """A Runner that shows lenet.training.progress's bar over the runs it trains."""
 
     runner: Any
 

@@ -31,7 +31,7 @@ COMMANDS = {
 
 
 def build_parser() -> Parser:
-    from lenet import __version__
+    from lenet.version import __version__
 
     parser = Parser(
         prog="lenet", description="Rerun, understand and use the classic LeNet-on-MNIST experiment."
@@ -73,10 +73,10 @@ def exit_status(e: Exception) -> int | None:
     from lenet.data import DataError
     from lenet.export import ExportError
     from lenet.inspection import InspectError
-    from lenet.predict import ImageError
+    from lenet.prediction import ImageError
     from lenet.runs import RunError
     from lenet.serve import ServeError
-    from lenet.train import DeviceError
+    from lenet.training import DeviceError
 
     if isinstance(e, DeviceError | InspectError):
         return 2

@@ -1,6 +1,6 @@
 """A dead network's plain-SGD epoch, computed from the batches' labels alone.
 
-A network is dead (`lenet.train.death_check`) when every conv1 channel, or every conv2 channel, is zero
+A network is dead (`lenet.training.death_check`) when every conv1 channel, or every conv2 channel, is zero
 after its ReLU at every position of every training image. Its output is then the same for every image:
 
 * Every conv1 channel dead: conv2 sees only zeros, so each conv2 channel c is its bias b2[c] at every
@@ -35,7 +35,7 @@ from lenet.data import Split
 from lenet.model import SHAPE, LeNet
 
 if TYPE_CHECKING:
-    from lenet.train import Advance
+    from lenet.training import Advance
 
 POSITIONS = SHAPE.pooled_side**2  # 16: the pooled positions of one conv2 channel, all equal here
 
@@ -123,13 +123,13 @@ def dead_sgd_epoch(
     dead_units: dict[str, int],
     advance: Advance,
 ) -> torch.Tensor:
-    """One plain-SGD epoch of a dead `model` over `batches` (steps, B), as `lenet.train.sgd_epoch` with any
+    """One plain-SGD epoch of a dead `model` over `batches` (steps, B), as `lenet.training.sgd_epoch` with any
     engine, to float tolerance: the parameters updated in place, `advance` after every PROGRESS_CHUNK steps
     with their summed loss, and the summed batch losses returned (0-d float32 on the split's device).
 
     `dead_units` is the dead row's count of dead channels per layer; the network must be dead on every
     image that `batches` indexes (ValueError if neither layer is wholly dead)."""
-    from lenet.train import PROGRESS_CHUNK  # lenet.train imports this module
+    from lenet.training import PROGRESS_CHUNK  # lenet.train imports this module
 
     device = split.train_x.device
     survivors = Survivors.read(model, dead_units)

@@ -27,7 +27,7 @@ from lenet.atomic import write_atomic, write_json, write_text
 from lenet.config import describe
 from lenet.data import load_split
 from lenet.model import SHAPE, LeNet
-from lenet.predict import predict
+from lenet.prediction import predict
 from lenet.runs import RunDir, load_model, read_jsonl
 
 if TYPE_CHECKING:

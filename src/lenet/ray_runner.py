@@ -31,7 +31,7 @@ from typing import Any
 from lenet.atomic import write_atomic
 from lenet.config import ConfigError, TrainConfig
 from lenet.runs import RunError
-from lenet.sweep import Results, RunResult, RunSpec
+from lenet.sweeps import Results, RunResult, RunSpec
 
 # The order a run directory's files land in: result.json last, so a run is finished only when whole.
 RUN_FILES = (
@@ -152,7 +152,7 @@ class RaySweep:
         self.tries: dict[int, int] = {}
 
     def run(self, todo: list[int]) -> None:
-        from lenet.sweep import finished_epochs
+        from lenet.sweeps import finished_epochs
 
         data = self.runner.ship_data(list(dict.fromkeys(self.specs[i].config.dataset for i in todo)))
         pending = {}
@@ -258,7 +258,7 @@ def train_task(
 
 
 def train_thread(cfg, split, folder: Path, events: queue.Queue, threads: int, command: str | None) -> None:
-    from lenet.train import train
+    from lenet.training import train
 
     def log(line: str) -> None:
         with open(folder / "train.log", "a") as f:

@@ -1,6 +1,6 @@
 """Recipes beyond the original: presets, optimisers, lr schedules, augmentation, weight averaging, TTA.
 
-Pure pieces only; `lenet.train.recipe_epoch` puts them together, step by step. The network stays the
+Pure pieces only; `lenet.training.recipe_epoch` puts them together, step by step. The network stays the
 seed's; only how it is trained changes. Every piece is a pure function of the config, the seed, the
 epoch and the step, so a resumed run continues bit-identically.
 """

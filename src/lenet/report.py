@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet.atomic import write_atomic, write_text
-from lenet.sweep import CHANCE_LOSS, RunResult, config_key, config_label, summarise, varied_settings
+from lenet.sweeps import CHANCE_LOSS, RunResult, config_key, config_label, summarise, varied_settings
 
 TABLE_COLUMNS = (
     *("config", "n", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_sd"),

@@ -78,7 +78,7 @@ def cpu_name() -> str:
 
 
 def provenance(device: torch.device, engine: str) -> dict[str, Any]:
-    from lenet import __version__
+    from lenet.version import __version__
 
     return {
         "lenet": __version__,

@@ -23,7 +23,7 @@ SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/val": "
 
 
 class TensorBoardLog:
-    """An `on_epoch` observer for `lenet.train.train`: writes one epoch's row and weights to `folder`."""
+    """An `on_epoch` observer for `lenet.training.train`: writes one epoch's row and weights to `folder`."""
 
     def __init__(self, folder: Path | str) -> None:
         try:

@@ -4,7 +4,7 @@ Model m's parameters are slice m of stacked tensors; its batch is channel m of t
 grouped conv (groups=M) runs all M networks and autograd keeps their gradients apart. Each model
 has its own learning rate, init scale, seed and batch order; each run ends as if trained alone (to
 float tolerance) and writes an ordinary run directory. Plain SGD only. Measured fastest on a GPU
-(docs/speed.md); `lenet.sweep.LocalRunner` uses it for `--backend vectorised`.
+(docs/speed.md); `lenet.sweeps.LocalRunner` uses it for `--backend vectorised`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lenet.data import Split, epoch_batches
 from lenet.engines.torch_engine import evaluate
 from lenet.model import SHAPE, LeNet
 from lenet.runs import RunDir
-from lenet.train import PROGRESS_CHUNK, OnEpoch, TrainResult, end_epoch, finish_run, new_state, start_run
+from lenet.training import PROGRESS_CHUNK, OnEpoch, TrainResult, end_epoch, finish_run, new_state, start_run
 
 PARAM_NAMES = tuple(SHAPE.param_shapes())  # conv1.weight, conv1.bias, conv2.weight, ... (the model's order)
 
@@ -88,14 +88,14 @@ def train_group(
     command: str | None = None,
     on_epochs: list[OnEpoch | None] | None = None,
 ) -> list[TrainResult]:
-    """Train plain-SGD runs as one group; each writes its run directory as `lenet.train.train` does.
+    """Train plain-SGD runs as one group; each writes its run directory as `lenet.training.train` does.
 
     The runs must share epochs and batch size and, when resuming, have finished the same number of epochs.
     """
     if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
         raise ValueError("a vectorised group needs one epochs and batch size")
     if any(c.step_extras() for c in cfgs):
-        raise ValueError("a vectorised group trains plain SGD only (use lenet.train.train for recipes)")
+        raise ValueError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
     device = split.train_x.device
     runs = [RunDir(o) if o is not None else None for o in outs]
     states = [new_state(c, device) for c in cfgs]

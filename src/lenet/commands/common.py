@@ -178,7 +178,7 @@ def add_runner_flags(parser: argparse.ArgumentParser, device: bool = True) -> No
 
 
 def make_runner(args: argparse.Namespace):
-    from lenet.sweep import LocalRunner
+    from lenet.sweeps import LocalRunner
 
     if args.backend == "ray":
         from lenet.ray_runner import RayRunner
@@ -196,7 +196,7 @@ def sweep_progress(specs: list, desc: str):
     """A bar over every model-epoch still to train (runs done, time left); off when stderr is not a TTY."""
     from tqdm import tqdm
 
-    from lenet.sweep import finished_epochs
+    from lenet.sweeps import finished_epochs
 
     total = sum(
         s.config.epochs - finished_epochs(s.out) for s in specs if not (s.out / "result.json").is_file()

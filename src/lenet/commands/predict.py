@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from lenet.predict import Failure, load_predictor, predict_files
+    from lenet.prediction import Failure, load_predictor, predict_files
 
     if args.save_input is not None and args.save_input.exists() and not args.save_input.is_dir():
         raise UsageError(f"--save-input {args.save_input}: is a file; give a folder (made if missing)")

@@ -77,7 +77,7 @@ def add_phase_flags(p: argparse.ArgumentParser) -> None:
 
 
 def phase_grid(args: argparse.Namespace):
-    from lenet.reproduce import PhaseGrid
+    from lenet.reproduction import PhaseGrid
 
     if not args.phase_diagram:
         return None
@@ -86,7 +86,7 @@ def phase_grid(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenet.reproduce import plan, run_reproduce
+    from lenet.reproduction import plan, run_reproduce
 
     seeds = seed_list(args)
     phase = phase_grid(args)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lenet.recipe import recipe_config
     from lenet.report import write_sweep_report
-    from lenet.sweep import expand_grid, prepare_sweep
+    from lenet.sweeps import expand_grid, prepare_sweep
 
     grid = given_settings(args)  # a --seed list is refused by expand_grid: seeds come from --seeds
     base = recipe_config(args.recipe, {})

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from lenet.data import load_split
     from lenet.tensorboard import run_log
-    from lenet.train import resolve_device, train
+    from lenet.training import resolve_device, train
 
     planned = plan_run(args)
     if planned is None:
@@ -73,7 +73,7 @@ def plan_run(args: argparse.Namespace):
     """(config, run directory) of a new run or of the one to resume; None when there is nothing to do."""
     from lenet.recipe import recipe_config
     from lenet.runs import RunDir
-    from lenet.train import default_run_dir
+    from lenet.training import default_run_dir
 
     given = given_settings(args)
     if args.resume is None:

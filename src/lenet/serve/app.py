@@ -40,10 +40,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from lenet import __version__
+from lenet.version import __version__
 from lenet.config import ConfigError, TrainConfig, describe
 from lenet.model import SHAPE, LeNet, count_parameters
-from lenet.predict import (
+from lenet.prediction import (
     ImageError,
     decode,
     load_predictor,
@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BODY_BYTES = 1_000_000  # a drawn 280x280 PNG is ~10 kB; anything near 1 MB is not a digit drawing
 # A 5 kB PNG can claim 40 megapixels, and preprocessing costs ~30 bytes of memory per pixel: the server's
-# decode budget per request is well below lenet.predict's MAX_FILE_PIXELS, judged by the same
-# lenet.predict.open_image from the header; MAX_DECODING caps how many images are decoded at once.
+# decode budget per request is well below lenet.prediction's MAX_FILE_PIXELS, judged by the same
+# lenet.prediction.open_image from the header; MAX_DECODING caps how many images are decoded at once.
 MAX_DECODE_PIXELS = 4_000_000
 MAX_DECODING = 4  # large images preprocessed at the same time; worst case ~4 x 120 MB
 # Up to this many pixels (a 280x280 drawing is 78,400) an image is read on the event loop: a hop to a

@@ -10,7 +10,7 @@
   GET  /api/train/digits   the 50 fixed test digits the page shows (base64 uint8 pixels) and their labels
   POST /api/train/predict  ?run=NAME: a prediction (same bodies as /api/predict) with that run's weights
 
-Each run trains in a background thread through `lenet.train.train`, in an ordinary run folder under the
+Each run trains in a background thread through `lenet.training.train`, in an ordinary run folder under the
 server's runs folder (so `lenet train --resume`, `lenet inspect` and `lenet export` work on it); nothing is
 written anywhere else, and a name that would leave the folder is refused. One training at a time per server
 process: one run, or a pair started together with the same seed and two learning rates.
@@ -39,7 +39,7 @@ from lenet.model import LeNet
 from lenet.recipe import lr_at, preset_names, recipe_config
 from lenet.runs import RunDir, RunError, dumps, one_line, read_jsonl
 from lenet.serve.app import fail, rounded
-from lenet.train import LrRequest
+from lenet.training import LrRequest
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS = ("lr", "init_std", "batch_size", "epochs", "seed")  # what the page's form sets
@@ -69,7 +69,7 @@ class LiveRun:
         self.stopping = False
         self.state = "starting"  # -> running <-> paused -> finished | stopped | failed
         self.version = 0
-        self.model: LeNet | None = None  # the model being trained (lenet.train's), read between steps only
+        self.model: LeNet | None = None  # the model being trained (lenet.training's), read between steps only
         self.weights: dict[str, torch.Tensor] | None = None  # a copy at the last snapshot
         self.loss: list[list[float]] = []  # [epochs done as a fraction, mean loss of the last steps]
         self.rows: list[dict] = []  # one per finished epoch
@@ -87,7 +87,7 @@ class LiveRun:
     # ---- the training thread
 
     def run(self) -> None:
-        from lenet.train import train
+        from lenet.training import train
 
         self.set_state("running")
         with open(self.out / "train.log", "a") as logfile:
@@ -147,7 +147,7 @@ class LiveRun:
 
     def on_epoch(self, row: dict, model: LeNet) -> None:
         self.snapshot(row["epoch"] - 1, self.steps)
-        # lenet.train's exact count over every training image when a whole layer died; else the digits' look
+        # lenet.training's exact count over every training image when a whole layer died; else the digits' look
         dead = row["dead_units"] if row.get("dead") else self.view["digits_dead"]
         with self.lock:
             self.rows = [*self.rows, {**row, "dead_channels": dead}]
@@ -250,7 +250,7 @@ class Live:
         return any(r.alive() for r in self.runs)
 
     def split(self, cfg: TrainConfig) -> Split:
-        from lenet.train import resolve_device
+        from lenet.training import resolve_device
 
         device = resolve_device(cfg.device)
         key = (cfg.dataset, str(device))
@@ -473,7 +473,7 @@ async def stream(live: Live, request: Request):
 
 async def predict_live(request: Request, run: LiveRun) -> Response:
     """The drawing page's answer (same body forms as /api/predict), from the run's latest weights."""
-    from lenet.predict import decode, open_image, preprocess
+    from lenet.prediction import decode, open_image, preprocess
     from lenet.serve.app import MAX_DECODE_PIXELS, Predictor, guarded, parse_pixels, read_body, work
 
     model = run.model_copy()

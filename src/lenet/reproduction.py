@@ -43,8 +43,8 @@ from lenet.stats import (
     proportion_text,
     recorded_deaths,
 )
-from lenet.sweep import CHANCE_LOSS, Runner, RunResult, RunSpec, is_stalled, run_dir_name, summarise
-from lenet.train import previous_record
+from lenet.sweeps import CHANCE_LOSS, Runner, RunResult, RunSpec, is_stalled, run_dir_name, summarise
+from lenet.training import previous_record
 
 # The original's one run (SPEC.md): epoch 1..20 average losses and the test result.
 ORIGINAL_LOSSES = (
@@ -650,6 +650,6 @@ def torch_version() -> str:
 
 
 def lenet_version() -> str:
-    from lenet import __version__
+    from lenet.version import __version__
 
     return __version__

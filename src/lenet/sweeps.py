@@ -213,7 +213,7 @@ def _train_in_worker(
 ) -> None:
     from lenet.data import load_split
     from lenet.tensorboard import run_log
-    from lenet.train import resolve_device, train
+    from lenet.training import resolve_device, train
 
     cfg = TrainConfig.from_dict(config)
     key = (cfg.dataset, cfg.device)  # the parent fetched missing files before starting the workers
@@ -249,7 +249,7 @@ class LocalRunner:
 
     def split(self, cfg: TrainConfig):
         from lenet.data import load_split
-        from lenet.train import resolve_device
+        from lenet.training import resolve_device
 
         key = (cfg.dataset, cfg.device)
         if key not in self._splits:
@@ -267,7 +267,7 @@ class LocalRunner:
         results = Results(specs, on_result)
         todo, done = results.todo, results.done
         if todo:
-            from lenet.train import resolve_device
+            from lenet.training import resolve_device
 
             backend = self.backend
             if backend == "auto":
@@ -277,7 +277,7 @@ class LocalRunner:
 
     def _run_sequential(self, specs, todo, done, on_epoch) -> None:
         from lenet.tensorboard import run_log
-        from lenet.train import train
+        from lenet.training import train
 
         for i in todo:
             cfg, out = specs[i].config, specs[i].out
@@ -410,7 +410,7 @@ def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
 
 
 def deaths(group: list[RunResult]) -> dict[str, Any]:
-    """How many runs died (lenet.train.death_check), of those whose metrics record it, and when."""
+    """How many runs died (lenet.training.death_check), of those whose metrics record it, and when."""
     from lenet.stats import death_epoch, recorded_deaths
 
     known = [r for r in group if recorded_deaths(r.rows)]
