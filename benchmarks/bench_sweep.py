@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from lenet.recipe import recipe_config
-from lenet.sweeps import LocalRunner, expand_grid, sweep_specs
+from lenet.runners.local import LocalRunner
+from lenet.sweeps import expand_grid, sweep_specs
 
 
 def main() -> None:

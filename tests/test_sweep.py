@@ -12,18 +12,9 @@ from lenet.engines import TorchEngine
 from lenet.model import make_model
 from lenet.recipe import recipe_config
 from lenet.runs import RunError
-from lenet.sweeps import (
-    CHANCE_LOSS,
-    LocalRunner,
-    RunResult,
-    RunSpec,
-    config_label,
-    expand_grid,
-    is_stalled,
-    load_result,
-    prepare_sweep,
-    summarise,
-)
+from lenet.results import CHANCE_LOSS, RunResult, RunSpec, config_label, is_stalled, load_result, summarise
+from lenet.runners.local import LocalRunner
+from lenet.sweeps import expand_grid, prepare_sweep
 from lenet.training import train
 from lenet.vectorised import StackedModels, train_group
 

@@ -3,6 +3,7 @@
 From Python (implemented in lenet.api, loaded on first use so `import lenet` stays light):
     lenet.train(**settings) -> Run     lenet.load(path) -> Run        lenet.predict(image, model=None)
     lenet.sweep(seeds, **grid) -> Sweep   lenet.reproduce(seeds) -> Report   lenet.load_mnist() -> Split
+    lenet.ablate(seeds) -> Sweep
 
 Each is the one place its job is orchestrated: the `lenet` command of the same name calls it.
 The modules behind them have other names (lenet.training, lenet.sweeps, lenet.prediction, lenet.reproduction).
@@ -15,6 +16,7 @@ __all__ = [
     "Run",
     "Sweep",
     "__version__",
+    "ablate",
     "load",
     "load_mnist",
     "predict",

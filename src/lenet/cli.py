@@ -76,7 +76,7 @@ def exit_status(e: Exception) -> int | None:
     from lenet.prediction import ImageError
     from lenet.runs import RunError
     from lenet.serve import ServeError
-    from lenet.training import DeviceError
+    from lenet.engines import DeviceError
 
     if isinstance(e, DeviceError | InspectError):
         return 2

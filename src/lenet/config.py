@@ -249,3 +249,35 @@ def describe(cfg: TrainConfig) -> str:
         parts.append(f"test-time augmentation ({cfg.tta})")
     parts += [f"seed {cfg.seed}", cfg.dataset]
     return ", ".join(parts)
+
+
+def settings_doc() -> str:
+    """Every setting with its flag, type, default, unit and meaning, from TrainConfig's declaration."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        unit = f" [{meta['unit']}]" if meta["unit"] else ""
+        bounds = [f"{'>' if meta['low_open'] else '>='} {meta['low']}"] if meta["low"] is not None else []
+        bounds += [f"<= {meta['high']}"] if meta["high"] is not None else []
+        bounds += [f"one of {', '.join(meta['choices'])}"] if meta["choices"] else []
+        rule = f"; {' and '.join(bounds)}" if bounds else ""
+        lines.append(f"    {f.name} (--{flag_name(f)}): {kind}, default {f.default!r}{unit}{rule}")
+        lines.append(f"        {meta['help']}")
+    return "\n".join(lines)
+
+
+def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword settings as the CLI would parse them: unknown names refused, an int given for a float made a
+    float (so `lr=1` is recorded as 1.0, like `--lr 1`). Values are checked when the TrainConfig is built."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    return {name: as_float(fields[name], value) for name, value in settings.items()}
+
+
+def as_float(f: dataclasses.Field, value: Any) -> Any:
+    if f.type in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

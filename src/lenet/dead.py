@@ -1,6 +1,7 @@
-"""A dead network's plain-SGD epoch, computed from the batches' labels alone.
+"""Dead networks: detecting one (`dead_units`, `death_check`) and its plain-SGD epoch, computed from the
+batches' labels alone (`dead_sgd_epoch`).
 
-A network is dead (`lenet.training.death_check`) when every conv1 channel, or every conv2 channel, is zero
+A network is dead (`death_check`) when every conv1 channel, or every conv2 channel, is zero
 after its ReLU at every position of every training image. Its output is then the same for every image:
 
 * Every conv1 channel dead: conv2 sees only zeros, so each conv2 channel c is its bias b2[c] at every
@@ -20,22 +21,20 @@ Only the 10 x 12 sums M[:, c] = sum over p of W[:, c*16 + p] enter the logits (z
 b2's gradient (dz M), and a step moves all 16 columns of a channel alike, so the state is M, b and b2,
 and fc.weight is its start minus the summed moves of each channel. It is computed in float64 (the
 engines step in float32: the two agree to float32 rounding, tests/test_dead.py) and written back as
-float32 after every PROGRESS_CHUNK steps, before the progress callback, where the engine would be.
+float32 after every STEP_CHUNK steps, before the progress callback, where the engine would be.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lenet.data import Split
+from lenet.engines import STEP_CHUNK, Advance
 from lenet.model import SHAPE, LeNet
-
-if TYPE_CHECKING:
-    from lenet.training import Advance
 
 POSITIONS = SHAPE.pooled_side**2  # 16: the pooled positions of one conv2 channel, all equal here
 
@@ -124,22 +123,76 @@ def dead_sgd_epoch(
     advance: Advance,
 ) -> torch.Tensor:
     """One plain-SGD epoch of a dead `model` over `batches` (steps, B), as `lenet.training.sgd_epoch` with any
-    engine, to float tolerance: the parameters updated in place, `advance` after every PROGRESS_CHUNK steps
+    engine, to float tolerance: the parameters updated in place, `advance` after every STEP_CHUNK steps
     with their summed loss, and the summed batch losses returned (0-d float32 on the split's device).
 
     `dead_units` is the dead row's count of dead channels per layer; the network must be dead on every
     image that `batches` indexes (ValueError if neither layer is wholly dead)."""
-    from lenet.training import PROGRESS_CHUNK  # lenet.train imports this module
-
     device = split.train_x.device
     survivors = Survivors.read(model, dead_units)
     counts = label_counts(split.train_y, batches)
     total, finite = 0.0, True
-    for start in range(0, len(counts), PROGRESS_CHUNK):
-        chunk = counts[start : start + PROGRESS_CHUNK]
+    for start in range(0, len(counts), STEP_CHUNK):
+        chunk = counts[start : start + STEP_CHUNK]
         loss = dead_steps(survivors, lr, chunk, batches.shape[1])
         finite = survivors.write(model) and finite  # once overflowed, the engine's weights stay so
         loss = loss if finite else float("nan")
         total += loss
         advance(len(chunk), torch.tensor(loss, dtype=torch.float32, device=device))
     return torch.tensor(total, dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------- detecting a dead network
+
+
+DEAD_CHUNK = 128  # training images per forward pass of the dead-network check (measured fastest per image)
+
+
+@torch.no_grad()
+def dead_units(
+    model: LeNet, x: torch.Tensor, chunk: int = DEAD_CHUNK, start: int = 0
+) -> tuple[dict[str, int] | None, int]:
+    """(None if the network's output depends on `x`, else how many conv1 and conv2 channels are zero after
+    ReLU at every position of every image in `x`: all of one layer's, at least; the chunk to start at next).
+
+    Scans chunks of `x` from chunk `start` on (wrapping round) and stops once each layer has had a channel
+    positive somewhere: a live network needs one chunk, and a nearly dead one (positive on a few images)
+    needs one too when it starts where it was last seen alive. A dead one is scanned whole: exact counts.
+    """
+    chunks = x.split(chunk)
+    seen: dict[str, torch.Tensor] = {}
+    for k in range(len(chunks)):
+        i = (start + k) % len(chunks)
+        conv1 = F.relu(model.conv1(chunks[i]))
+        fired = {"conv1": (conv1 > 0).any(dim=(0, 2, 3))}  # (channels,)
+        if fired["conv1"].any():
+            conv2 = F.relu(model.conv2(F.max_pool2d(conv1, SHAPE.pool)))
+            fired["conv2"] = (conv2 > 0).any(dim=(0, 2, 3))
+        else:  # conv2 reads zeros here: each channel is relu(its bias) everywhere (a third of the work)
+            fired["conv2"] = model.conv2.bias > 0
+        for name, positive in fired.items():
+            seen[name] = positive | seen[name] if name in seen else positive
+        if all(bool(s.any()) for s in seen.values()):
+            return None, i
+    return {name: int((~s).sum()) for name, s in seen.items()}, start
+
+
+def death_check(
+    model: LeNet, last_row: dict, plain_sgd: bool, train_x: torch.Tensor, start: int = 0
+) -> tuple[dict, int]:
+    """The metrics row's `dead`: the output no longer depends on the input, because every conv1 or every
+    conv2 channel is zero on every training image; a dead row also has `dead_units`, the counts per layer.
+
+    Under plain SGD no gradient reaches the layers below a dead one, so a dead network stays dead and is
+    not checked again; a recipe's optimiser may move it (weight decay, momentum), so it is checked.
+    `last_row` is the previous epoch's row ({} before the first); `start` the chunk where the network was
+    last seen alive. Returns the row's fields and the chunk to start at next time.
+    """
+    if plain_sgd and last_row.get("dead"):
+        units = dict(last_row["dead_units"])
+        if units["conv1"] == SHAPE.conv1:  # conv2 reads zeros: channel c is relu(its bias) everywhere
+            units["conv2"] = int((model.conv2.bias <= 0).sum())
+        return {"dead": True, "dead_units": units}, start
+    units, start = dead_units(model, train_x, start=start)
+    return ({"dead": False} if units is None else {"dead": True, "dead_units": units}), start
+

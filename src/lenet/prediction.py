@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,3 +323,58 @@ def save_input_image(pixels: torch.Tensor, path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray((pixels.numpy() * 255).round().astype(np.uint8)).save(buffer, format="PNG")
     write_atomic(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- images from Python (lenet.predict)
+
+
+def predict_images(image: Any, net: LeNet, preprocess: bool = True) -> Prediction | list[Prediction]:
+    """`lenet.predict`'s work: one Prediction for one image, a list for a batch (see there)."""
+    single, items = as_items(image)
+    names = [item_name(x, i, single) for i, x in enumerate(items)]
+    pixels = torch.stack([as_pixels(x, preprocess) for x in items])  # (N, 28, 28)
+    probs = predict(net, pixels)
+    predictions = [Prediction(n, [float(p) for p in row]) for n, row in zip(names, probs, strict=True)]
+    return predictions[0] if single else predictions
+
+
+def as_items(image: Any) -> tuple[bool, list[Any]]:
+    """(whether `image` is one image, the images)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4)):  # gray, or RGB(A)
+            return True, [image]
+        if image.ndim == 4 and image.shape[1] == 1:  # (N, 1, H, W)
+            image = image[:, 0]
+        if image.ndim != 3:
+            raise ValueError(f"an image array must be (H, W), (H, W, 3|4) or a batch (got {image.shape})")
+        return False, list(image)
+    if isinstance(image, list | tuple):
+        return False, list(image)
+    return True, [image]
+
+
+def item_name(item: Any, index: int, single: bool) -> str:
+    if isinstance(item, str | os.PathLike):
+        return str(item)
+    return "image" if single else f"image {index}"
+
+
+def as_pixels(item: Any, prepare: bool) -> torch.Tensor:
+    """One image -> the (28, 28) float32 tensor the network reads (`prepare`: through `preprocess`)."""
+    from PIL import Image
+
+    mnist_form = preprocess
+    if isinstance(item, str | os.PathLike):
+        return mnist_form(load_image(item))
+    if isinstance(item, Image.Image):
+        return mnist_form(decode(item))
+    array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+    if not prepare:
+        return preprocess_pixels(array)
+    if array.dtype == np.uint8:  # 8-bit gray, RGB or RGBA, as np.asarray(PIL image) gives
+        return mnist_form(Image.fromarray(array))
+    if array.ndim != 2:
+        raise ValueError(f"a float image must be (H, W), gray in [0, 1] or [0, 255] (got {array.shape})")
+    return mnist_form(Image.fromarray(array.astype(np.float32), mode="F"))

@@ -20,18 +20,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lenet.atomic import write_atomic
 from lenet.config import ConfigError, TrainConfig
+from lenet.results import RunResult, RunSpec
+from lenet.runners import Results
 from lenet.runs import RunError
-from lenet.sweeps import Results, RunResult, RunSpec
 
 # The order a run directory's files land in: result.json last, so a run is finished only when whole.
 RUN_FILES = (
@@ -43,7 +42,6 @@ RUN_FILES = (
     "result.json",
 )
 RESUME_FILES = RUN_FILES[:4]  # what an unfinished run continues from
-EPOCH_LINE = re.compile(r"Train Set: Epoch (\d+),")
 
 
 def import_ray():
@@ -115,7 +113,8 @@ class RayRunner:
 
     def ship_data(self, datasets: list[str]) -> dict[str, Any]:
         """Read and verify each dataset once, here, and put its arrays in the object store: {name: ref}."""
-        from lenet.data import DATASETS, ensure_files, load_arrays
+        from lenet.data import DATASETS, load_arrays
+        from lenet.fetch import ensure_files
 
         ray = import_ray()
         return {d: ray.put(load_arrays(DATASETS[d], ensure_files(d, self.data_dir))) for d in datasets}
@@ -152,7 +151,7 @@ class RaySweep:
         self.tries: dict[int, int] = {}
 
     def run(self, todo: list[int]) -> None:
-        from lenet.sweeps import finished_epochs
+        from lenet.progress import finished_epochs
 
         data = self.runner.ship_data(list(dict.fromkeys(self.specs[i].config.dataset for i in todo)))
         pending = {}
@@ -253,24 +252,20 @@ def train_task(
             if kind == "done":
                 yield {"epoch": cfg.epochs, "files": snapshot(folder, out)}
                 return
-            wait_for_checkpoint(folder, value, events)
             yield {"epoch": value, "files": snapshot(folder, out)}
 
 
 def train_thread(cfg, split, folder: Path, events: queue.Queue, threads: int, command: str | None) -> None:
     from lenet.training import train
 
-    def log(line: str) -> None:
-        with open(folder / "train.log", "a") as f:
-            f.write(line + "\n")
-        if match := EPOCH_LINE.match(line):
-            events.put(("epoch", int(match.group(1))))
+    def on_epoch(row: dict, model) -> None:  # told once the epoch's row and checkpoint are written
+        events.put(("epoch", row["epoch"]))
 
     try:
         import torch
 
         torch.set_num_threads(threads)
-        train(cfg, split, folder, log=log, resume=True, command=command)
+        train(cfg, split, folder, resume=True, command=command, on_epoch=on_epoch)
     except BaseException as e:  # handed to the task, which raises it for the driver
         events.put(("error", e))
     else:
@@ -286,16 +281,6 @@ def in_driver_terms(error: BaseException, folder: Path, out: str) -> BaseExcepti
         return type(error)(text.replace(str(folder), out))
     except Exception:  # an exception type that takes other arguments: keep it as it is
         return error
-
-
-def wait_for_checkpoint(folder: Path, epoch: int, events: queue.Queue) -> None:
-    """The epoch line comes just before its checkpoint and metrics row are written: wait for the row
-    (written after the checkpoint), unless something else happens first."""
-    metrics = folder / "metrics.jsonl"
-    while events.empty():
-        if metrics.is_file() and metrics.read_bytes().count(b"\n") >= epoch:
-            return
-        time.sleep(0.002)
 
 
 def snapshot(folder: Path, out: str) -> dict[str, bytes]:

@@ -4,13 +4,12 @@ Model m's parameters are slice m of stacked tensors; its batch is channel m of t
 grouped conv (groups=M) runs all M networks and autograd keeps their gradients apart. Each model
 has its own learning rate, init scale, seed and batch order; each run ends as if trained alone (to
 float tolerance) and writes an ordinary run directory. Plain SGD only. Measured fastest on a GPU
-(docs/speed.md); `lenet.sweeps.LocalRunner` uses it for `--backend vectorised`.
+(docs/speed.md); `lenet.runners.local.LocalRunner` uses it for `--backend vectorised`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,10 +17,12 @@ import torch.nn.functional as F
 
 from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
+from lenet.engines import STEP_CHUNK
 from lenet.engines.torch_engine import evaluate
 from lenet.model import SHAPE, LeNet
+from lenet.run_state import Log, RunLog, TrainResult, end_epoch, finish_run, new_state, start_run
 from lenet.runs import RunDir
-from lenet.training import PROGRESS_CHUNK, OnEpoch, TrainResult, end_epoch, finish_run, new_state, start_run
+from lenet.training import OnEpoch
 
 PARAM_NAMES = tuple(SHAPE.param_shapes())  # conv1.weight, conv1.bias, conv2.weight, ... (the model's order)
 
@@ -83,12 +84,13 @@ def train_group(
     cfgs: list[TrainConfig],
     split: Split,
     outs: list[Path | None],
-    logs: list[Callable[[str], None]],
+    logs: list[Log | None] | None = None,
     resume: bool = False,
     command: str | None = None,
     on_epochs: list[OnEpoch | None] | None = None,
 ) -> list[TrainResult]:
-    """Train plain-SGD runs as one group; each writes its run directory as `lenet.training.train` does.
+    """Train plain-SGD runs as one group; each writes its run directory as `lenet.training.train` does
+    (`logs`: where each run's lines are shown besides its train.log; None: nowhere).
 
     The runs must share epochs and batch size and, when resuming, have finished the same number of epochs.
     """
@@ -96,8 +98,26 @@ def train_group(
         raise ValueError("a vectorised group needs one epochs and batch size")
     if any(c.step_extras() for c in cfgs):
         raise ValueError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
-    device = split.train_x.device
     runs = [RunDir(o) if o is not None else None for o in outs]
+    lines = [RunLog(r, e) for r, e in zip(runs, logs or [None] * len(runs), strict=True)]
+    try:
+        return train_members(cfgs, split, runs, lines, resume, command, on_epochs)
+    finally:
+        for line in lines:
+            line.close()
+
+
+def train_members(
+    cfgs: list[TrainConfig],
+    split: Split,
+    runs: list[RunDir | None],
+    logs: list[RunLog],
+    resume: bool,
+    command: str | None,
+    on_epochs: list[OnEpoch | None] | None,
+) -> list[TrainResult]:
+    """`train_group`, once each run's log is open."""
+    device = split.train_x.device
     states = [new_state(c, device) for c in cfgs]
     members = list(zip(cfgs, runs, states, logs, strict=True))
     starts = {start_run(c, r, s, "vectorised", resume, lg, command) for c, r, s, lg in members}
@@ -109,7 +129,7 @@ def train_group(
         n = len(split.train_x)
         batches = torch.stack([epoch_batches(n, c.batch_size, c.seed, epoch) for c in cfgs])  # (M, steps, B)
         total = torch.zeros(len(cfgs), device=device)
-        for chunk in batches.split(PROGRESS_CHUNK, dim=1):
+        for chunk in batches.split(STEP_CHUNK, dim=1):
             total += stack.train_steps(split.train_x, split.train_y, chunk)
         losses = (total / batches.shape[1]).tolist()
         seconds = (time.perf_counter() - t0) / len(cfgs)  # each model's share of the group's time

@@ -10,15 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lenet.config import (
-    BACKENDS,
     DATASETS,
-    DEVICES,
     ConfigError,
     TrainConfig,
     field_named,
     flag_name,
     parse_value,
 )
+from lenet.options import Options, checked, count, flag_of
 
 
 class UsageError(Exception):
@@ -73,19 +72,74 @@ def given_settings(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-MAX_COUNT = 100_000  # a sane bound on every count a flag takes (seeds, epochs, workers)
-
-
 def positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_COUNT:,} (got {value})")
-    return value
+        return count(int(text))
+    except ValueError as e:
+        message = str(e) if "must be" in str(e) else f"must be an integer (got {text!r})"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+# ---------------------------------------------------------------- options of sweep, reproduce, ablate
+
+
+def option_type(f: dataclasses.Field) -> Callable[[str], object]:
+    """The flag's text -> the option's value, by the declaration's rule (argparse prints the message)."""
+    kind = str(f.type)
+
+    def convert(text: str) -> object:
+        value: object = text
+        try:
+            if "float" in kind:
+                value = float(text)
+            elif "int" in kind:
+                value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number (got {text!r})") from None
+        if f.metadata["many"]:  # each value is checked alone here, the list when the options are built
+            value = [value]
+        try:
+            checked(f, value)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag_of(f)} ")) from None
+        return value[0] if f.metadata["many"] else value
+
+    convert.__name__ = kind
+    return convert
+
+
+def add_options(
+    parser: argparse.ArgumentParser, declaration: type[Options], skip: tuple[str, ...] = ()
+) -> None:
+    """One flag per field of a lenet.options declaration: its help, rule and default come from there."""
+    for f in dataclasses.fields(declaration):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        shown = f.default if not isinstance(f.default, tuple) else " ".join(map(str, f.default))
+        default = "" if f.default is None else f" (default: {shown})"
+        if meta["flag"]:
+            parser.add_argument(flag_of(f), action="store_true", help=meta["help"])
+            continue
+        parser.add_argument(
+            flag_of(f),
+            type=None if meta["choices"] else option_type(f),
+            choices=meta["choices"],
+            nargs="+" if meta["many"] else None,
+            default=f.default,
+            metavar=meta["metavar"] or (None if meta["choices"] else metavar_of(f)),
+            help=meta["help"] + default,
+        )
+
+
+def metavar_of(f: dataclasses.Field) -> str:
+    kind = str(f.type)
+    return "DIR" if "Path" in kind else "N" if "int" in kind else f.name.upper()
+
+
+def options_from(args: argparse.Namespace, declaration: type[Options]) -> Options:
+    """The declaration built from the parsed flags (checked again as a whole, e.g. --long-epochs)."""
+    return declaration(**{name: getattr(args, name) for name in declaration.names() if hasattr(args, name)})
 
 
 # ---------------------------------------------------------------- flags of more than one command
@@ -133,72 +187,3 @@ def add_recipe(parser: argparse.ArgumentParser, role: str) -> None:
         help=f"{role}: a preset (seed, improved) or a JSON file like "
         "src/lenet/presets/improved.json; flags given override its values (default: seed)",
     )
-
-
-def add_seeds(parser: argparse.ArgumentParser, default: int, unit: str) -> None:
-    parser.add_argument(
-        "--seeds", type=positive_int, default=default, help=f"seeds per {unit} (default: {default})"
-    )
-    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
-
-
-def seed_list(args: argparse.Namespace) -> list[int]:
-    return list(range(args.first_seed, args.first_seed + args.seeds))
-
-
-def add_runner_flags(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """Where and how the runs of sweep/reproduce/ablate train: device, data, sweep backend, workers."""
-    if device:
-        parser.add_argument(
-            "--device", choices=DEVICES, default=field_named("device").default, help="where to train"
-        )
-    add_data_dir(parser)
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="how runs are trained: auto (measured fastest: processes on CPU, vectorised on GPU), "
-        "vectorised (many models in one step), sequential, processes (one per core), "
-        "ray (a Ray cluster: docs/cluster.md)",
-    )
-    parser.add_argument(
-        "--workers", type=positive_int, help="worker processes for --backend processes (default: cores)"
-    )
-    parser.add_argument(
-        "--address",
-        help="--backend ray: the cluster to run on, HOST:PORT of its head (default: the cluster `ray start` "
-        "runs on this machine, else a new local one; 'local': always a new local one)",
-    )
-    parser.add_argument(
-        "--cpus-per-run",
-        type=positive_int,
-        default=1,
-        help="--backend ray: CPUs (and torch threads) per run (default: %(default)s)",
-    )
-
-
-def make_runner(args: argparse.Namespace):
-    from lenet.sweeps import LocalRunner
-
-    if args.backend == "ray":
-        from lenet.ray_runner import RayRunner
-
-        if getattr(args, "tensorboard", None):  # its logs are written where a run trains: not here
-            raise UsageError("--tensorboard does not work with --backend ray yet; use --backend processes")
-        return RayRunner(args.address, args.cpus_per_run, args.data_dir, command=args.command_line)
-    tensorboard = getattr(args, "tensorboard", None)  # only sweep has the flag
-    return LocalRunner(
-        args.data_dir, args.backend, args.workers, command=args.command_line, tensorboard=tensorboard
-    )
-
-
-def sweep_progress(specs: list, desc: str):
-    """A bar over every model-epoch still to train (runs done, time left); off when stderr is not a TTY."""
-    from tqdm import tqdm
-
-    from lenet.sweeps import finished_epochs
-
-    total = sum(
-        s.config.epochs - finished_epochs(s.out) for s in specs if not (s.out / "result.json").is_file()
-    )
-    return tqdm(total=total, desc=desc, unit="model-epoch", file=sys.stderr, disable=not sys.stderr.isatty())

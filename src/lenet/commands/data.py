@@ -65,7 +65,8 @@ def signals_as_interrupt(*signums: int) -> Iterator[None]:
 
 def run_fetch(args: argparse.Namespace) -> int:
     from lenet.data import DATASETS as SPECS
-    from lenet.data import fetch, resolve_data_dir
+    from lenet.data import resolve_data_dir
+    from lenet.fetch import fetch
 
     folder = resolve_data_dir(args.data_dir, args.dataset)
     print(f"fetching {args.dataset} into {folder}")

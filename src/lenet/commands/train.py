@@ -32,36 +32,23 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenet.data import load_split
-    from lenet.tensorboard import run_log
-    from lenet.training import resolve_device, train
+    from lenet.api import train_run
 
     planned = plan_run(args)
     if planned is None:
         return 0
     cfg, out = planned
-    device = resolve_device(cfg.device)
-    split = load_split(
-        cfg.dataset, args.data_dir, device, fetch_missing=True, log=lambda s: print(s, file=sys.stderr)
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.log", "a") as logfile, run_log(args.tensorboard) as tensorboard:
-
-        def log(line: str) -> None:
-            print(line, flush=True)
-            logfile.write(line + "\n")
-            logfile.flush()
-
-        try:
-            resume = args.resume is not None
-            result = train(
-                cfg, split, out, log=log, resume=resume, command=args.command_line, on_epoch=tensorboard
-            )
-        except KeyboardInterrupt:
-            print(f"\ninterrupted; continue with: lenet train --resume {out}", file=sys.stderr)
-            return 130
-    if result.diverged_epoch is not None:
-        print(f"lenet: error: training diverged in epoch {result.diverged_epoch} (its average loss is not a "
+    try:
+        run = train_run(
+            cfg, out, data_dir=args.data_dir, resume=args.resume is not None, command=args.command_line,
+            verbose=True, tensorboard=args.tensorboard,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: lenet train --resume {out}", file=sys.stderr)
+        return 130
+    diverged = run.result.get("diverged_epoch")
+    if diverged is not None:
+        print(f"lenet: error: training diverged in epoch {diverged} (its average loss is not a "
               f"finite number) at --lr {cfg.lr:g}; {out}/result.json records it; try a smaller --lr",
               file=sys.stderr)  # fmt: skip
         return 1
@@ -71,16 +58,16 @@ def run(args: argparse.Namespace) -> int:
 
 def plan_run(args: argparse.Namespace):
     """(config, run directory) of a new run or of the one to resume; None when there is nothing to do."""
+    from lenet.api import refuse_existing
     from lenet.recipe import recipe_config
+    from lenet.run_state import default_run_dir
     from lenet.runs import RunDir
-    from lenet.training import default_run_dir
 
     given = given_settings(args)
     if args.resume is None:
         cfg = recipe_config(args.recipe, given)
         out = Path(args.out) if args.out else default_run_dir(cfg)
-        if (out / "config.json").exists():
-            raise UsageError(f"--out {out} already holds a run; pick another folder or use --resume {out}")
+        refuse_existing(out, f" or use --resume {out}")
         return cfg, out
     run = RunDir(args.resume)
     if args.recipe is not None:

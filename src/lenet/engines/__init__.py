@@ -19,7 +19,38 @@ from lenet.config import TrainConfig
 from lenet.engines.fast_engine import EngineError, FastEngine
 from lenet.engines.torch_engine import TorchEngine
 
-__all__ = ["Engine", "EngineError", "FastEngine", "TorchEngine", "select_engine"]
+__all__ = [
+    "STEP_CHUNK",
+    "Advance",
+    "DeviceError",
+    "Engine",
+    "EngineError",
+    "FastEngine",
+    "TorchEngine",
+    "resolve_device",
+    "select_engine",
+]
+
+STEP_CHUNK = 50  # plain-SGD steps per engine call: the progress display's and a live view's granularity
+Advance = Callable[[int, torch.Tensor], None]  # told after each engine call: (steps just taken, their summed loss)
+
+
+class DeviceError(Exception):
+    """The requested device is not available on this machine."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a setting names; "auto": CUDA, else MPS, else the CPU. Chosen once per run, here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise DeviceError(f"--device {name}: not available on this machine (use --device auto or cpu)")
+    return torch.device(name)
 
 
 class Engine(Protocol):

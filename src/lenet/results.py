@@ -1,0 +1,153 @@
+"""The vocabulary of finished runs: what a run was asked to be (RunSpec), what it gave (RunResult), the stall
+rule, and the per-configuration summary that sweeps, reproduce and ablate report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lenet.config import PLACEMENT, RUN_SETTINGS, TrainConfig, field_named, flag_name
+from lenet.runs import RunDir, RunError, read_jsonl
+from lenet.stats import NON_NEGATIVE, PERCENT, death_epoch, mean_interval, recorded_deaths, wilson
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
+
+
+STALL_TOLERANCE = 0.05
+
+
+def is_stalled(final_train_loss: float) -> bool:
+    """The one definition of a stalled run: its last epoch's average loss is within 0.05 of ln 10 (chance).
+
+    A diverged run (loss NaN or inf) counts as stalled too: it learned nothing either.
+    """
+    return not math.isfinite(final_train_loss) or abs(final_train_loss - CHANCE_LOSS) <= STALL_TOLERANCE
+
+
+def config_key(cfg: TrainConfig) -> tuple:
+    """What identifies a configuration: every setting but the seed (and where it runs)."""
+    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in ("seed", *PLACEMENT))
+
+
+def config_label(cfg: TrainConfig, varied: list[str]) -> str:
+    """The varied settings' values; with none, the preset it is ("seed protocol", "improved recipe")."""
+    if varied:
+        return ", ".join(f"{flag_name(field_named(n))}={getattr(cfg, n)}" for n in varied)
+    from lenet.recipe import preset_names, recipe_config
+
+    def recipe_part(c: TrainConfig) -> dict:
+        return {k: v for k, v in c.to_dict().items() if k not in RUN_SETTINGS}
+
+    for name in preset_names():
+        if recipe_part(recipe_config(name, {})) == recipe_part(cfg):
+            return "seed protocol" if name == "seed" else f"{name} recipe"
+    return "one configuration"
+
+
+def varied_settings(cfgs: list[TrainConfig]) -> list[str]:
+    """The settings (other than the seed) that take more than one value across `cfgs`."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", *PLACEMENT)]
+    return [n for n in names if len({getattr(c, n) for c in cfgs}) > 1]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    config: TrainConfig
+    out: Path
+    start_from: Path | None = None  # a shorter run of the same settings to take the first epochs from
+
+
+@dataclass(frozen=True)
+class RunResult:
+    spec: RunSpec
+    summary: dict[str, Any]  # result.json
+    rows: list[dict[str, Any]]  # metrics.jsonl
+
+    @property
+    def final_train_loss(self) -> float:
+        return self.rows[-1]["train_loss"]
+
+
+def load_result(spec: RunSpec) -> RunResult:
+    """A finished run's result.json and metrics rows; RunError (one line) if either is unreadable."""
+    run = RunDir(spec.out)
+    try:
+        summary, rows = json.loads(run.result.read_bytes().decode()), read_jsonl(run.metrics)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON or UTF-8
+        raise RunError(f"{run.path}: unreadable result ({type(e).__name__}); delete {run.result.name} "
+                       "and rerun the command to train the run again") from None  # fmt: skip
+    if not isinstance(summary, dict) or not rows or "test_accuracy" not in summary:
+        raise RunError(f"{run.path}: incomplete result; delete {run.result.name} and rerun the command")
+    return RunResult(spec, summary, rows)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
+    """One row per configuration: n, test accuracy mean/sd/min/max, final train loss mean/sd, stalled runs."""
+    cfgs = [r.spec.config for r in results]
+    varied = varied_settings(cfgs)
+    by_config: dict[tuple, list[RunResult]] = {}
+    for r in results:
+        by_config.setdefault(config_key(r.spec.config), []).append(r)
+    rows = []
+    for group in by_config.values():
+        accs = [100 * r.summary["test_accuracy"] for r in group]
+        losses = [r.final_train_loss for r in group]
+        acc_mean, acc_sd = mean_sd(accs)
+        loss_mean, loss_sd = mean_sd(losses)
+        cfg = group[0].spec.config
+        rows.append(
+            {
+                "config": config_label(cfg, varied),
+                **{n: getattr(cfg, n) for n in varied},
+                "n": len(group),
+                "test_acc_mean": acc_mean,
+                "test_acc_sd": acc_sd,
+                "test_acc_min": min(accs),
+                "test_acc_max": max(accs),
+                "final_loss_mean": loss_mean,
+                "final_loss_sd": loss_sd,
+                "stalled": sum(is_stalled(x) for x in losses),
+                **intervals(accs, losses),
+                **deaths(group),
+                "seeds": [r.spec.config.seed for r in group],
+            }
+        )
+    return rows
+
+
+def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
+    """95% intervals: t for the mean test accuracy (`accs` in %) and final loss, each cut at its range,
+    and Wilson's for the share of stalled runs."""
+
+    stalled_low, stalled_high = wilson(sum(is_stalled(x) for x in losses), len(losses))
+    acc_low, acc_high = mean_interval(accs, bounds=PERCENT)
+    loss_low, loss_high = mean_interval(losses, bounds=NON_NEGATIVE)
+    return {
+        **{"test_acc_ci_low": acc_low, "test_acc_ci_high": acc_high},
+        **{"final_loss_ci_low": loss_low, "final_loss_ci_high": loss_high},
+        **{"stalled_ci_low": stalled_low, "stalled_ci_high": stalled_high},
+    }
+
+
+def deaths(group: list[RunResult]) -> dict[str, Any]:
+    """How many runs died (lenet.training.death_check), of those whose metrics record it, and when."""
+
+    known = [r for r in group if recorded_deaths(r.rows)]
+    epochs = [e for e in (death_epoch(r.rows) for r in known) if e is not None]
+    stalled = [r for r in known if is_stalled(r.final_train_loss)]
+    return {
+        "died": len(epochs),
+        "death_recorded": len(known),
+        "death_epoch_median": statistics.median(epochs) if epochs else None,
+        "stalled_dead": sum(death_epoch(r.rows) is not None for r in stalled),
+    }
