@@ -24,8 +24,9 @@ import torch
 
 from lenet.config import TrainConfig
 from lenet.data import load_split
-from lenet.serve.app import background, create_app
+from lenet.serve.app import create_app
 from lenet.serve.live import LiveRun
+from lenet.serve.server import background
 from lenet.training import train
 
 

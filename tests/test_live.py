@@ -1,23 +1,31 @@
-"""The training page's API (lenet.serve.live): runs in ordinary run folders, config.py's checks, the runs
-folder's walls, one training at a time, pause, resume, stop, a pair, the event stream and live predictions.
+"""The training page's API (lenet.serve.live_routes): runs in ordinary run folders, config.py's checks, the
+runs folder's walls, one training at a time, pause, resume, stop, a pair, the event stream and live
+predictions (the same digit reader as /api/predict).
 
 Runs train on 5,000 real MNIST images (conftest's small_split) with batch 10: 500 steps, ~10 loss points
 and a fraction of a second per epoch."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
 
+import anyio
 import httpx
+import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from lenet.cli import build_parser
 from lenet.config import ConfigError, TrainConfig
 from lenet.runs import RunDir, load_model, read_jsonl
-from lenet.serve.app import background, create_app
+from lenet.serve.app import create_app
+from lenet.serve.http import MAX_BODY_BYTES
+from lenet.serve.server import background
 from lenet.training import train
 
 FAST = {"batch_size": 10}  # 500 steps per epoch on the small split
@@ -260,6 +268,106 @@ def test_predict_with_a_live_runs_weights(client, small_split):
     assert r.json()["label"] == int(model(x[None, None]).argmax()) == int(small_split.test_y[0])
     assert client.post("/api/train/predict?run=draw", content=b"x", headers={"content-type": "text/plain"}
                        ).status_code == 415  # fmt: skip
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def drawing(x: torch.Tensor, side: int = 280) -> bytes:
+    """A 28x28 digit as a person's drawing: black on white, `side` pixels square."""
+    ink = Image.fromarray(255 - (x.numpy() * 255).astype(np.uint8))
+    return png(ink.resize((side, side), Image.Resampling.BILINEAR))
+
+
+class CountingLimiter:
+    """An app's decoding limiter that counts the images decoded under it."""
+
+    def __init__(self) -> None:
+        self.limiter, self.entered = anyio.CapacityLimiter(1), 0
+
+    async def __aenter__(self) -> None:
+        self.entered += 1
+        await self.limiter.__aenter__()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.limiter.__aexit__(*exc)
+
+
+LIVE = "/api/train/predict?run=draw"
+
+
+def test_live_predict_reads_every_body_that_api_predict_reads(app, client, small_split):
+    """One digit reader behind both endpoints: a multipart upload, a raw PNG and JSON pixels give the run's
+    reading; an image goes through the same preprocessing as on /api/predict (the same `input`), and a
+    large one is decoded off the event loop under the app's one decoding limit."""
+    client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "draw"})
+    wait(client, idle)
+    model, _ = load_model(Path(client.get("/api/train/status").json()["runs"][0]["folder"]))
+    x = small_split.test_x[1, 0]
+    image = drawing(x)
+    raw = client.post(LIVE, content=image, headers={"content-type": "image/png"})
+    form = client.post(LIVE, files={"image": ("digit.png", image, "image/png")})
+    assert raw.status_code == form.status_code == 200, (raw.text[:200], form.text[:200])
+    assert raw.json() == form.json()
+    shipped = client.post("/api/predict", files={"image": ("digit.png", image, "image/png")}).json()
+    assert form.json()["input"] == shipped["input"]
+    pixels = client.post(LIVE, json={"pixels": x.tolist()})
+    vendor = client.post(LIVE, content=json.dumps({"pixels": x.tolist()}),
+                         headers={"content-type": "application/vnd.api+json"})  # fmt: skip
+    assert pixels.status_code == vendor.status_code == 200 and pixels.json() == vendor.json()
+    with torch.no_grad():
+        probs = model(x[None, None]).softmax(1)[0]
+    torch.testing.assert_close(torch.tensor(pixels.json()["probabilities"]), probs, atol=2e-6, rtol=0)
+
+    app.state.decoders = counting = CountingLimiter()
+    big = drawing(x, side=1200)  # over INLINE_PIXELS: decoded in a worker thread
+    upload = {"files": {"image": ("big.png", big, "image/png")}}
+    large = [client.post(path, **upload) for path in ("/api/predict", LIVE)]
+    assert [r.status_code for r in large] == [200, 200], [r.text[:200] for r in large]
+    assert large[0].json()["input"] == large[1].json()["input"]
+    assert counting.entered == 2  # both endpoints decoded under the app's one limit
+
+
+def sent(content: bytes | str, kind: str = "image/png") -> dict:
+    return {"content": content, "headers": {"content-type": kind}}
+
+
+def bad_inputs() -> list[tuple[str, dict]]:
+    """Requests /api/predict refuses (tests/test_serve.py has the full list), by what is wrong with them."""
+    blank, cut, huge = png(Image.new("L", (64, 64), 255)), drawing(torch.rand(28, 28))[:300], png(
+        Image.new("L", (2100, 2000)))  # fmt: skip
+
+    def pixels(value) -> dict:
+        return sent(json.dumps({"pixels": value}), "application/json")
+
+    return [
+        ("not an image", sent(b"not an image at all")), ("damaged", sent(cut)), ("blank", sent(blank)),
+        ("too large", sent(huge)), ("empty", sent(b"")),
+        ("bad JSON", sent(b"{not json", "application/json")), ("no pixels", sent(b"[1]", "application/json")),
+        ("27 columns", pixels([[0.5] * 27] * 28)), ("strings", pixels([["0.5"] * 28] * 28)),
+        ("NaN", pixels([[float("nan")] * 28] * 28)), ("no ink", pixels([[0] * 28] * 28)),
+        ("text", sent(b"hello", "text/plain")), ("no type", {"content": b"hello"}),
+        ("form without a file", {"data": {"note": "no file here"}}),
+        ("text file", {"files": {"image": ("a.txt", b"plain text", "text/plain")}}),
+        ("broken form", sent(b"--x\r\nbroken", "multipart/form-data")),
+        ("over 1 MB", sent(b"\0" * (MAX_BODY_BYTES + 1))),
+        ("file over 1 MB", {"files": {"image": ("big.png", b"\0" * (MAX_BODY_BYTES + 1), "image/png")}}),
+    ]  # fmt: skip
+
+
+def test_live_predict_refuses_what_api_predict_refuses_the_same_way(client):
+    client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "draw"})
+    wait(client, idle)
+    statuses = set()
+    for what, request in bad_inputs():
+        shipped, live = client.post("/api/predict", **request), client.post(LIVE, **request)
+        assert 400 <= shipped.status_code < 500, (what, shipped.text)
+        assert (live.status_code, live.json()) == (shipped.status_code, shipped.json()), what
+        statuses.add(live.status_code)
+    assert statuses == {400, 413, 415, 422}
 
 
 def test_serve_takes_a_runs_dir():

@@ -14,7 +14,8 @@ import pytest
 from lenet.config import TrainConfig
 from lenet.model import make_model
 from lenet.runs import RunDir, read_jsonl
-from lenet.serve.app import background, create_app
+from lenet.serve.app import create_app
+from lenet.serve.server import background
 
 pytestmark = pytest.mark.browser
 

@@ -3,7 +3,7 @@ from PIL import Image
 
 from lenet.config import TrainConfig
 from lenet.report import markdown_table, write_sweep_report
-from lenet.sweeps import RunResult, RunSpec, summarise
+from lenet.results import RunResult, RunSpec, summarise
 
 
 def results(tmp_path) -> list[RunResult]:

@@ -1,23 +1,25 @@
 import json
 import re
 
-from lenet.cli import main
-from lenet.config import TrainConfig
-from lenet.reproduction import (
+import pytest
+import torch
+
+from lenet.claims import (
     ORIGINAL_LOSSES,
-    PhaseGrid,
     falls_every_epoch,
     listed,
     mechanism_lines,
-    phase_section,
-    run_reproduce,
-    seed_section,
     verdict_a,
     verdict_b,
     verdict_c,
 )
+from lenet.cli import main
+from lenet.config import TrainConfig
+from lenet.report_pages import phase_section, seed_section
+from lenet.reproduction import PhaseGrid, plan, run_reproduce
+from lenet.results import RunResult, RunSpec, summarise
 from lenet.runs import read_jsonl
-from lenet.sweeps import RunResult, RunSpec, summarise
+from lenet.version import __version__
 
 
 def result(
@@ -191,6 +193,25 @@ def test_a_report_of_many_seeds_summarises_instead_of_listing(tmp_path):
     assert "lr 0.1: died in 6 of 12 (50%, 95% CI 25-75%), after epoch 2" in md
     assert "Of its 6 stalled runs, 6 died (every stalled run is a dead one)." in md
     assert "| 0.2 | 0.1 | 12 | 6 of 12 (50%, 95% CI 25-75%) | 6 of 12 | 2 | 6 of 6 |" in md
+    assert f"torch {torch.__version__}; lenet {__version__}." in md
+
+
+def test_a_caller_that_planned_already_is_not_planned_for_again(tmp_path, monkeypatch):
+    seeds, phase = [0, 1], PhaseGrid((0.01, 0.2), (0.1,), (0, 1))
+    planned = plan(tmp_path, seeds, 4, 3, "auto", True, phase)
+    seen = []
+
+    class Counting(SyntheticRunner):
+        def run(self, specs, on_result=None, on_epoch=None):
+            seen.extend(specs)
+            return super().run(specs)
+
+    monkeypatch.setattr("lenet.reproduction.plan", lambda *a, **k: pytest.fail("planned again"))
+    _, verdicts = run_reproduce(
+        tmp_path, Counting(), seeds, 4, "c", 3, recipes=True, phase=phase, planned=planned
+    )
+    assert seen == planned[2] and len(verdicts) == 3
+    assert "## Where runs stall" in (tmp_path / "report.md").read_text()
 
 
 def test_summary_intervals_are_in_percent_and_cut_at_100():

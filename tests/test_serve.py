@@ -22,10 +22,13 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import lenet.serve.app
+import lenet.serve.http
+import lenet.serve.server
 from lenet.data import Split
 from lenet.model import SHAPE
-from lenet.serve.app import INLINE_PIXELS, MAX_BODY_BYTES, background, create_app
+from lenet.serve.app import create_app
+from lenet.serve.http import INLINE_PIXELS, MAX_BODY_BYTES
+from lenet.serve.server import background
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +202,12 @@ def test_an_unforeseen_failure_on_an_input_is_still_a_400(client, monkeypatch, m
     def broken(image):
         raise struct.error("unpack requires a buffer of 4 bytes")
 
-    monkeypatch.setattr(lenet.serve.app, "preprocess", broken)
+    monkeypatch.setattr(lenet.serve.http, "preprocess", broken)
     digit = drawing(mnist_split.test_x[0].reshape(28, 28))
     r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
     assert r.status_code == 400 and "cannot read this input (error: unpack" in r.json()["detail"]
 
-    monkeypatch.setattr(lenet.serve.app, "preprocess", lambda image: torch.full((28, 28), float("nan")))
+    monkeypatch.setattr(lenet.serve.http, "preprocess", lambda image: torch.full((28, 28), float("nan")))
     r = client.post("/api/predict", content=digit, headers={"content-type": "image/png"})
     assert r.status_code == 400 and "not finite" in r.json()["detail"]
 
@@ -373,9 +376,9 @@ def test_only_local_host_names_are_answered(client):
         assert client.get("/api/model", headers={"host": host}).status_code == 200, host
     for host in ("evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io"):
         assert client.get("/api/model", headers={"host": host}).status_code == 400, host
-    assert lenet.serve.app.allowed_hosts("0.0.0.0") == ["*"]  # every interface: any name, with a warning
-    assert lenet.serve.app.allowed_hosts("192.168.1.5")[-1] == "192.168.1.5"
-    assert lenet.serve.app.allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]
+    assert lenet.serve.http.allowed_hosts("0.0.0.0") == ["*"]  # every interface: any name, with a warning
+    assert lenet.serve.http.allowed_hosts("192.168.1.5")[-1] == "192.168.1.5"
+    assert lenet.serve.http.allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]
 
 
 def test_oversized_headers_are_refused(app):
@@ -404,22 +407,22 @@ def test_the_server_limits_are_applied(monkeypatch, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    lenet.serve.app.serve(port=port)
+    lenet.serve.server.serve(port=port)
     _, settings = calls[-1]
-    assert settings["limit_concurrency"] == lenet.serve.app.MAX_CONNECTIONS
-    assert settings["timeout_keep_alive"] == lenet.serve.app.KEEP_ALIVE_SECONDS
-    assert settings["h11_max_incomplete_event_size"] == lenet.serve.app.MAX_HEADER_BYTES
-    assert settings["http"] is lenet.serve.app.GuardedH11 and settings["host"] == "127.0.0.1"
+    assert settings["limit_concurrency"] == lenet.serve.server.MAX_CONNECTIONS
+    assert settings["timeout_keep_alive"] == lenet.serve.server.KEEP_ALIVE_SECONDS
+    assert settings["h11_max_incomplete_event_size"] == lenet.serve.http.MAX_HEADER_BYTES
+    assert settings["http"] is lenet.serve.http.GuardedH11 and settings["host"] == "127.0.0.1"
     assert "warning" not in capsys.readouterr().err
-    lenet.serve.app.serve(host="0.0.0.0", port=port)
+    lenet.serve.server.serve(host="0.0.0.0", port=port)
     assert "no authentication" in capsys.readouterr().err
     with TestClient(calls[-1][0], base_url="http://example.org") as c:  # any name on every interface
         assert c.get("/healthz").status_code == 200
     with pytest.raises(ValueError, match="port"):
-        lenet.serve.app.serve(port=70000)
+        lenet.serve.server.serve(port=70000)
 
 
-class QuickDeadline(lenet.serve.app.GuardedH11):
+class QuickDeadline(lenet.serve.http.GuardedH11):
     header_seconds = 0.5
 
 
@@ -452,7 +455,7 @@ def test_a_client_that_hangs_up_mid_upload_is_not_logged_as_an_error(app):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "lenet.serve.app")]
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "lenet.serve.http")]
     with background(app) as url:
         for logger in loggers:  # after the server started: uvicorn's logging set-up replaces handlers
             logger.addHandler(handler)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from lenet.model import SHAPE
-from lenet.serve.app import background, create_app
+from lenet.serve.app import create_app
+from lenet.serve.server import background
 
 pytestmark = pytest.mark.browser
 

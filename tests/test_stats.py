@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lenet.config import TrainConfig
-from lenet.data import Split
+from lenet.dead import dead_units, death_check
 from lenet.model import SHAPE, make_model
 from lenet.stats import (
     NON_NEGATIVE,
@@ -18,7 +18,6 @@ from lenet.stats import (
     recorded_deaths,
     wilson,
 )
-from lenet.training import State, dead_units, death_check
 
 
 def test_wilson_interval_known_values():
@@ -121,11 +120,10 @@ def test_a_dead_conv2_alone_kills_the_network():
 
 
 def test_death_check_is_not_repeated_under_plain_sgd():
-    model = make_model(TrainConfig(seed=0))
-    y = torch.zeros(300, dtype=torch.long)
-    split = Split(images(), y, images(), y, images(), y)
-    state = State(model, None, None, [])
-    assert death_check(state, split) == {"dead": False}
-    state.rows = [{"epoch": 1, "dead": True, "dead_units": {"conv1": 0, "conv2": 12}}]
+    model = make_model(TrainConfig(seed=0))  # alive
+    x = images()
+    assert death_check(model, {}, True, x) == ({"dead": False}, 0)
+    last = {"epoch": 1, "dead": True, "dead_units": {"conv1": 0, "conv2": 12}}
     stored = {"dead": True, "dead_units": {"conv1": 0, "conv2": 12}}
-    assert death_check(state, split) == stored  # the stored verdict, not a new check of the live model
+    assert death_check(model, last, True, x, start=3) == (stored, 3)  # the stored verdict, not a new check
+    assert death_check(model, last, False, x) == ({"dead": False}, 0)  # a recipe may revive it: checked

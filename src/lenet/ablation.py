@@ -15,7 +15,7 @@ from lenet.atomic import write_text
 from lenet.config import PLACEMENT, TrainConfig, default_of
 from lenet.recipe import recipe_config
 from lenet.report import pm, pyplot, save_figure
-from lenet.sweeps import RunResult, RunSpec, mean_sd
+from lenet.results import RunResult, RunSpec, mean_sd
 
 INGREDIENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("He init", ("init",)),

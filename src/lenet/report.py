@@ -1,4 +1,7 @@
-"""Tables and plots for sweeps (CSV, Markdown, PNG), built from the run directories' results."""
+"""Tables and plots (CSV, Markdown, PNG) built from finished runs, and the sweep report made of them.
+
+The reproduce report's pages, which use them too, are rendered in lenet.report_pages.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet.atomic import write_atomic, write_text
-from lenet.sweeps import CHANCE_LOSS, RunResult, config_key, config_label, summarise, varied_settings
+from lenet.results import CHANCE_LOSS, RunResult, config_key, config_label, summarise, varied_settings
 
 TABLE_COLUMNS = (
     *("config", "n", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_sd"),

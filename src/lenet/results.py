@@ -140,7 +140,7 @@ def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
 
 
 def deaths(group: list[RunResult]) -> dict[str, Any]:
-    """How many runs died (lenet.training.death_check), of those whose metrics record it, and when."""
+    """How many runs died (lenet.dead.death_check), of those whose metrics record it, and when."""
 
     known = [r for r in group if recorded_deaths(r.rows)]
     epochs = [e for e in (death_epoch(r.rows) for r in known) if e is not None]

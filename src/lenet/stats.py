@@ -93,7 +93,7 @@ def place(value: float, ours: Sequence[float]) -> Placement:
 
 
 def death_epoch(rows: list[dict[str, Any]]) -> int | None:
-    """The first epoch after which the network was dead (`lenet.training.dead_units`), or None."""
+    """The first epoch after which the network was dead (`lenet.dead.dead_units`), or None."""
     return next((r["epoch"] for r in rows if r.get("dead")), None)
 
 

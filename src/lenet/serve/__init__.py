@@ -1,5 +1,10 @@
 """`lenet serve`: draw a digit in the browser and watch the network read it (FastAPI + uvicorn).
 
+  http.py         reading and answering one request: the digit reader, bodies, request limits, host checks
+  app.py          the drawing page and the predict API (create_app)
+  live.py         the training page's runs; live_routes.py its page and API (/train)
+  server.py       uvicorn: start-up checks, worker processes, a server in a thread (serve, background)
+
 fastapi and uvicorn come with the `serve` extra and are imported only here, when a server is built,
 so `import lenet` stays light.
 """
@@ -33,7 +38,7 @@ def serve(
 ) -> None:
     """Load the model once, then serve until interrupted."""
     try:
-        from lenet.serve.app import serve as run
+        from lenet.serve.server import serve as run
     except ModuleNotFoundError as e:
         if e.name in EXTRA_MODULES:
             raise SystemExit(f"lenet: error: {MISSING_EXTRA} ({e.name} is missing)") from None

@@ -1,54 +1,38 @@
-"""The training page of `lenet serve`: start a run (or a pair to compare), pause, resume, stop, and watch it.
-
-  GET  /train                 the page (static/train.html + train.js)
-  GET  /api/train/options  presets, the settings the page offers (declared in lenet.config), the runs folder
-  POST /api/train/start    {"preset", "lr", "init_std", "batch_size", "epochs", "seed", "compare_lr", "name"}
-                           or {"resume": NAME}; 422 with config.py's message for a bad value, 409 while busy
-  POST /api/train/pause | resume | stop
-  GET  /api/train/status   the current training's runs: state, loss curve, epochs, filters, digits' top 3
-  GET  /api/train/events   the same as Server-Sent Events, at most EVENTS_PER_SECOND a second
-  GET  /api/train/digits   the 50 fixed test digits the page shows (base64 uint8 pixels) and their labels
-  POST /api/train/predict  ?run=NAME: a prediction (same bodies as /api/predict) with that run's weights
+"""The training page's runs (`lenet serve`'s /train): one run training in a thread, and the server's current
+training (one run, or a pair started together with the same seed and two learning rates).
 
 Each run trains in a background thread through `lenet.training.train`, in an ordinary run folder under the
 server's runs folder (so `lenet train --resume`, `lenet inspect` and `lenet export` work on it); nothing is
 written anywhere else, and a name that would leave the folder is refused. One training at a time per server
-process: one run, or a pair started together with the same seed and two learning rates.
+process. The page and its API are lenet.serve.live_routes'.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from lenet.config import ConfigError, TrainConfig, field_named, parse_value
 from lenet.data import Split, load_split
 from lenet.model import LeNet
-from lenet.recipe import lr_at, preset_names, recipe_config
-from lenet.runs import RunDir, RunError, dumps, one_line, read_jsonl
-from lenet.serve.app import fail, rounded
+from lenet.recipe import lr_at
+from lenet.run_state import RunLog
+from lenet.runs import RunDir, one_line, read_jsonl
+from lenet.serve.http import fail, rounded
 from lenet.training import LrRequest
 
-STATIC = Path(__file__).parent / "static"
 SETTINGS = ("lr", "init_std", "batch_size", "epochs", "seed")  # what the page's form sets
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a run folder's name: no separators, no dot-dot start
 DIGITS = 50  # fixed test digits shown with their top-3 bars
 LOSS_EVERY = 50  # steps per point of the loss curve (one engine call of plain SGD)
 SNAPSHOT_SECONDS = 0.2  # weights copied (for the filters and live predictions) at most 5 times a second
-EVENTS_PER_SECOND = 8  # Server-Sent Events sent at most this often
-PING_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
 DIGITS_SECONDS = 0.5  # the digits read with the current weights at most twice a second per run
 
 
@@ -79,7 +63,7 @@ class LiveRun:
         self.pending, self.pending_steps = torch.zeros(()), 0
         self.last_snapshot = self.last_digits = 0.0
         self.clock, self.images = time.perf_counter(), 0  # images per second since the last snapshot
-        # the lr set by hand (plain SGD): lenet.train takes it at the next epoch's start and records it
+        # the lr set by hand (plain SGD): lenet.training takes it at the next epoch's start and records it
         self.lr_request = None if cfg.step_extras() else LrRequest()
         self.lr_now, self.lr_next, self.epoch_now, self.asked_in = cfg.lr, None, -1, -1
         self.thread = threading.Thread(target=self.run, name=f"lenet-live-{name}", daemon=True)
@@ -90,25 +74,21 @@ class LiveRun:
         from lenet.training import train
 
         self.set_state("running")
-        with open(self.out / "train.log", "a") as logfile:
-
-            def log(line: str) -> None:
-                logfile.write(line + "\n")
-                logfile.flush()
-
-            try:
-                result = train(self.cfg, self.split, self.out, log=log, resume=self.resume,
-                               command=f"lenet serve: /train ({self.label})", on_epoch=self.on_epoch,
-                               on_steps=self.on_steps, on_start=self.on_start,
-                               lr_request=self.lr_request)  # fmt: skip
-                self.result = result.summary()
-                self.set_state("finished")
-            except Stopped:
-                log(f"stopped from the training page; continue with: lenet train --resume {self.out}")
-                self.set_state("stopped")
-            except Exception as e:  # shown on the page; the folder keeps its last checkpoint
-                self.error = f"{type(e).__name__}: {one_line(e)}"
-                self.set_state("failed")
+        try:  # train() writes the run's train.log itself
+            result = train(self.cfg, self.split, self.out, resume=self.resume,
+                           command=f"lenet serve: /train ({self.label})", on_epoch=self.on_epoch,
+                           on_steps=self.on_steps, on_start=self.on_start,
+                           lr_request=self.lr_request)  # fmt: skip
+            self.result = result.summary()
+            self.set_state("finished")
+        except Stopped:
+            log = RunLog(RunDir(self.out))
+            log(f"stopped from the training page; continue with: lenet train --resume {self.out}")
+            log.close()
+            self.set_state("stopped")
+        except Exception as e:  # shown on the page; the folder keeps its last checkpoint
+            self.error = f"{type(e).__name__}: {one_line(e)}"
+            self.set_state("failed")
 
     def on_start(self, model: LeNet) -> None:
         self.model = model
@@ -122,7 +102,7 @@ class LiveRun:
     def on_steps(self, epoch: int, done: int, steps: int, loss: torch.Tensor) -> None:
         with self.lock:
             self.epoch_now = epoch
-            if self.lr_next is not None and epoch > self.asked_in:  # lenet.train took it at the epoch's start
+            if self.lr_next is not None and epoch > self.asked_in:  # train() took it at the epoch's start
                 self.lr_now, self.lr_next = self.lr_next, None
         self.pending = self.pending + loss.detach().float().cpu()
         self.pending_steps += steps
@@ -147,7 +127,7 @@ class LiveRun:
 
     def on_epoch(self, row: dict, model: LeNet) -> None:
         self.snapshot(row["epoch"] - 1, self.steps)
-        # lenet.training's exact count over every training image when a whole layer died; else the digits' look
+        # lenet.training's exact count over all training images when a whole layer died; else the digits' look
         dead = row["dead_units"] if row.get("dead") else self.view["digits_dead"]
         with self.lock:
             self.rows = [*self.rows, {**row, "dead_channels": dead}]
@@ -226,11 +206,12 @@ class LiveRun:
             self.lr_next, self.asked_in = lr, self.epoch_now
             self.version += 1
 
-    def model_copy(self) -> LeNet | None:
+    def model_copy(self) -> LeNet:
+        """The weights of the last snapshot in a model of their own (the thread trains on); 409 before one."""
         with self.lock:
             weights = self.weights
         if weights is None:
-            return None
+            raise fail(409, f"run {self.name} has no weights yet; try again in a moment")
         model = LeNet()
         model.load_state_dict(weights)
         return model.eval()
@@ -250,7 +231,7 @@ class Live:
         return any(r.alive() for r in self.runs)
 
     def split(self, cfg: TrainConfig) -> Split:
-        from lenet.training import resolve_device
+        from lenet.engines import resolve_device
 
         device = resolve_device(cfg.device)
         key = (cfg.dataset, str(device))
@@ -327,166 +308,8 @@ def default_load(dataset: str, device: torch.device) -> Split:
     return load_split(dataset, device=device)
 
 
-def declared(name: str) -> dict[str, Any]:
-    """A setting as lenet.config declares it: default, meaning and bounds (the page's form reads it)."""
-    f = field_named(name)
-    meta = f.metadata
-    return {"default": f.default, "help": meta["help"], "low": meta["low"], "high": meta["high"],
-            "type": type(f.default).__name__}  # fmt: skip
-
-
-def plan(live: Live, body: Any) -> list[tuple[str, str, TrainConfig, bool]]:
-    """The runs a start request asks for; 422 with config.py's message for a bad setting."""
-    if not isinstance(body, dict):
-        raise fail(422, "send a JSON object of settings")
-    if body.get("resume") is not None:
-        return [resumed(live, body["resume"])]
-    known = {"preset", "compare_lr", "name", "resume", *SETTINGS}
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise fail(422, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    preset = body.get("preset") or None
-    if preset is not None and preset not in preset_names():
-        raise fail(422, f"preset must be one of {', '.join(preset_names())} (got {str(preset)[:60]!r})")
-    given = {k: body[k] for k in SETTINGS if body.get(k) is not None}
-    try:
-        cfg = recipe_config(preset, given)
-        pair = [cfg] if body.get("compare_lr") is None else [cfg, checked(cfg, body["compare_lr"])]
-    except (ConfigError, TypeError) as e:
-        raise fail(422, str(e)) from None
-    stamp = f"live-{datetime.now():%Y%m%d-%H%M%S}"
-    base = body.get("name") or None
-    names = [base or f"{stamp}-{c.short_name()}" for c in pair]
-    if len(pair) == 2:
-        names = [f"{base}-lr{c.lr:g}" for c in pair] if base else names
-        if names[0] == names[1]:
-            raise fail(422, "--lr: the pair needs two different learning rates")
-    planned = []
-    for name, c in zip(names, pair, strict=True):
-        if RunDir(live.folder(name)).config.exists():
-            raise fail(409, f"{live.runs_dir / name} already holds a run; pick another name, or resume it")
-        planned.append((name, f"{preset or 'custom'}, lr {c.lr:g}", c, False))
-    return planned
-
-
 def checked(cfg: TrainConfig, lr: Any) -> TrainConfig:
     """`cfg` with another lr, by config.py's rules (text as the CLI parses it)."""
     if isinstance(lr, str):
         lr = parse_value(field_named("lr"), lr.strip())
     return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr})
-
-
-def resumed(live: Live, name: Any) -> tuple[str, str, TrainConfig, bool]:
-    run = RunDir(live.folder(name))
-    try:
-        cfg = run.read_config()
-    except RunError as e:
-        raise fail(404 if not run.config.exists() else 422, str(e)) from None
-    if run.finished():
-        raise fail(409, f"{run.path} already finished; nothing to resume")
-    return name, f"resumed, lr {cfg.lr:g}", replace(cfg), True
-
-
-def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
-    """Add the training page and its API to `app`; runs go under `runs_dir` (default: runs/)."""
-    live = Live(runs_dir)
-    app.state.live = live
-    router = APIRouter(tags=["training"])
-
-    @router.get("/train", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "train.html")
-
-    @router.get("/api/train/options", summary="Presets, the page's settings and defaults, the runs folder")
-    def options() -> dict[str, Any]:
-        return {"presets": preset_names(), "settings": {k: declared(k) for k in SETTINGS},
-                "runs_dir": str(live.runs_dir)}  # fmt: skip
-
-    @router.post("/api/train/start", summary="Start a run, a pair with two learning rates, or resume a run")
-    async def start(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise fail(422, "send a JSON object of settings") from None
-        planned = plan(live, body)
-        runs = await asyncio.to_thread(live.start, planned)
-        return {"runs": [r.name for r in runs]}
-
-    @router.post("/api/train/predict", summary="Read a digit with a copy of a live run's current weights")
-    async def predict(request: Request, run: str) -> Response:
-        return await predict_live(request, live.find(run))
-
-    @router.post("/api/train/lr", summary="Change a plain-SGD run's lr from its next epoch on (recorded)")
-    async def set_lr(request: Request) -> Response:
-        run, lr = await lr_body(live, request)
-        run.ask_lr(lr)
-        return Response(dumps(live.status()), media_type="application/json")
-
-    @router.post("/api/train/{action}", summary="pause, resume or stop the current training")
-    def control(action: str) -> Response:
-        live.control(action)
-        return Response(dumps(live.status()), media_type="application/json")
-
-    @router.get("/api/train/status", summary="The current training's runs: state, curves, filters, digits")
-    def status() -> Response:
-        return Response(dumps(live.status()), media_type="application/json")
-
-    @router.get("/api/train/events", summary="The status as Server-Sent Events, whenever it changes")
-    async def events(request: Request) -> StreamingResponse:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(live, request), media_type="text/event-stream", headers=headers)
-
-    @router.get("/api/train/digits", summary=f"The {DIGITS} fixed test digits: uint8 pixels (base64), labels")
-    def digits() -> dict[str, Any]:
-        return live.digits()
-
-    app.include_router(router)
-    return live
-
-
-async def lr_body(live: Live, request: Request) -> tuple[LiveRun, Any]:
-    """The run and the lr of a POST /api/train/lr body {"run": NAME, "lr": NUMBER}."""
-    usage = 'send a JSON object {"run": NAME, "lr": NUMBER}'
-    try:
-        body = await request.json()
-    except ValueError:
-        raise fail(422, usage) from None
-    if not isinstance(body, dict) or "lr" not in body:
-        raise fail(422, usage)
-    return live.find(str(body.get("run", ""))), body["lr"]
-
-
-async def stream(live: Live, request: Request):
-    """The status whenever it changes, at most EVENTS_PER_SECOND times a second; a ping when quiet."""
-    seen, quiet = None, time.monotonic()
-    yield "retry: 1000\n\n"
-    while not await request.is_disconnected():
-        version = live.version()
-        if version != seen:
-            seen, quiet = version, time.monotonic()
-            yield f"data: {dumps(live.status())}\n\n"
-        elif time.monotonic() - quiet > PING_SECONDS:
-            quiet = time.monotonic()
-            yield ": ping\n\n"
-        await asyncio.sleep(1 / EVENTS_PER_SECOND)
-
-
-async def predict_live(request: Request, run: LiveRun) -> Response:
-    """The drawing page's answer (same body forms as /api/predict), from the run's latest weights."""
-    from lenet.prediction import decode, open_image, preprocess
-    from lenet.serve.app import MAX_DECODE_PIXELS, Predictor, guarded, parse_pixels, read_body, work
-
-    model = run.model_copy()
-    if model is None:
-        raise fail(409, f"run {run.name} has no weights yet; try again in a moment")
-    body = await read_body(request)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not body:
-        raise fail(400, "empty body")
-    predictor = Predictor(model, {"config": run.cfg.to_dict()})
-    if kind == "application/json":
-        return Response(work(predictor, lambda: parse_pixels(body)), media_type="application/json")
-    if not kind.startswith(("image/", "application/octet-stream")):
-        raise fail(415, f"content type {kind or '(none)'!r}; send image/png or application/json")
-    image = guarded(lambda: open_image(body, MAX_DECODE_PIXELS))
-    return Response(work(predictor, lambda: preprocess(decode(image))), media_type="application/json")

@@ -1,0 +1,333 @@
+"""Reading and answering one request of `lenet serve`, and the limits every request is held to.
+
+`read_digit` is the one digit reader behind both predict endpoints (`/api/predict` with the served model,
+`/api/train/predict` with a live run's weights): a multipart upload, a raw image/* body or JSON
+{"pixels": 28x28} goes through `lenet.prediction`'s preprocessing, the same code `lenet predict` uses,
+so the two endpoints accept the same bodies and refuse the same inputs with the same 4xx. A bad input
+is a 4xx with a message in `detail`; no input may produce a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import h11
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from lenet.model import SHAPE, LeNet
+from lenet.prediction import ImageError, decode, open_image, preprocess, preprocess_pixels
+from lenet.runs import one_line
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ModelSource = Callable[[], LeNet]  # the weights a prediction reads with, asked for once per request
+MAX_BODY_BYTES = 1_000_000  # a drawn 280x280 PNG is ~10 kB; anything near 1 MB is not a digit drawing
+# A 5 kB PNG can claim 40 megapixels, and preprocessing costs ~30 bytes of memory per pixel: the server's
+# decode budget per request is well below lenet.prediction's MAX_FILE_PIXELS, judged by the same
+# lenet.prediction.open_image from the header; MAX_DECODING caps how many images are decoded at once.
+MAX_DECODE_PIXELS = 4_000_000
+MAX_DECODING = 4  # large images preprocessed at the same time, by all endpoints together; worst ~4 x 120 MB
+# Up to this many pixels (a 280x280 drawing is 78,400) an image is read on the event loop: a hop to a
+# worker thread costs more CPU than the ~1 ms of work. Larger ones go to a thread, so they never stall it.
+INLINE_PIXELS = 250_000
+# The Host header values answered unless --host names another address: a page on another site that
+# rebinds its own name to 127.0.0.1 (DNS rebinding) sends its own name, and is refused.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+# What one client may hold. A browser's headers are < 2 kB; larger ones are refused with 431. A request's
+# headers must arrive within HEADER_SECONDS and its body within BODY_SECONDS, so slow or stalled clients
+# cannot pile up open sockets.
+MAX_HEADER_BYTES = 16 * 1024  # also h11's buffer for an incomplete request line and headers
+HEADER_SECONDS = 10.0
+BODY_SECONDS = 30.0
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+# ---- how /docs describes the digit reader's bodies and answer (the endpoints parse the body themselves)
+BINARY = {"type": "string", "format": "binary"}
+ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}}
+SIDE, MAP = f"{SHAPE.image}x{SHAPE.image}", f"{SHAPE.conv1_side}x{SHAPE.conv1_side}"  # "28x28", "24x24"
+PIXELS_TEXT = f"{SHAPE.image} rows of {SHAPE.image} numbers in [0, 1]"
+PIXELS = {"type": "array", "items": ROW, "description": f"{PIXELS_TEXT}, white digit on black"}
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"image": BINARY}}},
+        "image/png": {"schema": BINARY},
+        "application/json": {
+            "schema": {"type": "object", "required": ["pixels"], "properties": {"pixels": PIXELS}}
+        },
+    },
+}
+NUMBERS = {"type": "array", "items": {"type": "number"}}
+PREDICT_ANSWER = {"type": "object", "properties": {
+    "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the most likely digit"},
+    "confidence": {"type": "number", "description": "its probability"},
+    "probabilities": {**NUMBERS, "description": f"{SHAPE.classes} probabilities, one per class (6 places)"},
+    "input": {"type": "array", "items": NUMBERS,
+              "description": f"the {SIDE} image the network saw (3 places)"},
+    "conv1": {"type": "array", "items": {"type": "array", "items": NUMBERS},
+              "description": f"conv1's {SHAPE.conv1} {MAP} feature maps after ReLU (3 places)"},
+}}  # fmt: skip
+PREDICT_TEXT = (f"Answers `label`, `confidence`, {SHAPE.classes} `probabilities`, the {SIDE} `input` the "
+                f"network saw, and conv1's {SHAPE.conv1} {MAP} feature maps (`conv1`). Images are centred "
+                "and scaled like MNIST first.")  # fmt: skip
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the reading", "content": {"application/json": {"schema": PREDICT_ANSWER}}},
+    400: {"description": "not a usable image or pixel array"},
+    413: {"description": "body over 1 MB"}, 415: {"description": "unsupported content type"},
+    422: {"description": f"JSON without a {SIDE} `pixels` array"},
+}  # fmt: skip
+
+
+def predict_docs(more: dict[int, str] | None = None) -> dict[str, Any]:
+    """The route keywords that document a digit-reading endpoint; `more` adds its own statuses."""
+    own = {status: {"description": text} for status, text in (more or {}).items()}
+    return {"openapi_extra": {"requestBody": PREDICT_BODY}, "description": PREDICT_TEXT,
+            "responses": PREDICT_RESPONSES | own}  # fmt: skip
+
+
+# ---------------------------------------------------------------- one digit, from any accepted body
+
+
+async def read_digit(request: Request, model: ModelSource) -> Response:
+    """The reading of the digit in `request`'s body by `model()`: a multipart upload (the first file), a
+    raw image/* body or JSON pixels. Small images are read on the event loop; larger ones in a worker
+    thread, at most MAX_DECODING at once over all of the app's endpoints."""
+    net = model()  # first: a live run without weights yet is refused before its body is read
+    body = await read_body(request)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await uploaded_file(request, body) if kind == "multipart/form-data" else checked_type(kind, body)
+    if not body:
+        raise fail(400, "empty body")
+    if kind == "application/json" or kind.endswith("+json"):
+        return answer(work(net, lambda: parse_pixels(body)))
+    image = guarded(lambda: open_image(body, MAX_DECODE_PIXELS))  # judged from the header: cheap
+
+    def read() -> torch.Tensor:
+        return preprocess(decode(image))
+
+    if image.width * image.height <= INLINE_PIXELS:
+        return answer(work(net, read))
+    return answer(await anyio.to_thread.run_sync(work, net, read, limiter=decoders(request.app)))
+
+
+def decoders(app: FastAPI) -> anyio.CapacityLimiter:
+    """The app's one limit on images decoded at once, shared by its endpoints; made on first use, since
+    it needs the running event loop."""
+    if getattr(app.state, "decoders", None) is None:
+        app.state.decoders = anyio.CapacityLimiter(MAX_DECODING)
+    return app.state.decoders
+
+
+def work(model: LeNet, read: Callable[[], torch.Tensor]) -> bytes:
+    """Input -> network input (`read`) -> answer."""
+    x = guarded(read)
+    if not torch.isfinite(x).all():  # a float TIFF can hold NaN; it must not reach the network
+        raise fail(400, "the image holds values that are not finite numbers (NaN or infinity)")
+    return reading(model, x)
+
+
+@torch.no_grad()
+def reading(model: LeNet, x: torch.Tensor) -> bytes:  # x: (image, image) in [0, 1], finite (work() checks)
+    """The JSON answer, from one forward pass: label, confidence, probabilities, input, conv1's maps."""
+    features = model.features(x[None, None])  # the maps and the logits
+    probs = features["logits"][0].softmax(0)  # (classes,)
+    conv1 = features["conv1"][0]  # (conv1, conv1_side, conv1_side)
+    label = int(probs.argmax())
+    out = {"label": label, "confidence": round(float(probs[label]), 6),
+           "probabilities": rounded(probs, 6), "input": rounded(x), "conv1": rounded(conv1)}  # fmt: skip
+    return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
+
+
+def guarded(step: Callable[[], T]) -> T:
+    """One step on a stranger's bytes. Every failure is their 400: an ImageError with its own message,
+    anything unforeseen (a decoder or preprocessing gap met by an odd input) logged as a bug to fix."""
+    try:
+        return step()
+    except HTTPException:
+        raise
+    except ImageError as e:
+        raise fail(400, str(e)) from None
+    except Exception as e:
+        log.exception("an input failed outside the known image errors")
+        raise fail(400, f"cannot read this input ({type(e).__name__}: {one_line(e)[:200]})") from None
+
+
+# ---------------------------------------------------------------- reading a body
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes MAX_BODY_BYTES (also when chunked), and
+    with 408 when it takes longer than BODY_SECONDS. A client that hangs up gets a 400 nobody reads."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise fail(413, f"body of {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}")
+    chunks, size = [], 0
+    try:
+        with anyio.fail_after(BODY_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise fail(413, f"body over the limit of {MAX_BODY_BYTES:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise fail(408, f"the body took longer than {BODY_SECONDS:g} s to arrive") from None
+    except ClientDisconnect:  # not a server fault: nothing to log
+        raise fail(400, "the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+async def uploaded_file(request: Request, body: bytes) -> bytes:
+    """The first file of a multipart/form-data body (field name `image` by convention)."""
+
+    async def replay() -> dict[str, Any]:  # the body was already read (and size-checked) by read_body
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    try:
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise fail(400, "the multipart body holds no file; send the image as a file field named 'image'")
+        return await files[0].read()
+    finally:
+        await form.close()
+
+
+def checked_type(kind: str, body: bytes) -> bytes:
+    """`body`, if its content type is one the digit reader reads (an image or JSON); else a 415."""
+    if not (kind.startswith(IMAGE_TYPES) or kind == "application/json" or kind.endswith("+json")):
+        raise fail(415, f"content type {kind or '(none)'!r}; send multipart/form-data, image/png "
+                        "(or another image/* type) or application/json")  # fmt: skip
+    return body
+
+
+def parse_pixels(body: bytes) -> torch.Tensor:
+    """The network input of a JSON body {"pixels": 28x28 numbers in [0, 1]}; 400 or 422 with the reason."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
+        raise fail(400, f"body is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(data, dict) or "pixels" not in data:
+        raise fail(422, f'JSON body must be an object {{"pixels": {PIXELS_TEXT}}}')
+    rows = data["pixels"]
+    if not isinstance(rows, list) or not all(isinstance(r, list) and all(map(is_number, r)) for r in rows):
+        raise fail(422, f"pixels must be {PIXELS_TEXT} (JSON numbers: not strings, booleans or null)")
+    x = preprocess_pixels(rows)
+    if not x.any():  # preprocess() refuses a blank image; refuse blank pixels the same way
+        raise fail(400, "blank image: every pixel is 0 (no ink)")
+    return x
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------- answering
+
+
+def fail(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def answer(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
+
+
+def rounded(t: torch.Tensor, places: int = 3) -> list:
+    """Nested lists of floats rounded in float64, so the JSON stays short (0.123, not 0.12300000339)."""
+    return t.double().mul(10**places).round().div(10**places).tolist()
+
+
+# ---------------------------------------------------------------- who may ask, and how much
+
+
+def guard(app: FastAPI, hosts: list[str]) -> FastAPI:
+    """Answer only requests for `hosts` (DNS rebinding) whose headers are within MAX_HEADER_BYTES."""
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    app.add_middleware(HeaderLimit)  # outermost: judged before anything else reads the request
+    return app
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """The Host header values a server bound to `host` answers: this machine's names and `host` itself;
+    any name for a wildcard address (0.0.0.0, ::), which serves other machines by whatever name they use."""
+    if host in ANY_ADDRESS:
+        return ["*"]
+    return list(dict.fromkeys([*LOCAL_HOSTS, f"[{host}]" if ":" in host else host.lower()]))
+
+
+class HeaderLimit:
+    """ASGI middleware: a request whose header fields total more than MAX_HEADER_BYTES gets 431."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        size = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
+        if scope["type"] == "http" and size > MAX_HEADER_BYTES:
+            detail = f"request headers of {size:,} bytes; the limit is {MAX_HEADER_BYTES:,}"
+            await JSONResponse({"detail": detail}, status_code=431)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request's line and headers: a client that
+    connects and then sends them slowly, or never, is dropped after `header_seconds` (uvicorn itself
+    waits forever, so a few hundred such sockets exhaust the file descriptors)."""
+
+    header_seconds = HEADER_SECONDS
+    deadline: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.arm()
+
+    def arm(self) -> None:
+        self.waiting_after = self.cycle  # the request in progress when the clock started (None: the first)
+        self.deadline = self.loop.call_later(self.header_seconds, self.too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.deadline is not None and self.cycle is not self.waiting_after:  # the headers are in
+            self.deadline.cancel()
+            self.deadline = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.deadline is None:
+            self.arm()  # the next request on this keep-alive connection gets the same deadline
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers every request h11 cannot parse with 400; one whose line and headers outgrew
+        h11's buffer (h11_max_incomplete_event_size) gets 431, as a complete but too large one does."""
+        if len(self.conn.trailing_data[0]) <= MAX_HEADER_BYTES:
+            super().send_400_response(msg)
+            return
+        detail = f"request headers over the limit of {MAX_HEADER_BYTES:,} bytes".encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        head = h11.Response(status_code=431, headers=headers, reason=b"Request Header Fields Too Large")
+        for event in (head, h11.Data(data=detail), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+    def too_slow(self) -> None:
+        self.deadline = None
+        if self.cycle is self.waiting_after and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        super().connection_lost(exc)

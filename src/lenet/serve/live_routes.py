@@ -1,0 +1,192 @@
+"""The training page of `lenet serve`: start a run (or a pair to compare), pause, resume, stop, and watch it.
+
+  GET  /train              the page (static/train.html + train.js)
+  GET  /api/train/options  presets, the settings the page offers (declared in lenet.config), the runs folder
+  POST /api/train/start    {"preset", "lr", "init_std", "batch_size", "epochs", "seed", "compare_lr", "name"}
+                           or {"resume": NAME}; 422 with config.py's message for a bad value, 409 while busy
+  POST /api/train/pause | resume | stop
+  POST /api/train/lr       {"run": NAME, "lr": NUMBER}: a plain-SGD run's lr from its next epoch on
+  GET  /api/train/status   the current training's runs: state, loss curve, epochs, filters, digits' top 3
+  GET  /api/train/events   the same as Server-Sent Events, at most EVENTS_PER_SECOND a second
+  GET  /api/train/digits   the 50 fixed test digits the page shows (base64 uint8 pixels) and their labels
+  POST /api/train/predict  ?run=NAME: /api/predict's digit reader (lenet.serve.http) with that run's weights
+
+The runs themselves, and the one training a server runs at a time, are lenet.serve.live's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from lenet.config import ConfigError, TrainConfig, field_named
+from lenet.recipe import preset_names, recipe_config
+from lenet.runs import RunDir, RunError, dumps
+from lenet.serve.http import answer, fail, predict_docs, read_digit
+from lenet.serve.live import DIGITS, SETTINGS, Live, LiveRun, checked
+
+STATIC = Path(__file__).parent / "static"
+EVENTS_PER_SECOND = 8  # Server-Sent Events sent at most this often
+PING_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
+
+
+def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
+    """Add the training page and its API to `app`; runs go under `runs_dir` (default: runs/)."""
+    live = Live(runs_dir)
+    app.state.live = live
+    router = APIRouter(tags=["training"])
+    watching_routes(router, live)
+    steering_routes(router, live)
+    app.include_router(router)
+    return live
+
+
+def watching_routes(router: APIRouter, live: Live) -> None:
+    """The page and what it reads: the options, the status (also as events) and the digits."""
+
+    @router.get("/train", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "train.html")
+
+    @router.get("/api/train/options", summary="Presets, the page's settings and defaults, the runs folder")
+    def options() -> dict[str, Any]:
+        return {"presets": preset_names(), "settings": {k: declared(k) for k in SETTINGS},
+                "runs_dir": str(live.runs_dir)}  # fmt: skip
+
+    @router.get("/api/train/status", summary="The current training's runs: state, curves, filters, digits")
+    def status() -> Response:
+        return status_answer(live)
+
+    @router.get("/api/train/events", summary="The status as Server-Sent Events, whenever it changes")
+    async def events(request: Request) -> StreamingResponse:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(live, request), media_type="text/event-stream", headers=headers)
+
+    @router.get("/api/train/digits", summary=f"The {DIGITS} fixed test digits: uint8 pixels (base64), labels")
+    def digits() -> dict[str, Any]:
+        return live.digits()
+
+
+def steering_routes(router: APIRouter, live: Live) -> None:
+    """Start, steer and stop the training, and read a digit with a run's current weights."""
+
+    @router.post("/api/train/start", summary="Start a run, a pair with two learning rates, or resume a run")
+    async def start(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise fail(422, "send a JSON object of settings") from None
+        planned = plan(live, body)
+        runs = await asyncio.to_thread(live.start, planned)
+        return {"runs": [r.name for r in runs]}
+
+    own = {404: "no such run in the current training", 409: "the run has no weights yet"}
+    summary = "Read a digit with a copy of a live run's current weights"
+
+    @router.post("/api/train/predict", summary=summary, **predict_docs(own))
+    async def predict(request: Request, run: str) -> Response:
+        return await read_digit(request, live.find(run).model_copy)
+
+    @router.post("/api/train/lr", summary="Change a plain-SGD run's lr from its next epoch on (recorded)")
+    async def set_lr(request: Request) -> Response:
+        run, lr = await lr_body(live, request)
+        run.ask_lr(lr)
+        return status_answer(live)
+
+    # after /predict and /lr, which this pattern would otherwise take
+    @router.post("/api/train/{action}", summary="pause, resume or stop the current training")
+    def control(action: str) -> Response:
+        live.control(action)
+        return status_answer(live)
+
+
+def declared(name: str) -> dict[str, Any]:
+    """A setting as lenet.config declares it: default, meaning and bounds (the page's form reads it)."""
+    f = field_named(name)
+    meta = f.metadata
+    return {"default": f.default, "help": meta["help"], "low": meta["low"], "high": meta["high"],
+            "type": type(f.default).__name__}  # fmt: skip
+
+
+def plan(live: Live, body: Any) -> list[tuple[str, str, TrainConfig, bool]]:
+    """The runs a start request asks for; 422 with config.py's message for a bad setting."""
+    if not isinstance(body, dict):
+        raise fail(422, "send a JSON object of settings")
+    if body.get("resume") is not None:
+        return [resumed(live, body["resume"])]
+    known = {"preset", "compare_lr", "name", "resume", *SETTINGS}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise fail(422, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    preset = body.get("preset") or None
+    if preset is not None and preset not in preset_names():
+        raise fail(422, f"preset must be one of {', '.join(preset_names())} (got {str(preset)[:60]!r})")
+    given = {k: body[k] for k in SETTINGS if body.get(k) is not None}
+    try:
+        cfg = recipe_config(preset, given)
+        pair = [cfg] if body.get("compare_lr") is None else [cfg, checked(cfg, body["compare_lr"])]
+    except (ConfigError, TypeError) as e:
+        raise fail(422, str(e)) from None
+    stamp = f"live-{datetime.now():%Y%m%d-%H%M%S}"
+    base = body.get("name") or None
+    names = [base or f"{stamp}-{c.short_name()}" for c in pair]
+    if len(pair) == 2:
+        names = [f"{base}-lr{c.lr:g}" for c in pair] if base else names
+        if names[0] == names[1]:
+            raise fail(422, "--lr: the pair needs two different learning rates")
+    planned = []
+    for name, c in zip(names, pair, strict=True):
+        if RunDir(live.folder(name)).config.exists():
+            raise fail(409, f"{live.runs_dir / name} already holds a run; pick another name, or resume it")
+        planned.append((name, f"{preset or 'custom'}, lr {c.lr:g}", c, False))
+    return planned
+
+
+def resumed(live: Live, name: Any) -> tuple[str, str, TrainConfig, bool]:
+    run = RunDir(live.folder(name))
+    try:
+        cfg = run.read_config()
+    except RunError as e:
+        raise fail(404 if not run.config.exists() else 422, str(e)) from None
+    if run.finished():
+        raise fail(409, f"{run.path} already finished; nothing to resume")
+    return name, f"resumed, lr {cfg.lr:g}", replace(cfg), True
+
+
+def status_answer(live: Live) -> Response:
+    return answer(dumps(live.status()).encode())  # runs.dumps: a diverged run's NaN loss is null, not NaN
+
+
+async def lr_body(live: Live, request: Request) -> tuple[LiveRun, Any]:
+    """The run and the lr of a POST /api/train/lr body {"run": NAME, "lr": NUMBER}."""
+    usage = 'send a JSON object {"run": NAME, "lr": NUMBER}'
+    try:
+        body = await request.json()
+    except ValueError:
+        raise fail(422, usage) from None
+    if not isinstance(body, dict) or "lr" not in body:
+        raise fail(422, usage)
+    return live.find(str(body.get("run", ""))), body["lr"]
+
+
+async def stream(live: Live, request: Request) -> AsyncIterator[str]:
+    """The status whenever it changes, at most EVENTS_PER_SECOND times a second; a ping when quiet."""
+    seen, quiet = None, time.monotonic()
+    yield "retry: 1000\n\n"
+    while not await request.is_disconnected():
+        version = live.version()
+        if version != seen:
+            seen, quiet = version, time.monotonic()
+            yield f"data: {dumps(live.status())}\n\n"
+        elif time.monotonic() - quiet > PING_SECONDS:
+            quiet = time.monotonic()
+            yield ": ping\n\n"
+        await asyncio.sleep(1 / EVENTS_PER_SECOND)
