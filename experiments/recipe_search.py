@@ -136,9 +136,9 @@ _splits: dict = {}
 
 def train_one(config: dict, out: str, tuning: bool) -> dict:
     import torch
+    from lenet.train import resolve_device, train
 
     from lenet.data import Split, load_split
-    from lenet.train import resolve_device, train
 
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(config)

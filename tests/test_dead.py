@@ -13,11 +13,10 @@ import torch.nn.functional as F
 
 from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
-from lenet.dead import dead_sgd_epoch, death_check
+from lenet.dead import dead_sgd_epoch, dead_units, death_check
 from lenet.engines import TorchEngine, select_engine
 from lenet.model import SHAPE, LeNet, make_model
 from lenet.runs import load_model, read_jsonl
-from lenet.dead import dead_units
 
 train_module = importlib.import_module("lenet.training")
 LR = 0.1

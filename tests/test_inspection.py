@@ -17,11 +17,11 @@ import lenet.inspection
 import lenet.model
 from lenet.cli import main
 from lenet.config import TrainConfig, describe
+from lenet.engines.torch_engine import evaluate
 from lenet.inspection import WRONG_SHOWN, features_figure, filters_figure, inspect_run
 from lenet.model import SHAPE, LeNet, Shape
 from lenet.prediction import predict
 from lenet.runs import load_model
-from lenet.engines.torch_engine import evaluate
 from lenet.training import train
 
 INDEX = 3

@@ -15,6 +15,7 @@ from PIL import Image
 
 from lenet.cli import main
 from lenet.data import Split
+from lenet.engines.torch_engine import evaluate
 from lenet.prediction import (
     DEFAULT_MODEL,
     FRAME,
@@ -28,7 +29,6 @@ from lenet.prediction import (
     preprocess_pixels,
 )
 from lenet.runs import RunError, load_model
-from lenet.engines.torch_engine import evaluate
 
 AGREEMENT_IMAGES = 1000
 

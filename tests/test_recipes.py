@@ -13,6 +13,7 @@ import torch
 from lenet.cli import build_parser, given_settings
 from lenet.config import ConfigError, TrainConfig
 from lenet.engines import EngineError, select_engine
+from lenet.engines.torch_engine import evaluate
 from lenet.recipe import (
     augment_thetas,
     elastic_fields,
@@ -25,7 +26,6 @@ from lenet.recipe import (
     warp,
 )
 from lenet.runs import RunDir
-from lenet.engines.torch_engine import evaluate
 from lenet.training import train
 
 

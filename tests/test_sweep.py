@@ -11,9 +11,9 @@ from lenet.data import epoch_batches
 from lenet.engines import TorchEngine
 from lenet.model import make_model
 from lenet.recipe import recipe_config
-from lenet.runs import RunError
 from lenet.results import CHANCE_LOSS, RunResult, RunSpec, config_label, is_stalled, load_result, summarise
 from lenet.runners.local import LocalRunner
+from lenet.runs import RunError
 from lenet.sweeps import expand_grid, prepare_sweep
 from lenet.training import train
 from lenet.vectorised import StackedModels, train_group

@@ -15,8 +15,8 @@ from lenet.engines import TorchEngine
 from lenet.engines.fast_engine import cpu_signature
 from lenet.model import make_model
 from lenet.recipe import recipe_config
-from lenet.runs import load_model, read_jsonl
 from lenet.run_state import epoch_line, evaluation_line
+from lenet.runs import load_model, read_jsonl
 from lenet.training import LrRequest, train
 
 

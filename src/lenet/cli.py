@@ -71,12 +71,12 @@ def exit_status(e: Exception) -> int | None:
     """2 for a bad value, 1 for a failure (missing, corrupt, unwritable), None for anything else (a bug).
     The error classes are imported here: the module that raised one is loaded already."""
     from lenet.data import DataError
+    from lenet.engines import DeviceError
     from lenet.export import ExportError
     from lenet.inspection import InspectError
     from lenet.prediction import ImageError
     from lenet.runs import RunError
     from lenet.serve import ServeError
-    from lenet.engines import DeviceError
 
     if isinstance(e, DeviceError | InspectError):
         return 2

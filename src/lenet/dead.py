@@ -195,4 +195,3 @@ def death_check(
         return {"dead": True, "dead_units": units}, start
     units, start = dead_units(model, train_x, start=start)
     return ({"dead": False} if units is None else {"dead": True, "dead_units": units}), start
-

@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 STEP_CHUNK = 50  # plain-SGD steps per engine call: the progress display's and a live view's granularity
-Advance = Callable[[int, torch.Tensor], None]  # told after each engine call: (steps just taken, their summed loss)
+Advance = Callable[
+    [int, torch.Tensor], None
+]  # told after each engine call: (steps just taken, their summed loss)
 
 
 class DeviceError(Exception):
