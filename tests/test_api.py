@@ -14,7 +14,7 @@ import torch
 import lenet
 from lenet.cli import main
 from lenet.config import ConfigError, TrainConfig, flag_name
-from lenet.runs import read_jsonl
+from lenet.runs import RunError, read_jsonl
 
 EXAMPLES = Path(__file__).parents[1] / "docs" / "examples"
 SEVEN, TWO = EXAMPLES / "seven.jpg", EXAMPLES / "two.jpg"
@@ -122,7 +122,7 @@ def test_a_saved_run_loads_back_with_identical_predictions(one_epoch, mnist_spli
         assert loaded.test_accuracy == pytest.approx(one_epoch.test_accuracy)
     assert lenet.load(tmp_path / "copy").history == one_epoch.history
     assert lenet.load(tmp_path / "m.safetensors").history == []  # a bare model file has no metrics
-    with pytest.raises(FileExistsError):
+    with pytest.raises(RunError, match="already holds a run"):
         one_epoch.save(tmp_path / "copy")
 
 

@@ -235,7 +235,10 @@ def test_a_preset_sets_the_recipe(client, runs_dir):
     assert len(run["loss"]) == 1  # 50 steps: one point, however many engine calls
 
 
-def test_the_event_stream_follows_a_run(app):
+def test_the_event_stream_follows_a_run(app, monkeypatch):
+    # A quiet machine trains these 6 epochs in well under a second: the stream is asked to look often
+    # enough to see the run in progress (the rate limit itself is not what this test is about).
+    monkeypatch.setattr("lenet.serve.live_routes.EVENTS_PER_SECOND", 200)
     events: list[dict] = []
     with (
         background(app) as url,

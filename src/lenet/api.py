@@ -106,7 +106,8 @@ def train_run(
 
     split = load_mnist(data_dir, cfg.dataset, cfg.device)
     with run_log(tensorboard) as board:
-        result = train_model(cfg, split, out, print if verbose else None, resume, command, on_epoch=board)
+        echo = print if verbose else None
+        result = train_model(cfg, split, out, log=echo, resume=resume, command=command, on_epoch=board)
     accuracy = 100 * result.test_accuracy
     return Run(cfg, result.rows, result.model, result.test_loss, accuracy, out, result.summary())
 

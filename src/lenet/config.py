@@ -136,6 +136,12 @@ class TrainConfig:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
 
+    @property
+    def plain_sgd(self) -> bool:
+        """The original's plain SGD at a constant lr (no optimiser state, whole steps on the engine), else a
+        recipe: decided here, once, for the loop, the engines, warm starts and the vectorised backend."""
+        return not self.step_extras()
+
     def step_extras(self) -> list[str]:
         """What a training step does beyond plain SGD at a constant lr (empty for the fast engines)."""
         extras = {

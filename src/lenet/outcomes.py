@@ -45,7 +45,8 @@ class Run:
         """Write a model file (a path ending in .safetensors) or a run folder that `lenet.load`,
         `lenet inspect`, `lenet predict --model` and `lenet export` read. Returns the path."""
         from lenet.atomic import write_json, write_jsonl
-        from lenet.runs import provenance, save_model
+        from lenet.provenance import provenance
+        from lenet.runs import save_model
 
         path = Path(path)
         accuracy = None if self.test_accuracy is None else self.test_accuracy / 100

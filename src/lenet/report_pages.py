@@ -116,8 +116,8 @@ def markdown_table_html(table: str) -> str:
 def how_made(
     command: str, seeds: list[int], epochs: int, wall: float, train_seconds: float, machine: dict[str, Any]
 ) -> Section:
-    """`train_seconds`: each run's own training time, summed; `machine`: `lenet.runs.provenance`'s record of
-    the versions and the machine this invocation ran on."""
+    """`train_seconds`: each run's own training time, summed; `machine`: `lenet.provenance.provenance`'s
+    record of the versions and the machine this invocation ran on."""
     m = machine
     return Section(
         "How this was made",

@@ -18,11 +18,12 @@ import torch
 from lenet.ablation import ablation_specs
 from lenet.claims import ORIGINAL_LOSSES, Verdict, judge_claims
 from lenet.config import PHASE_LRS, PHASE_STDS, TrainConfig
+from lenet.provenance import provenance
 from lenet.report_pages import how_made, phase_section, recipe_section, seed_and_claim_sections, write_pages
 from lenet.results import RunResult, RunSpec
 from lenet.run_state import previous_record
 from lenet.runners import Runner
-from lenet.runs import RunDir, provenance, read_jsonl
+from lenet.runs import RunDir, read_jsonl
 from lenet.sweeps import run_dir_name
 
 Plan = tuple[dict[str, list[RunSpec]], list[tuple[str, list[RunSpec]]], list[RunSpec], list[RunSpec]]

@@ -20,8 +20,9 @@ from lenet.data import Split
 from lenet.dead import death_check
 from lenet.engines.torch_engine import evaluate
 from lenet.model import LeNet, count_parameters, make_model
+from lenet.provenance import provenance
 from lenet.recipe import Ema, evaluate_tta, make_optimizer
-from lenet.runs import RunDir, RunError, load_checkpoint, one_line, provenance, save_checkpoint, save_model
+from lenet.runs import RunDir, RunError, load_checkpoint, one_line, save_checkpoint, save_model
 
 Log = Callable[[str], None]
 
@@ -118,7 +119,7 @@ class State:
 
 def new_state(cfg: TrainConfig, device: torch.device) -> State:
     model = make_model(cfg).to(device)
-    optimizer = make_optimizer(cfg, model.parameters()) if cfg.step_extras() else None
+    optimizer = None if cfg.plain_sgd else make_optimizer(cfg, model.parameters())
     return State(model, optimizer, Ema(model, cfg.ema) if cfg.ema > 0 else None, [], cfg)
 
 
@@ -174,7 +175,7 @@ def warm_start(cfg: TrainConfig, source: RunDir, state: State, log: Callable[[st
             k for k, v in cfg.to_dict().items() if k not in ("epochs", *PLACEMENT) and stored.get(k) != v
         ]:
             why = f"its settings differ ({', '.join(differ)})"
-        elif cfg.step_extras():
+        elif not cfg.plain_sgd:
             why = f"only plain-SGD runs take over epochs (this one has {', '.join(cfg.step_extras())})"
         elif not 1 <= stored["epochs"] < cfg.epochs:
             why = f"it has {stored['epochs']} epochs, not fewer than {cfg.epochs}"

@@ -1,4 +1,4 @@
-"""The run directory: its files, checkpoints, the final model, provenance, and loading a run back.
+"""The run directory: its files, checkpoints, the final model, and loading a run back.
 
 Every file here is written whole or not at all, through `lenet.atomic`.
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -52,47 +50,6 @@ def nan_for_null(rows: list) -> list:
             if isinstance(row, dict) and key in row and row[key] is None:
                 row[key] = float("nan")
     return rows
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree lenet runs from, if it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def cpu_name() -> str:
-    """The processor's model name ("AMD EPYC"): results differ slightly between CPUs, so figures name it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(device: torch.device, engine: str) -> dict[str, Any]:
-    from lenet.version import __version__
-
-    return {
-        "lenet": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "engine": engine,
-        "git_commit": git_commit(),
-    }
 
 
 @dataclass(frozen=True)
@@ -344,7 +301,7 @@ def check_checkpoint(
 
 def is_lr_change(change: Any, cfg: TrainConfig) -> bool:
     """[first epoch, lr] of an lr set by hand: a plain-SGD run's, within its epochs, a positive finite lr."""
-    if cfg.step_extras() or not isinstance(change, list) or len(change) != 2:
+    if not cfg.plain_sgd or not isinstance(change, list) or len(change) != 2:
         return False
     epoch, lr = change
     ok_lr = isinstance(lr, float | int) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0

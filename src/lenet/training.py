@@ -61,7 +61,7 @@ def train(
     only), taken from the next epoch on (`epoch_lr`). `start_from`: a finished shorter run of the same
     settings whose epochs a new plain-SGD run takes over instead of training them again (warm start).
     """
-    if lr_request is not None and cfg.step_extras():
+    if lr_request is not None and not cfg.plain_sgd:
         raise ConfigError("the lr can be changed by hand in plain-SGD runs only (a recipe schedules its own)")
     hooks = Hooks(on_start, on_steps, on_epoch, lr_request)
     run = RunDir(out) if out is not None else None

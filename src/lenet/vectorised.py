@@ -96,7 +96,7 @@ def train_group(
     """
     if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
         raise ValueError("a vectorised group needs one epochs and batch size")
-    if any(c.step_extras() for c in cfgs):
+    if not all(c.plain_sgd for c in cfgs):
         raise ValueError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
     runs = [RunDir(o) if o is not None else None for o in outs]
     lines = [RunLog(r, e) for r, e in zip(runs, logs or [None] * len(runs), strict=True)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from lenet.config import (
     flag_name,
     parse_value,
 )
-from lenet.options import Options, checked, count, flag_of
+from lenet.options import Options, RunnerOptions, checked, count, flag_of
 
 
 class UsageError(Exception):
@@ -83,6 +84,7 @@ def positive_int(text: str) -> int:
 # ---------------------------------------------------------------- options of sweep, reproduce, ablate
 
 
+@functools.cache  # one converter per declared option: every command that has the flag reads it alike
 def option_type(f: dataclasses.Field) -> Callable[[str], object]:
     """The flag's text -> the option's value, by the declaration's rule (argparse prints the message)."""
     kind = str(f.type)
@@ -109,11 +111,12 @@ def option_type(f: dataclasses.Field) -> Callable[[str], object]:
 
 
 def add_options(
-    parser: argparse.ArgumentParser, declaration: type[Options], skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser, declaration: type[Options], only: tuple[str, ...] | None = None
 ) -> None:
-    """One flag per field of a lenet.options declaration: its help, rule and default come from there."""
+    """One flag per field of a lenet.options declaration (or those named in `only`): its help, rule and
+    default come from there."""
     for f in dataclasses.fields(declaration):
-        if f.name in skip:
+        if only is not None and f.name not in only:
             continue
         meta = f.metadata
         shown = f.default if not isinstance(f.default, tuple) else " ".join(map(str, f.default))
@@ -146,9 +149,8 @@ def options_from(args: argparse.Namespace, declaration: type[Options]) -> Option
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", type=Path, help="data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)"
-    )
+    """--data-dir of the commands that train or read data: the one of lenet.options.RunnerOptions."""
+    add_options(parser, RunnerOptions, only=("data_dir",))
 
 
 def add_tensorboard(parser: argparse.ArgumentParser, what: str) -> None:

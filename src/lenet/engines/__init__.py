@@ -96,7 +96,7 @@ def select_engine(
     torch engine for recipes. Anything else: the torch engine.
     """
     kind = torch.device(device).type
-    plain = not cfg.step_extras()
+    plain = cfg.plain_sgd
     if cfg.engine == "torch":
         return TorchEngine()
     if cfg.engine == "fast":

@@ -94,7 +94,7 @@ class LocalRunner:
         from lenet.tensorboard import run_log
         from lenet.vectorised import train_group
 
-        recipes = [i for i in todo if specs[i].config.step_extras()]
+        recipes = [i for i in todo if not specs[i].config.plain_sgd]
         if recipes:  # the vectorised step is plain SGD only: the rest run one after another
             self._run_sequential(specs, recipes, done, on_epoch)
         groups: dict[tuple, list[int]] = {}

@@ -64,7 +64,7 @@ class LiveRun:
         self.last_snapshot = self.last_digits = 0.0
         self.clock, self.images = time.perf_counter(), 0  # images per second since the last snapshot
         # the lr set by hand (plain SGD): lenet.training takes it at the next epoch's start and records it
-        self.lr_request = None if cfg.step_extras() else LrRequest()
+        self.lr_request = LrRequest() if cfg.plain_sgd else None
         self.lr_now, self.lr_next, self.epoch_now, self.asked_in = cfg.lr, None, -1, -1
         self.thread = threading.Thread(target=self.run, name=f"lenet-live-{name}", daemon=True)
 
@@ -185,7 +185,7 @@ class LiveRun:
         with self.lock:
             return {
                 "name": self.name, "label": self.label, "state": self.state, "folder": str(self.out),
-                "config": {k: getattr(self.cfg, k) for k in SETTINGS}, "recipe": bool(self.cfg.step_extras()),
+                "config": {k: getattr(self.cfg, k) for k in SETTINGS}, "recipe": not self.cfg.plain_sgd,
                 "epochs": self.cfg.epochs, "steps_per_epoch": self.steps, "loss": self.loss,
                 "rows": self.rows, **self.view, "result": self.result, "error": self.error,
                 "lr_next": self.lr_next, "lr_settable": self.lr_request is not None,
