@@ -136,9 +136,10 @@ _splits: dict = {}
 
 def train_one(config: dict, out: str, tuning: bool) -> dict:
     import torch
-    from lenet.train import resolve_device, train
 
     from lenet.data import Split, load_split
+    from lenet.engines import resolve_device
+    from lenet.training import train
 
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(config)

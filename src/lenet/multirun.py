@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,23 +114,18 @@ def run_sweep(options: SweepOptions, grid: dict[str, list[Any]], command: str, v
     seeds = options.seed_list()
     cfgs = expand_grid(grid, seeds, recipe_config(options.recipe, {}))  # checks everything before training
     runner = make_runner(options, command, options.tensorboard)
-    with contextlib.ExitStack() as stack:
-        keep = options.out is not None or verbose  # the CLI always keeps its sweep
-        folder = options.out or (
-            Path("sweeps") / f"{datetime.now():%Y%m%d-%H%M%S}"
-            if verbose
-            else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        )
+    with contextlib.ExitStack() as stack:  # without `out`, the runs live in a folder removed at the end
+        folder = options.out or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         specs = prepare_sweep(folder, cfgs, command)
         say(verbose, f"sweep: {len(cfgs) // len(seeds)} configurations x {len(seeds)} seeds = "
             f"{len(specs)} runs in {folder}")  # fmt: skip
         results = train_all(runner, specs, "sweep")
-        if keep:
+        if options.out is not None:
             with own_plotting():
                 for path in write_sweep_report(folder, results):
                     say(verbose, f"wrote {path}")
             say(verbose, (folder / "summary.md").read_text().rstrip("\n"))
-    return Sweep(summarise(results), results, folder if keep else None)
+    return Sweep(summarise(results), results, options.out)
 
 
 def say(verbose: bool, line: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
+from pathlib import Path
 
 from lenet.commands.common import add_options, add_settings, given_settings, options_from
 from lenet.options import SweepOptions
@@ -24,5 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from lenet.multirun import run_sweep
 
     grid = given_settings(args)  # a --seed list is refused by expand_grid: seeds come from --seeds
+    if args.out is None:  # the command always keeps its sweep (lenet.sweep without `out` keeps nothing)
+        args.out = Path("sweeps") / f"{datetime.now():%Y%m%d-%H%M%S}"
     run_sweep(options_from(args, SweepOptions), grid, args.command_line, verbose=True)
     return 0
