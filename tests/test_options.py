@@ -10,7 +10,7 @@ import pytest
 import lenet
 from lenet.cli import build_parser
 from lenet.config import TrainConfig
-from lenet.options import AblateOptions, ReproduceOptions, SweepOptions
+from lenet.options import AblateOptions, ReproduceOptions, ServeOptions, SweepOptions
 
 DECLARED = {"sweep": SweepOptions, "reproduce": ReproduceOptions, "ablate": AblateOptions}
 TRAINING_SETTINGS = {f.name for f in dataclasses.fields(TrainConfig)}  # sweep's grid axes
@@ -73,3 +73,16 @@ def test_the_whole_declaration_is_checked_from_both_doors(capsys):
 
     assert main(["reproduce", "--epochs", "20", "--long-epochs", "10"]) == 2
     assert "--long-epochs must be 0" in capsys.readouterr().err
+
+
+def test_serve_flags_and_keywords_are_the_declaration():
+    from lenet.serve import serve
+
+    declared = {f.name: f.default for f in dataclasses.fields(ServeOptions)}
+    assert flags("serve") == declared
+    params = inspect.signature(serve).parameters
+    assert {k: p.default for k, p in params.items() if p.kind is not p.VAR_KEYWORD} == declared
+    with pytest.raises(lenet.config.ConfigError, match="--port must be in 1-65535"):
+        serve(port=70000)
+    with pytest.raises(lenet.config.ConfigError, match="--workers must be >= 1"):
+        serve(workers=0)

@@ -253,3 +253,29 @@ class AblateOptions(RunnerOptions):
     epochs: int | None = option(None, "one length for every step (default: each recipe's own)", count)
     dataset: str = option(default_of("dataset"), "the data set", choices=DATASETS)
     device: str = option(default_of("device"), "where to train", choices=DEVICES)
+
+
+def port(value: Any) -> int:
+    """A TCP port, 1-65535."""
+    if not 1 <= integer(value) <= 65535:
+        raise ValueError(f"must be in 1-65535 (got {value})")
+    return value
+
+
+@dataclass(frozen=True)
+class ServeOptions(Options):
+    """`lenet serve` / `lenet.serve.serve`: the drawing page, the training page and the JSON API."""
+
+    model: Path | None = option(
+        None, "run directory or model.safetensors (default: the shipped model)", path, metavar="RUN"
+    )
+    host: str = option(
+        "127.0.0.1",
+        "address to listen on (127.0.0.1: this machine only); another address also serves other machines, "
+        "with no authentication: anyone who reaches it can start trainings (0.0.0.0: every interface, "
+        "answering any host name)",
+        text,
+    )
+    port: int = option(8000, "TCP port, 1-65535", port)
+    workers: int = option(1, "server processes sharing the port, to use more cores", count)
+    runs_dir: Path = option(Path("runs"), "where the training page (/train) writes its run folders", path)

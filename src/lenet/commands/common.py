@@ -18,7 +18,7 @@ from lenet.config import (
     flag_name,
     parse_value,
 )
-from lenet.options import Options, RunnerOptions, checked, count, flag_of
+from lenet.options import Options, RunnerOptions, ServeOptions, checked, count, flag_of
 
 
 class UsageError(Exception):
@@ -173,12 +173,8 @@ def add_run(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        type=Path,
-        metavar="RUN",
-        help="run directory or model.safetensors (default: the shipped model)",
-    )
+    """--model of predict and serve: the one of lenet.options.ServeOptions."""
+    add_options(parser, ServeOptions, only=("model",))
 
 
 def add_recipe(parser: argparse.ArgumentParser, role: str) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lenet.options import ServeOptions
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -34,13 +36,22 @@ def create_app(model: Path | str | None = None) -> FastAPI:
 
 
 def serve(
-    model: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, **uvicorn_args: Any
+    model: Path | str | None = ServeOptions.model,
+    host: str = ServeOptions.host,
+    port: int = ServeOptions.port,
+    *,
+    workers: int = ServeOptions.workers,
+    runs_dir: Path | str = ServeOptions.runs_dir,
+    **uvicorn_args: Any,
 ) -> None:
-    """Load the model once, then serve until interrupted."""
+    """Load the model once, then serve until interrupted, as `lenet serve` (every keyword is one of its
+    flags, declared once in lenet.options.ServeOptions; a bad value raises lenet.config.ConfigError)."""
+    options = ServeOptions(model=model, host=host, port=port, workers=workers, runs_dir=runs_dir)
     try:
         from lenet.serve.server import serve as run
     except ModuleNotFoundError as e:
         if e.name in EXTRA_MODULES:
             raise SystemExit(f"lenet: error: {MISSING_EXTRA} ({e.name} is missing)") from None
         raise
-    run(model, host=host, port=port, **uvicorn_args)
+    run(options.model, host=options.host, port=options.port, workers=options.workers,
+        runs_dir=options.runs_dir, **uvicorn_args)  # fmt: skip
