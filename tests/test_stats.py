@@ -58,11 +58,11 @@ def test_place_percentile_and_two_sided_p_value():
     middle = place(5.0, ours)
     assert (middle.below, middle.equal, middle.percentile, middle.p_value) == (4, 1, 50.0, 1.0)
     low = place(0.5, ours)  # below all nine: p = 2 (0 + 1) / 10
-    assert (low.percentile, low.p_value, low.matches) == (0.0, 0.2, True)
+    assert (low.percentile, low.p_value, low.consistent) == (0.0, 0.2, True)
     high = place(8.5, ours)  # one of ours above it: p = 2 (1 + 1) / 10
     assert high.percentile == pytest.approx(100 * 8 / 9) and high.p_value == pytest.approx(0.4)
     many = place(-1.0, list(range(100)))  # outside 100 runs: p = 2/101 < 0.05, no match
-    assert many.p_value == pytest.approx(2 / 101) and not many.matches
+    assert many.p_value == pytest.approx(2 / 101) and not many.consistent
 
 
 def test_death_epoch_reads_the_rows():
@@ -127,3 +127,33 @@ def test_death_check_is_not_repeated_under_plain_sgd():
     stored = {"dead": True, "dead_units": {"conv1": 0, "conv2": 12}}
     assert death_check(model, last, True, x, start=3) == (stored, 3)  # the stored verdict, not a new check
     assert death_check(model, last, False, x) == ({"dead": False}, 0)  # a recipe may revive it: checked
+
+
+def test_the_rule_text_and_range_agree_with_place_for_every_n():
+    """consistent_range is exactly what `place` accepts, and the words say what the rule can reject:
+    never for n <= 39, only outside the whole range for 40-79, beyond the second most extreme from 80."""
+    from lenet.stats import consistent_range, rule_text, tolerated
+
+    for n in range(2, 300):
+        ours = [float(v) for v in range(n)]
+        bounds = consistent_range(ours)
+        if n <= 39:
+            assert bounds is None and tolerated(n) is None and "cannot reject" in rule_text(n)
+            assert place(-1.0, ours).consistent and place(n + 1.0, ours).consistent
+            continue
+        low, high = bounds
+        assert place(low, ours).consistent and place(high, ours).consistent
+        assert not place(low - 0.5, ours).consistent and not place(high + 0.5, ours).consistent
+        if n <= 79:
+            assert (low, high) == (0.0, n - 1.0) and "outside the whole range" in rule_text(n)
+    assert "beyond our second most extreme run" in rule_text(100)
+
+
+def test_the_detectable_shift_and_the_median_interval():
+    from lenet.stats import bootstrap_median, detectable_shift
+
+    ours = [float(v) for v in range(100)]  # accepted: 1..98; moved by 49 either way, 50 of 100 fall outside
+    assert detectable_shift(ours) == (49.0, 49.0)
+    assert detectable_shift(ours[:30]) is None
+    low, high = bootstrap_median(ours)
+    assert low < 49.5 < high and bootstrap_median(ours) == (low, high)  # fixed seed: reproducible

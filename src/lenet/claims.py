@@ -14,7 +14,7 @@ import itertools
 import statistics
 from dataclasses import dataclass, field
 
-from lenet.results import CHANCE_LOSS, RunResult, is_stalled, summarise
+from lenet.results import CHANCE_LOSS, STALL_TOLERANCE, RunResult, is_stalled, summarise
 from lenet.stats import death_epoch, proportion_text, recorded_deaths
 
 # The original's one run (SPEC.md): epoch 1..20 average losses and the test result.
@@ -53,9 +53,13 @@ class Verdict:
     holds: int  # in how many seeds
     n: int
     details: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # claim C: what holds for each init std, in words
+    untested: str = ""  # why part of the claim could not be judged (claim C without longer runs)
 
     @property
     def word(self) -> str:
+        if self.untested:
+            return f"not judged ({self.untested})"
         if self.holds == self.n:
             return "holds"
         return "does not hold" if self.holds == 0 else f"holds in {self.holds} of {self.n} seeds"
@@ -91,9 +95,9 @@ def first_epoch_below(curve: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v <= target), None)
 
 
-def long_runs_of(res: dict[str, list[RunResult]]) -> dict[str, list[RunResult]]:
-    """Claim C's longer runs by the experiment they continue ("init std 0.5, 60 epochs" -> "init std 0.5")."""
-    return {k.split(",")[0]: v for k, v in res.items() if "epochs" in k}
+def long_runs_of(res: dict[str, list[RunResult]], prefix: str = "init std") -> dict[str, list[RunResult]]:
+    """The longer runs by the experiment they continue ("init std 0.5, 60 epochs" -> "init std 0.5")."""
+    return {k.split(",")[0]: v for k, v in res.items() if "epochs" in k and k.startswith(prefix)}
 
 
 def judge_claims(res: dict[str, list[RunResult]]) -> list[Verdict]:
@@ -101,7 +105,7 @@ def judge_claims(res: dict[str, list[RunResult]]) -> list[Verdict]:
     init_runs = {k: res[k] for k in ("init std 0.5", "init std 1.0")}
     return [
         verdict_a(res["seed protocol"]),
-        verdict_b(res["lr 0.1"]),
+        verdict_b(res["lr 0.1"], long_runs_of(res, "lr 0.1").get("lr 0.1", [])),
         verdict_c(res["seed protocol"], init_runs, long_runs_of(res)),
     ]
 
@@ -127,62 +131,148 @@ def verdict_a(seed_runs: list[RunResult]) -> Verdict:
     )
 
 
-def verdict_b(lr_runs: list[RunResult]) -> Verdict:
-    stalled = [is_stalled(losses(r)[-1]) and all(is_stalled(x) for x in losses(r)[1:]) for r in lr_runs]
+def at_chance(curve: list[float], band: float = STALL_TOLERANCE) -> bool:
+    """Claim B's "stalls and never improves": within `band` of ln 10 at every epoch from the second on."""
+    return all(is_stalled(x, band) for x in curve[1:])
+
+
+def verdict_b(lr_runs: list[RunResult], long_runs: list[RunResult] | None = None) -> Verdict:
+    stuck = [at_chance(losses(r)) for r in lr_runs]
     finals = listed([losses(r)[-1] for r in lr_runs], 4)
+    epochs = len(losses(lr_runs[0]))
+    ours = (
+        f"At lr 0.1 the loss stays within {STALL_TOLERANCE:g} of ln 10 = {CHANCE_LOSS:.4f} from epoch 2 to "
+        f"epoch {epochs} in {sum(stuck)} of {len(stuck)} seeds (final losses: {finals})."
+    )
     return Verdict(
         claim="Raising the learning rate from 0.01 to 0.1 makes the loss stall around 2.3 and never improve.",
         original="The report describes the loss staying near 2.3 (ln 10, chance level for 10 classes) "
         "at lr 0.1.",
-        ours=f"At lr 0.1 the loss stays within 0.05 of ln 10 = {CHANCE_LOSS:.4f} from epoch 2 to the end in "
-        f"{sum(stalled)} of {len(stalled)} seeds (final losses: {finals}).",
-        holds=sum(stalled),
-        n=len(stalled),
+        ours=ours + (f" {escapes(lr_runs, long_runs)}" if long_runs else ""),
+        holds=sum(stuck),
+        n=len(stuck),
     )
+
+
+def escapes(runs: list[RunResult], long_runs: list[RunResult]) -> str:
+    """Claim B's "never" followed further: of the runs stalled but alive at the end, how many left the
+    band in the longer runs, and how many longer runs stay at chance throughout."""
+    longer = {r.spec.config.seed: losses(r) for r in long_runs}
+    alive = [r for r in runs if is_stalled(losses(r)[-1]) and death_epoch(r.rows) is None]
+    followed = [longer[r.spec.config.seed] for r in alive if r.spec.config.seed in longer]
+    out = sum(not is_stalled(curve[-1]) for curve in followed)
+    horizon = len(next(iter(longer.values())))
+    still = sum(at_chance(c) for c in longer.values())
+    return (
+        f"Followed to epoch {horizon}: of the {len(alive)} runs stalled but alive at epoch "
+        f"{len(losses(runs[0]))}, {out} of {len(followed)} left the band; {still} of {len(longer)} runs stay "
+        f"at chance from epoch 2 to epoch {horizon}."
+    )
+
+
+def slower_and_there(
+    base: list[float], curve: list[float], long: list[float] | None, factor: float = MUCH_SLOWER
+) -> tuple[bool, int | None]:
+    """(the run's loss after the seed protocol's epochs is at least `factor` x the seed protocol's, the
+    epoch its longer run (else itself) first reaches the seed protocol's final loss, or None)."""
+    slower = curve[len(base) - 1] / base[-1] >= factor
+    return slower, first_epoch_below(long if long is not None else curve, base[-1])
 
 
 def verdict_c(
     seed_runs: list[RunResult], init_runs: dict[str, list[RunResult]], long_runs: dict[str, list[RunResult]]
 ) -> Verdict:
-    """Slower: after the same epochs, at least MUCH_SLOWER x the seed protocol's loss (same seed). Gets there:
-    a long run reaches the seed protocol's final loss."""
+    """Counted per seed, for each init std apart (the two stds share each seed's init direction and batch
+    order: their runs are not independent). Slower: after the same epochs, at least MUCH_SLOWER x the seed
+    protocol's loss (same seed). Gets there: its longer run reaches the seed protocol's final loss."""
     base = {r.spec.config.seed: losses(r) for r in seed_runs}
-    holds, n, slower_count, reached_count, details = 0, 0, 0, 0, []
+    seeds = sorted(base)
+    ok = dict.fromkeys(seeds, True)
+    parts, details = [], []
     for name, runs in init_runs.items():
+        longer = {x.spec.config.seed: losses(x) for x in long_runs.get(name, [])}
+        slower = reached = 0
         for r in runs:
             seed = r.spec.config.seed
-            ratio = losses(r)[-1] / base[seed][-1]
-            long = next((x for x in long_runs.get(name, []) if x.spec.config.seed == seed), None)
-            reached = first_epoch_below(losses(long), base[seed][-1]) if long else None
-            slower = ratio >= MUCH_SLOWER
-            holds += slower and (reached is not None if long_runs else True)
-            slower_count += slower
-            reached_count += reached is not None
-            n += 1
-            where = (
-                f"; reaches the seed protocol's final loss at epoch {reached}"
-                if reached
-                else f"; never reaches it in {len(losses(long))} epochs"
-                if long
-                else ""
-            )
-            details.append(
-                f"{name}, seed {seed}: final loss {losses(r)[-1]:.4f} = {ratio:.2f}x the "
-                f"seed protocol's {base[seed][-1]:.4f}{where}"
-            )
+            is_slower, epoch = slower_and_there(base[seed], losses(r), longer.get(seed))
+            slower, reached = slower + is_slower, reached + (epoch is not None and bool(longer))
+            ok[seed] = ok[seed] and is_slower and (epoch is not None or not longer)
+            details.append(c_detail(name, seed, losses(r), base[seed], epoch if longer else None, longer))
+        horizon = len(next(iter(longer.values()))) if longer else None
+        there = f"; within {horizon} epochs in {reached} of {len(runs)}" if horizon else ""
+        parts.append(f"{name}: slower in {slower} of {len(runs)} seeds{there}")
     return Verdict(
         claim="Drawing the initial weights with a larger stddev (0.5, or the default 1.0) instead of 0.1 "
         "makes the loss fall much more slowly; with many more epochs it still gets there.",
         original="Stated from the author's runs; the report gives no numbers for them.",
-        ours="Counted per (stddev, seed): the final loss after the same epochs is at least "
-        f"{MUCH_SLOWER:g}x the seed protocol's"
-        + (" and the long run reaches the seed protocol's final loss" if long_runs else "")
-        + f": {holds} of {n} (slower: {slower_count} of {n}"
-        + (f"; long run gets there: {reached_count} of {n})." if long_runs else ")."),
-        holds=holds,
-        n=n,
+        ours="Counted per seed, for each init std: slower = the final loss after the same epochs is at "
+        f"least {MUCH_SLOWER:g}x the seed protocol's; gets there = the longer run reaches the seed "
+        f"protocol's final loss. {'; '.join(parts)}. The claim holds for a seed when both stds are "
+        f"slower and get there: {sum(ok.values())} of {len(seeds)} seeds.",
+        holds=sum(ok.values()),
+        n=len(seeds),
         details=details,
+        parts=parts,
+        untested="" if long_runs else "no longer runs (--long-epochs 0): 'still gets there' is untested",
     )
+
+
+def c_detail(name: str, seed: int, curve: list[float], base: list[float], epoch: int | None, longer) -> str:
+    ratio = curve[-1] / base[-1]
+    where = ""
+    if longer:
+        horizon = len(next(iter(longer.values())))
+        where = f"; reaches it at epoch {epoch}" if epoch else f"; not within {horizon} epochs"
+    return (
+        f"{name}, seed {seed}: final loss {curve[-1]:.4f} = {ratio:.2f}x the seed protocol's "
+        f"{base[-1]:.4f}{where}"
+    )
+
+
+STALL_BANDS = (0.02, 0.05, 0.1)  # the sensitivity table's stall bands (around ln 10)
+SLOWER_FACTORS = (1.5, 2.0, 3.0)  # ... and claim C's "much more slowly" factors
+
+
+def sensitivity(res: dict[str, list[RunResult]]) -> list[dict[str, str]]:
+    """Claims B and C under other thresholds, from the same runs: B's stall band and horizon, C's factor
+    and horizon. One row per setting: {"claim", "setting", "result"}; the report's own setting is marked."""
+    rows = []
+    lr_runs = [res["lr 0.1"], *long_runs_of(res, "lr 0.1").values()]
+    for band in STALL_BANDS:
+        for runs in lr_runs:
+            k, horizon = sum(at_chance(losses(r), band) for r in runs), len(losses(runs[0]))
+            mark = " (this report's)" if band == STALL_TOLERANCE and runs is res["lr 0.1"] else ""
+            setting = f"band {band:g} around ln 10, epochs 2-{horizon}{mark}"
+            rows.append({"claim": "B", "setting": setting, "result": f"{k} of {len(runs)} seeds at chance"})
+    base = {r.spec.config.seed: losses(r) for r in res["seed protocol"]}
+    longer = long_runs_of(res)
+    for factor in SLOWER_FACTORS:
+        for horizon in sorted(
+            {len(next(iter(base.values()))), *(len(losses(v[0])) for v in longer.values())}
+        ):
+            rows.append(c_row(res, base, longer, factor, horizon))
+    return rows
+
+
+def c_row(res, base: dict[int, list[float]], longer: dict, factor: float, horizon: int) -> dict[str, str]:
+    """Claim C's counts per init std with `factor` and "gets there within `horizon` epochs"."""
+    counts = []
+    for name in ("init std 0.5", "init std 1.0"):
+        curves = {x.spec.config.seed: losses(x) for x in [*res[name], *longer.get(name, [])]}
+        ok = 0
+        for r in res[name]:
+            seed = r.spec.config.seed
+            curve = curves[seed] if len(curves[seed]) >= horizon else losses(r)
+            slower, epoch = slower_and_there(base[seed], curve[:horizon], None, factor)
+            ok += slower and epoch is not None
+        counts.append(f"{name.removeprefix('init ')}: {ok} of {len(res[name])}")
+    mark = (
+        " (this report's)"
+        if factor == MUCH_SLOWER and horizon == max(len(v) for v in curves.values())
+        else ""
+    )
+    setting = f"factor {factor:g}, gets there within {horizon} epochs{mark}"
+    return {"claim": "C", "setting": setting, "result": "; ".join(counts) + " seeds slower and there"}
 
 
 def mechanism_lines(name: str, runs: list[RunResult]) -> str:

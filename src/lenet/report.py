@@ -8,23 +8,34 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lenet.atomic import write_atomic, write_text
-from lenet.results import CHANCE_LOSS, RunResult, config_key, config_label, summarise, varied_settings
+from lenet.results import (
+    CHANCE_LOSS,
+    RunResult,
+    config_key,
+    config_label,
+    is_stalled,
+    summarise,
+    varied_settings,
+)
 
 TABLE_COLUMNS = (
     *("config", "n", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_sd"),
     *("test_acc_min", "test_acc_max", "final_loss_mean", "final_loss_ci_low", "final_loss_ci_high"),
     *("final_loss_sd", "stalled", "stalled_ci_low", "stalled_ci_high", "died", "death_recorded"),
-    "death_epoch_median",
+    *("death_epoch_median", "trained", "trained_acc_mean", "trained_acc_ci_low", "trained_acc_ci_high"),
 )
 TABLE_NOTE = (
     "Brackets: 95% intervals (Student's t for a mean, cut at the range it can take; Wilson's for a share "
     "of runs). Stalled: the last "
     "epoch's loss within 0.05 of ln 10 = 2.303 (chance). Died: every conv1 or every conv2 channel zero on "
-    "every training image, so the output no longer depends on the input (median epoch it happened)."
+    "every training image, so the output no longer depends on the input (median epoch it happened). "
+    "Where some runs stalled, the last column gives the others apart: the runs split into two groups, "
+    "and the mean of all describes neither."
 )
 
 
@@ -39,13 +50,27 @@ def died_text(r: dict[str, Any]) -> str:
     return text + (f" (epoch {r['death_epoch_median']:g})" if r["died"] else "")
 
 
+def trained_text(r: dict[str, Any]) -> str:
+    """The runs that did not stall, apart from the stalled ones: their mean means something."""
+    from lenet.stats import interval_text
+
+    if not r.get("stalled"):
+        return "all"
+    if not r.get("trained"):
+        return "none"
+    ci = interval_text(r["trained_acc_ci_low"], r["trained_acc_ci_high"])
+    return f"{r['trained']}: {r['trained_acc_mean']:.2f} {ci}"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Per configuration: mean [95% CI], sd, range of the test accuracy; final loss; stalled and dead runs."""
     from lenet.stats import interval_text
 
     head = "| configuration | n | test accuracy % mean [95% CI] | sd | min | max "
-    head += "| final train loss mean [95% CI] | stalled [95% CI] | died |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head += (
+        "| final train loss mean [95% CI] | stalled [95% CI] | died | not stalled: n, accuracy % [95% CI] |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         acc_ci = interval_text(r["test_acc_ci_low"], r["test_acc_ci_high"])
         loss_ci = interval_text(r["final_loss_ci_low"], r["final_loss_ci_high"], 4)
@@ -55,7 +80,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['config']} | {r['n']} | {r['test_acc_mean']:.2f} {acc_ci} | {r['test_acc_sd']:.2f} "
             f"| {r['test_acc_min']:.2f} | {r['test_acc_max']:.2f} "
-            f"| {r['final_loss_mean']:.4f} {loss_ci} | {stalled} | {died_text(r)} |"
+            f"| {r['final_loss_mean']:.4f} {loss_ci} | {stalled} | {died_text(r)} | {trained_text(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -111,21 +136,30 @@ def by_config(results: list[RunResult]) -> dict[tuple, list[RunResult]]:
     return groups
 
 
-def plot_loss_curves(results: list[RunResult], path: Path, title: str = "Training loss per epoch") -> Path:
-    """Mean average-loss line per configuration with a min-max band over seeds; chance level dashed."""
+def plot_loss_curves(
+    results: list[RunResult],
+    path: Path,
+    title: str = "Training loss per epoch",
+    original: Sequence[float] | None = None,
+) -> Path:
+    """Mean average-loss line per configuration with a min-max band over seeds; where a configuration's
+    runs split into stalled and trained ones, each group on its own (stalled: dashed); chance level dashed;
+    `original`: the original's one run, drawn too."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     varied = varied_settings([r.spec.config for r in results])
     for group in by_config(results).values():
-        epochs = range(1, min(len(r.rows) for r in group) + 1)
-        curves = [[r.rows[e - 1]["train_loss"] for e in epochs] for r in group]
-        finite = [[v if math.isfinite(v) else float("nan") for v in c] for c in curves]
-        mean = [sum(col) / len(col) for col in zip(*finite, strict=True)]
-        low = [min(col) for col in zip(*finite, strict=True)]
-        high = [max(col) for col in zip(*finite, strict=True)]
-        label = f"{config_label(group[0].spec.config, varied)} (n={len(group)})"
-        (line,) = ax.plot(list(epochs), mean, marker="o", markersize=3, label=label)
-        ax.fill_between(list(epochs), low, high, color=line.get_color(), alpha=0.18)
+        label = config_label(group[0].spec.config, varied)
+        stalled = [r for r in group if is_stalled(r.final_train_loss)]
+        trained = [r for r in group if not is_stalled(r.final_train_loss)]
+        if stalled and trained:
+            color = draw_band(ax, trained, f"{label}: {len(trained)} trained", "-", None)
+            draw_band(ax, stalled, f"{label}: {len(stalled)} stalled", "--", color)
+        else:
+            draw_band(ax, group, f"{label} (n={len(group)})", "-", None)
+    if original is not None:
+        ax.plot(range(1, len(original) + 1), original, color="black", marker="*", markersize=5,
+                linewidth=1, label="the original's one run")  # fmt: skip
     ax.axhline(CHANCE_LOSS, color="grey", linestyle="--", linewidth=1, label="chance level, ln 10 = 2.303")
     ax.set(xlabel="epoch", ylabel="average training loss (cross-entropy, nats)", title=title)
     log_scale_plain(ax)
@@ -134,24 +168,59 @@ def plot_loss_curves(results: list[RunResult], path: Path, title: str = "Trainin
     return save_figure(fig, path)
 
 
+def draw_band(ax, group: list[RunResult], label: str, style: str, color: str | None) -> str:
+    """The group's mean loss per epoch and its min-max band; returns the colour used."""
+    epochs = range(1, min(len(r.rows) for r in group) + 1)
+    curves = [[r.rows[e - 1]["train_loss"] for e in epochs] for r in group]
+    finite = [[v if math.isfinite(v) else float("nan") for v in c] for c in curves]
+    mean = [sum(col) / len(col) for col in zip(*finite, strict=True)]
+    low = [min(col) for col in zip(*finite, strict=True)]
+    high = [max(col) for col in zip(*finite, strict=True)]
+    (line,) = ax.plot(list(epochs), mean, style, marker="o", markersize=3, label=label, color=color)
+    ax.fill_between(list(epochs), low, high, color=line.get_color(), alpha=0.15)
+    return line.get_color()
+
+
 def plot_accuracy(
-    results: list[RunResult], path: Path, title: str = "Test accuracy per configuration"
+    results: list[RunResult],
+    path: Path,
+    title: str = "Test accuracy per configuration",
+    original: dict[tuple, float] | None = None,
 ) -> Path:
-    """Every seed as a point, the mean as a bar, per configuration."""
+    """Every seed as a point (stalled runs red), the mean of the runs that did not stall as a bar, per
+    configuration; `original`: a configuration's key (`config_key`) -> the original's accuracy, a star."""
     plt = pyplot()
     groups = list(by_config(results).values())
     varied = varied_settings([r.spec.config for r in results])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 4.5))
+    seen: set[str] = set()
     for i, group in enumerate(groups):
-        accs = [100 * r.summary["test_accuracy"] for r in group]
-        ax.bar(i, sum(accs) / len(accs), color="C0", alpha=0.25, width=0.6, label="mean" if i == 0 else None)
-        jitter = [i + 0.12 * (k - (len(accs) - 1) / 2) / max(1, len(accs)) * 2 for k in range(len(accs))]
-        ax.scatter(jitter, accs, color="C0", zorder=3, s=18, label="one seed" if i == 0 else None)
+        trained = [100 * r.summary["test_accuracy"] for r in group if not is_stalled(r.final_train_loss)]
+        if trained:
+            ax.bar(i, sum(trained) / len(trained), color="C0", alpha=0.25, width=0.6,
+                   label=once(seen, "mean of the runs that did not stall"))  # fmt: skip
+        for k, r in enumerate(group):
+            x = i + 0.24 * (k - (len(group) - 1) / 2) / max(1, len(group))
+            stalled = is_stalled(r.final_train_loss)
+            ax.scatter(x, 100 * r.summary["test_accuracy"], color="C3" if stalled else "C0", zorder=3, s=14,
+                       label=once(seen, "one seed, stalled" if stalled else "one seed"))  # fmt: skip
+        key = config_key(group[0].spec.config)
+        if original and key in original:
+            ax.scatter(i, original[key], marker="*", s=140, color="black", zorder=4,
+                       label=once(seen, "the original's one run"))  # fmt: skip
     labels = [config_label(g[0].spec.config, varied).replace(", ", "\n") for g in groups]
     ax.set_xticks(range(len(groups)), labels, fontsize=8)
     ax.set(ylabel="test accuracy (%, 10,000 images)", title=title, ylim=(0, 100))
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def once(seen: set[str], label: str) -> str | None:
+    """A legend label the first time it is drawn, None after (one legend entry per kind of mark)."""
+    if label in seen:
+        return None
+    seen.add(label)
+    return label
 
 
 def plot_heatmap(rows: list[dict[str, Any]], names: list[str], path: Path) -> Path:

@@ -7,6 +7,8 @@ lenet.claims, the pages rendered by lenet.report_pages.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import time
 from dataclasses import dataclass, replace
@@ -16,11 +18,20 @@ from typing import Any
 import torch
 
 from lenet.ablation import ablation_specs
-from lenet.claims import ORIGINAL_LOSSES, Verdict, judge_claims
+from lenet.atomic import write_text
+from lenet.claims import ORIGINAL_LOSSES, Verdict, judge_claims, sensitivity
 from lenet.config import PHASE_LRS, PHASE_STDS, TrainConfig
+from lenet.pages import write_pages
 from lenet.provenance import provenance
-from lenet.report_pages import how_made, phase_section, recipe_section, seed_and_claim_sections, write_pages
-from lenet.results import RunResult, RunSpec
+from lenet.report_pages import (
+    how_made,
+    phase_section,
+    recipe_section,
+    seed_and_claim_sections,
+    sensitivity_section,
+    summary_section,
+)
+from lenet.results import RUN_COLUMNS, RunResult, RunSpec, run_rows
 from lenet.run_state import previous_record
 from lenet.runners import Runner
 from lenet.runs import RunDir, read_jsonl
@@ -39,9 +50,10 @@ def experiments(long_epochs: int, epochs: int = 20) -> dict[str, TrainConfig]:
         "init std 0.5": replace(seed, init_std=0.5),
         "init std 1.0": replace(seed, init_std=1.0),
     }
-    if long_epochs > seed.epochs:
+    if long_epochs > seed.epochs:  # claim C's "still gets there", claim B's "never improves", followed on
         runs[f"init std 0.5, {long_epochs} epochs"] = replace(seed, init_std=0.5, epochs=long_epochs)
         runs[f"init std 1.0, {long_epochs} epochs"] = replace(seed, init_std=1.0, epochs=long_epochs)
+        runs[f"lr 0.1, {long_epochs} epochs"] = replace(seed, lr=0.1, epochs=long_epochs)
     return runs
 
 
@@ -153,18 +165,39 @@ def run_reproduce(
     by_spec = dict(zip(flat, results, strict=True))
     res = {name: [by_spec[s] for s in group] for name, group in specs.items()}
     verdicts = judge_claims(res)
-    sections = [
-        how_made(command, seeds, epochs, wall, sum(own_seconds(r) for r in results), machine()),
-        *seed_and_claim_sections(out, res, verdicts, epochs),
-    ]
+    diagram = [by_spec[s] for s in phase_runs]
+    ablation = [(label, [by_spec[s] for s in group]) for label, group in steps]
+    write_runs_csv(out, res, diagram, ablation)
     images = out / "images"
-    if phase_runs:
-        sections.append(phase_section([by_spec[s] for s in phase_runs], images))
-    if steps:
-        sections.append(
-            recipe_section([(label, [by_spec[s] for s in group]) for label, group in steps], images)
-        )
+    sections = [
+        summary_section(verdicts, res["seed protocol"]),
+        *seed_and_claim_sections(out, res, verdicts, epochs),
+        sensitivity_section(sensitivity(res)),
+        *([phase_section(diagram, images)] if diagram else []),
+        *([recipe_section(ablation, images)] if ablation else []),
+        how_made(command, seeds, epochs, wall, sum(own_seconds(r) for r in results), machine()),
+    ]
     return write_pages(out, sections), verdicts
+
+
+def write_runs_csv(
+    out: Path,
+    res: dict[str, list[RunResult]],
+    phase: list[RunResult],
+    ablation: list[tuple[str, list[RunResult]]],
+) -> Path:
+    """runs.csv: one row per run of every experiment (the phase diagram's as "phase lr X, init std Y", the
+    ablation's by step), from which every number of the report can be recomputed."""
+    named = dict(res)
+    for r in phase:
+        named.setdefault(f"phase lr {r.spec.config.lr:g}, init std {r.spec.config.init_std:g}", []).append(r)
+    named.update({f"ablation: {label}": runs for label, runs in ablation})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RUN_COLUMNS)
+    writer.writeheader()
+    writer.writerows(run_rows(named, out))
+    write_text(out / "runs.csv", buf.getvalue())
+    return out / "runs.csv"
 
 
 def machine() -> dict[str, Any]:

@@ -17,17 +17,14 @@ from lenet.runs import RunDir, RunError, read_jsonl
 from lenet.stats import NON_NEGATIVE, PERCENT, death_epoch, mean_interval, recorded_deaths, wilson
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
+STALL_TOLERANCE = 0.05  # the stall band's half-width (the report's sensitivity table varies it)
 
 
-STALL_TOLERANCE = 0.05
-
-
-def is_stalled(final_train_loss: float) -> bool:
-    """The one definition of a stalled run: its last epoch's average loss is within 0.05 of ln 10 (chance).
-
-    A diverged run (loss NaN or inf) counts as stalled too: it learned nothing either.
+def is_stalled(final_train_loss: float, band: float = STALL_TOLERANCE) -> bool:
+    """The one definition of a stalled run: its last epoch's average loss is within `band` of ln 10
+    (chance). A diverged run (loss NaN or inf) counts as stalled too: it learned nothing either.
     """
-    return not math.isfinite(final_train_loss) or abs(final_train_loss - CHANCE_LOSS) <= STALL_TOLERANCE
+    return not math.isfinite(final_train_loss) or abs(final_train_loss - CHANCE_LOSS) <= band
 
 
 def config_key(cfg: TrainConfig) -> tuple:
@@ -112,17 +109,41 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
                 "n": len(group),
                 "test_acc_mean": acc_mean,
                 "test_acc_sd": acc_sd,
-                "test_acc_min": min(accs),
-                "test_acc_max": max(accs),
+                "test_acc_min": finite_min(accs),
+                "test_acc_max": finite_max(accs),
                 "final_loss_mean": loss_mean,
                 "final_loss_sd": loss_sd,
                 "stalled": sum(is_stalled(x) for x in losses),
                 **intervals(accs, losses),
+                **trained(accs, losses),
                 **deaths(group),
                 "seeds": [r.spec.config.seed for r in group],
             }
         )
     return rows
+
+
+def finite_min(values: list[float]) -> float:
+    """The smallest finite value (NaN where there is none): min() over NaNs depends on their order."""
+    return min((v for v in values if math.isfinite(v)), default=math.nan)
+
+
+def finite_max(values: list[float]) -> float:
+    return max((v for v in values if math.isfinite(v)), default=math.nan)
+
+
+def trained(accs: list[float], losses: list[float]) -> dict[str, Any]:
+    """The runs that did not stall, apart: where a configuration's runs split into stalled ones (near 10%)
+    and trained ones (near 96%), the mean of all describes no run, the mean of these does."""
+    kept = [a for a, x in zip(accs, losses, strict=True) if not is_stalled(x)]
+    low, high = mean_interval(kept, bounds=PERCENT) if kept else (math.nan, math.nan)
+    mean = statistics.fmean(kept) if kept else math.nan
+    return {
+        "trained": len(kept),
+        "trained_acc_mean": mean,
+        "trained_acc_ci_low": low,
+        "trained_acc_ci_high": high,
+    }
 
 
 def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
@@ -151,3 +172,38 @@ def deaths(group: list[RunResult]) -> dict[str, Any]:
         "death_epoch_median": statistics.median(epochs) if epochs else None,
         "stalled_dead": sum(death_epoch(r.rows) is not None for r in stalled),
     }
+
+
+# ---------------------------------------------------------------- the per-run table
+
+
+RUN_COLUMNS = (
+    *("experiment", "lr", "init_std", "epochs", "seed", "final_train_loss", "test_loss", "test_accuracy"),
+    *("stalled", "dead", "death_epoch", "run", "train_losses"),
+)
+
+
+def run_rows(named: dict[str, list[RunResult]], out: Path) -> list[dict[str, Any]]:
+    """One row per run (runs.csv): every number a report gives can be recomputed from these alone.
+    `test_accuracy` in %, `train_losses` every epoch's average loss (space-separated, exact), `run` the
+    run folder relative to `out`. A run listed under two names (an ablation step that is the seed
+    protocol) has a row under each."""
+    rows = []
+    for name, runs in named.items():
+        for r in runs:
+            cfg, curve = r.spec.config, [row["train_loss"] for row in r.rows]
+            rows.append({
+                "experiment": name, "lr": cfg.lr, "init_std": cfg.init_std, "epochs": len(r.rows),
+                "seed": cfg.seed, "final_train_loss": curve[-1], "test_loss": r.summary.get("test_loss"),
+                "test_accuracy": 100 * r.summary["test_accuracy"], "stalled": is_stalled(curve[-1]),
+                "dead": death_epoch(r.rows) is not None, "death_epoch": death_epoch(r.rows),
+                "run": relative(r.spec.out, out), "train_losses": " ".join(repr(x) for x in curve),
+            })  # fmt: skip
+    return rows
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 LEVEL = 0.95
-# "Matches the original": its number is not in either 2.5% tail of ours, i.e. the two-sided empirical
-# p-value below is at least this. With n runs the smallest p-value possible is 2 / (n + 1), so below
-# n = 39 a rejection needs the original outside the whole range of ours.
+# "Consistent with ours": the original's number is not in either 2.5% tail of ours, i.e. the two-sided
+# empirical p-value below is at least this. With n runs p is 2 (k + 1) / (n + 1), k the runs of ours at or
+# beyond it on its nearer side, so the rule can reject only beyond the `tolerated(n)`-th most extreme run
+# on either side: never for n <= 39, only outside the whole range for 40 <= n <= 79 (see `rule_text`).
 MATCH_P = 0.05
+BOOTSTRAP = 4000  # resamples for the median's bootstrap interval
 PERCENT, NON_NEGATIVE = (0.0, 100.0), (0.0, math.inf)  # ranges that cut a t interval (accuracy %, loss)
 
 
@@ -68,7 +70,8 @@ class Placement:
     p_value: float  # two-sided empirical: 2 x the smaller tail, with the +1 of a permutation p-value
 
     @property
-    def matches(self) -> bool:
+    def consistent(self) -> bool:
+        """Consistent with ours under the rule: not in either 2.5% tail (p >= MATCH_P)."""
         return self.p_value >= MATCH_P
 
 
@@ -90,6 +93,61 @@ def place(value: float, ours: Sequence[float]) -> Placement:
     low, high = below + equal, n - below  # ours <= value, ours >= value
     p = min(1.0, 2 * (min(low, high) + 1) / (n + 1))
     return Placement(value, n, below, equal, float(percentileofscore(xs, value, kind="mean")), p)
+
+
+def tolerated(n: int) -> int | None:
+    """How many of ours may lie beyond the original on its nearer side before the rule rejects it: the
+    rule rejects when k <= tolerated(n), k = min(#ours <= x, #ours >= x). None: it can never reject."""
+    k = math.ceil(MATCH_P * (n + 1) / 2) - 2  # the largest k with 2 (k + 1) / (n + 1) < MATCH_P
+    while k >= 0 and 2 * (k + 1) / (n + 1) >= MATCH_P:
+        k -= 1
+    while 2 * (k + 2) / (n + 1) < MATCH_P:
+        k += 1
+    return k if k >= 0 else None
+
+
+def consistent_range(ours: Sequence[float]) -> tuple[float, float] | None:
+    """The values the rule accepts as consistent with `ours`: [x(k+1), x(n-k)] (1-based order statistics,
+    k = tolerated(n)); None when every value is accepted (n <= 39)."""
+    xs, k = sorted(ours), tolerated(len(ours))
+    return None if k is None else (xs[k], xs[len(xs) - 1 - k])
+
+
+def rule_text(n: int) -> str:
+    """What the rule can detect with n runs, in words that are right for every n."""
+    k = tolerated(n)
+    if k is None:
+        return (f"With n = {n} runs the smallest p possible is 2 / (n + 1) = {2 / (n + 1):.3f} >= "
+                f"{MATCH_P:g}: the rule cannot reject any original (it needs n >= 40).")  # fmt: skip
+    if k == 0:
+        return f"With n = {n} runs it rejects only an original outside the whole range of ours."
+    nth = {2: "second", 3: "third", 4: "fourth"}.get(k + 1, f"{k + 1}th")
+    return (f"With n = {n} runs it rejects only an original beyond our {nth} most extreme run on either "
+            f"side (at most {k} of ours at or beyond it).")  # fmt: skip
+
+
+def detectable_shift(ours: Sequence[float]) -> tuple[float, float] | None:
+    """The shifts (down, up) of a run like ours that the rule rejects with 50% probability: the smallest d
+    with half of ours, moved by -d (or +d), outside `consistent_range`. None when it can never reject."""
+    bounds = consistent_range(ours)
+    if bounds is None:
+        return None
+    xs = sorted(ours)
+    half = len(xs) // 2  # the shift that puts the median run (and so half of them) outside
+    return (xs[half] - bounds[0], bounds[1] - xs[len(xs) - 1 - half])
+
+
+def bootstrap_median(values: Sequence[float], level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for the median (BOOTSTRAP resamples, a fixed seed: reproducible)."""
+    import numpy as np
+
+    xs = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if len(xs) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(xs, size=(BOOTSTRAP, len(xs)), replace=True), axis=1)
+    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return (float(low), float(high))
 
 
 def death_epoch(rows: list[dict[str, Any]]) -> int | None:
