@@ -8,7 +8,13 @@ and a fraction of a second per epoch."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,11 +27,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lenet.cli import build_parser
+from lenet.commands.common import options_from
 from lenet.config import ConfigError, TrainConfig
+from lenet.options import ServeOptions
 from lenet.runs import RunDir, load_model, read_jsonl
+from lenet.serve import ServeError
 from lenet.serve.app import create_app
 from lenet.serve.http import MAX_BODY_BYTES
-from lenet.serve.server import background
+from lenet.serve.live import NAME, generated_name
+from lenet.serve.server import background, check_runs_dir
 from lenet.training import train
 
 FAST = {"batch_size": 10}  # 500 steps per epoch on the small split
@@ -135,8 +145,9 @@ def test_bad_settings_get_the_config_message(client, runs_dir, body, detail):
 
 
 def test_a_body_that_is_not_an_object_is_refused(client):
-    assert client.post("/api/train/start", content=b"[1, 2]").status_code == 422
-    assert client.post("/api/train/start", content=b"{oops").status_code == 422
+    json_type = {"content-type": "application/json"}
+    assert client.post("/api/train/start", content=b"[1, 2]", headers=json_type).status_code == 422
+    assert client.post("/api/train/start", content=b"{oops", headers=json_type).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -181,19 +192,19 @@ def test_one_training_at_a_time_pause_resume_stop(client, runs_dir, small_split)
     assert second.json()["detail"] == "a training is already running (long); stop it first (one per server)"
     assert not (runs_dir / "other").exists()
 
-    client.post("/api/train/pause")
+    client.post("/api/train/pause", json={})
     paused = wait(client, lambda s: s["runs"][0]["state"] == "paused")["runs"][0]
     time.sleep(0.5)
     still = client.get("/api/train/status").json()["runs"][0]
     assert still["state"] == "paused"
     assert (len(still["loss"]), still["step"]) == (len(paused["loss"]), paused["step"])  # no step taken
 
-    client.post("/api/train/resume")
+    client.post("/api/train/resume", json={})
     wait(client, lambda s: len(s["runs"][0]["rows"]) >= 1 and s["runs"][0]["state"] == "running")
-    client.post("/api/train/stop")
+    client.post("/api/train/stop", json={})
     (run,) = wait(client, idle)["runs"]
     assert run["state"] == "stopped" and run["result"] is None
-    assert client.post("/api/train/stop").status_code == 409  # nothing left to stop
+    assert client.post("/api/train/stop", json={}).status_code == 409  # nothing left to stop
 
     # the folder is an ordinary interrupted run: `lenet train --resume` continues from its checkpoint
     folder = RunDir(runs_dir / "long")
@@ -203,8 +214,8 @@ def test_one_training_at_a_time_pause_resume_stop(client, runs_dir, small_split)
     r = client.post("/api/train/start", json={"resume": "long"})  # and so does the page
     assert r.status_code == 200
     wait(client, lambda s: len(s["runs"][0]["rows"]) > done)
-    client.post("/api/train/pause")
-    client.post("/api/train/stop")  # a paused run stops too
+    client.post("/api/train/pause", json={})
+    client.post("/api/train/stop", json={})  # a paused run stops too
     (run,) = wait(client, idle)["runs"]
     assert run["state"] == "stopped"
     assert [row["epoch"] for row in run["rows"]] == list(range(1, len(run["rows"]) + 1))  # the old ones too
@@ -374,9 +385,11 @@ def test_live_predict_refuses_what_api_predict_refuses_the_same_way(client):
 
 
 def test_serve_takes_a_runs_dir():
+    """The flag is lenet.options.ServeOptions.runs_dir's (the parser keeps the text; the options make it a
+    path)."""
     args = build_parser().parse_args(["serve", "--runs-dir", "somewhere"])
-    assert args.runs_dir == Path("somewhere")
-    assert build_parser().parse_args(["serve"]).runs_dir == Path("runs")
+    assert options_from(args, ServeOptions).runs_dir == Path("somewhere")
+    assert options_from(build_parser().parse_args(["serve"]), ServeOptions).runs_dir == Path("runs")
 
 
 def test_train_tells_on_start_the_model_it_trains(small_split):
@@ -401,7 +414,7 @@ def test_the_lr_changed_mid_run_is_taken_at_the_next_epoch_and_recorded(client, 
     """Issue 16, item 5: the page's lr change; config.json and metrics record it."""
     assert client.post("/api/train/start", json={**FAST, "epochs": 12, "name": "steer"}).status_code == 200
     wait(client, lambda s: s["runs"][0]["loss"])
-    client.post("/api/train/pause")
+    client.post("/api/train/pause", json={})
     paused = wait(client, lambda s: s["runs"][0]["state"] == "paused")["runs"][0]["epoch"]  # 1-based
     assert paused < 12, "the run was too fast to pause before its last epoch"
     bad = client.post("/api/train/lr", json={"run": "steer", "lr": -1})
@@ -409,7 +422,7 @@ def test_the_lr_changed_mid_run_is_taken_at_the_next_epoch_and_recorded(client, 
     assert client.post("/api/train/lr", json={"run": "nope", "lr": 0.2}).status_code == 404
     ok = client.post("/api/train/lr", json={"run": "steer", "lr": 0.02})
     assert ok.status_code == 200 and ok.json()["runs"][0]["lr_next"] == 0.02
-    client.post("/api/train/resume")
+    client.post("/api/train/resume", json={})
     (run,) = wait(client, idle)["runs"]
     assert run["state"] == "finished" and run["lr_next"] is None and run["lr"] == 0.02
     rows = read_jsonl(runs_dir / "steer" / "metrics.jsonl")
@@ -424,5 +437,250 @@ def test_a_recipe_run_refuses_an_lr_change(client):
     assert started.status_code == 200
     refused = client.post("/api/train/lr", json={"run": "recipe", "lr": 0.02})
     assert refused.status_code == 409 and "schedules its own lr" in refused.json()["detail"]
-    client.post("/api/train/stop")
+    client.post("/api/train/stop", json={})
     wait(client, idle)
+
+
+# ---------------------------------------------------------------- hostile pages and odd bodies (issue 25)
+
+OWN = {"origin": "http://127.0.0.1", "sec-fetch-site": "same-origin"}  # what the page itself sends
+HOSTILE = {  # how a page of another site can send a POST; each is refused with 403
+    "simple POST (text/plain)": {"origin": "http://evil.example.com", "content-type": "text/plain"},
+    "JSON from another site": {"origin": "http://evil.example.com", "content-type": "application/json"},
+    "another port of this host": {"origin": "http://127.0.0.1:9999", "content-type": "application/json"},
+    "sandboxed page (Origin: null)": {"origin": "null", "content-type": "application/json"},
+    "Sec-Fetch-Site: cross-site": {"sec-fetch-site": "cross-site", "content-type": "application/json"},
+    "Sec-Fetch-Site: same-site": {"sec-fetch-site": "same-site", "content-type": "application/json"},
+    "malformed Origin": {"origin": "http://[", "content-type": "application/json"},
+}
+NOT_JSON = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")
+
+
+def running(status: dict) -> bool:
+    runs = status["runs"]
+    return bool(runs) and runs[0]["state"] == "running" and bool(runs[0]["loss"])
+
+
+def paused(status: dict) -> bool:
+    return bool(status["runs"]) and status["runs"][0]["state"] == "paused"
+
+
+# endpoint, body, the training it finds, and what the page's own request makes of it
+STEERING = {
+    "start": ("/api/train/start", {**FAST, "epochs": 1, "name": "evil"}, None, running),
+    "pause": ("/api/train/pause", {}, running, paused),
+    "resume": ("/api/train/resume", {}, paused, running),
+    "stop": ("/api/train/stop", {}, running, idle),
+    "lr": ("/api/train/lr", {"run": "long", "lr": 0.5}, running,
+           lambda s: s["runs"][0]["lr_next"] == 0.5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("endpoint", STEERING)
+def test_cross_site_requests_are_refused_and_change_nothing(client, runs_dir, endpoint):
+    """Issue 25: any page the user visited could start, steer and stop their trainings (a simple
+    cross-site POST got 200). Now each way a browser can send it gets 403, a body that is not JSON 415,
+    and nothing changes; the page's own request (same Origin, JSON) still works."""
+    path, body, before, after = STEERING[endpoint]
+    if before is not None:
+        assert client.post("/api/train/start", json={**FAST, "epochs": 30, "name": "long"}).status_code == 200
+        wait(client, running)
+        if before is paused:
+            client.post("/api/train/pause", json={})
+            wait(client, paused)
+    for what, headers in HOSTILE.items():
+        r = client.post(path, content=json.dumps(body), headers=headers)
+        assert r.status_code == 403 and "cross-site request refused" in r.json()["detail"], (what, r.text)
+    for kind in NOT_JSON:  # no Origin (not a browser, or an old one): still never a form or text body
+        r = client.post(path, content=json.dumps(body), headers={"content-type": kind})
+        assert r.status_code == 415 and "application/json" in r.json()["detail"], (kind, r.text)
+    time.sleep(0.3)  # a pause or stop would have been taken by now (every 50 steps, ~10 ms)
+    status = client.get("/api/train/status").json()
+    if before is None:
+        assert status["runs"] == [] and not runs_dir.exists()
+    else:
+        assert before(status) and [r["name"] for r in status["runs"]] == ["long"]
+        assert status["runs"][0]["lr_next"] is None
+        assert sorted(p.name for p in runs_dir.iterdir()) == ["long"]
+    r = client.post(path, json=body, headers=OWN)
+    assert r.status_code == 200, r.text
+    wait(client, after)
+    client.post("/api/train/stop", json={}, headers=OWN)
+    wait(client, idle)
+
+
+@pytest.mark.parametrize("path", ["/api/train/start", "/api/train/stop", "/api/train/lr", "/api/predict"])
+def test_a_cross_site_preflight_is_not_approved(client, path):
+    """A page of another site may send JSON only after asking (CORS preflight); the server never says yes."""
+    ask = {"origin": "http://evil.example.com", "access-control-request-method": "POST",
+           "access-control-request-headers": "content-type"}  # fmt: skip
+    r = client.options(path, headers=ask)
+    assert r.status_code >= 400 and "access-control-allow-origin" not in r.headers
+
+
+DEEP = b"[" * 100_000
+BAD_BODIES = [  # path, body (bytes: sent as is with a JSON type), status, words the message must hold
+    ("/api/train/start", DEEP, 400, "not valid JSON"),  # was a 500 (RecursionError)
+    ("/api/train/start", b'{"lr": ' + DEEP, 400, "not valid JSON"),
+    ("/api/train/lr", DEEP, 400, "not valid JSON"),  # was a 500 (RecursionError)
+    ("/api/train/pause", DEEP, 400, "not valid JSON"),
+    ("/api/train/start", b"\xff\xfe", 400, "not valid JSON"),
+    ("/api/train/start", b"", 400, "not valid JSON"),
+    ("/api/train/lr", b"", 400, "not valid JSON"),
+    ("/api/train/start", {"resume": "r", "lr": 5, "bogus": 1}, 422, "unknown field(s) bogus"),  # was dropped
+    ("/api/train/start", {"resume": "r", "lr": 5}, 422, "resume takes no other fields (got lr)"),  # dropped
+    ("/api/train/start", {"resume": "r", "name": "x", "seed": 1}, 422, "(got name, seed)"),
+    ("/api/train/start", {"lr": [[[0.1]]]}, 422, "lr must be a number or text, not a JSON list"),
+    ("/api/train/start", {"name": {"a": 1}}, 422, "name must be a number or text"),
+    ("/api/train/start", {"resume": ["x"]}, 422, "resume must be a number or text"),
+    ("/api/train/start", {"preset": "seed", "momentum": 0.9}, 422, "unknown field(s) momentum"),
+    ("/api/train/lr", {"run": "x", "lr": 0.1, "bogus": 1}, 422, "unknown field(s) bogus; known: lr, run"),
+    ("/api/train/lr", {"run": [[1]], "lr": 0.1}, 422, '{"run": NAME, "lr": NUMBER}'),
+    ("/api/train/lr", {"run": "x"}, 422, '{"run": NAME, "lr": NUMBER}'),
+    ("/api/train/lr", [1], 422, '{"run": NAME, "lr": NUMBER}'),
+    ("/api/train/pause", {"now": True}, 422, "unknown field(s) now; known: none"),
+    ("/api/train/stop", [], 422, "empty JSON object"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), BAD_BODIES,
+                         ids=[f"{p.rsplit('/', 1)[1]}-{w[:24]}" for p, _, _, w in BAD_BODIES])  # fmt: skip
+def test_odd_bodies_are_refused_never_a_500(client, runs_dir, path, body, status, words):
+    """One JSON reader for every endpoint: deep nesting is a 400, unknown fields and nested values a 422
+    naming them, never dropped; nothing is written. (The client raises on a 500.)"""
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+    assert not runs_dir.exists() and client.get("/api/train/status").json()["runs"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"lr": 1e16}, None),  # was "run name ...lr1e+16...: use letters"
+        ({"lr": 1e6, "compare_lr": 0.1, "name": "p"}, ["p-lr1000000.0", "p-lr0.1"]),  # was "p-lr1e+06"
+        # was refused as "two different learning rates": both were 0.01 in f"{lr:g}"
+        ({"lr": 0.01000001, "compare_lr": 0.01, "name": "q"}, ["q-lr0.01000001", "q-lr0.01"]),
+        ({"preset": "improved"}, None),  # the page's improved preset: a 160-character name, refused
+        ({"preset": "improved", "lr": 1e16, "compare_lr": 1e15, "init_std": 1e-9}, None),
+    ],
+)
+def test_generated_run_names_are_valid_for_any_valid_settings(client, runs_dir, body, names):
+    r = client.post("/api/train/start", json={**FAST, "epochs": 1, **body})
+    assert r.status_code == 200, r.text
+    started = r.json()["runs"]
+    assert all(NAME.fullmatch(n) for n in started) and len(set(started)) == len(started), started
+    if names is not None:
+        assert started == names
+    client.post("/api/train/stop", json={})
+    wait(client, idle)
+    assert sorted(p.name for p in runs_dir.iterdir()) == sorted(started)
+
+
+def test_a_long_generated_name_stays_apart_from_its_neighbour():
+    a, b = (generated_name("live-1-" + "x" * 200 + tail) for tail in ("lr0.1", "lr0.2"))
+    assert len(a) == len(b) == 100 and a != b and NAME.fullmatch(a) and NAME.fullmatch(b)
+    assert generated_name("live-lr1e+16-seed0") == "live-lr1e16-seed0"
+
+
+def test_a_run_name_that_is_a_file_is_refused(client, runs_dir):
+    """It was a 500 (FileExistsError)."""
+    runs_dir.mkdir()
+    (runs_dir / "taken").write_text("a file, not a run")
+    r = client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "taken"})
+    assert r.status_code == 409 and "is a file, not a run folder" in r.json()["detail"]
+    assert (runs_dir / "taken").read_text() == "a file, not a run"
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "read-only", "sysfs"])
+def test_a_runs_folder_that_cannot_be_written_is_a_4xx_at_start(tmp_path, small_split, kind):
+    """It was a 500 (FileExistsError, NotADirectoryError, PermissionError); `lenet serve` refuses such a
+    --runs-dir before it starts (below), and a folder that turns bad while it runs gets a 409 here."""
+    if kind == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes in read-only folders (the sysfs case is unwritable to root too)")
+    if kind == "sysfs" and not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys here")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "r").mkdir(mode=0o555)
+    runs = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "x", "read-only": tmp_path / "r",
+            "sysfs": Path("/sys/kernel/lenet-runs")}  # fmt: skip
+    app = create_app(runs_dir=runs[kind])
+    app.state.live.load = lambda dataset, device: small_split
+    client = TestClient(app, base_url="http://127.0.0.1")
+    r = client.post("/api/train/start", json={**FAST, "epochs": 1, "name": "x"})
+    assert r.status_code == 409 and "cannot make the run folder" in r.json()["detail"], r.text
+    assert "--runs-dir" in r.json()["detail"] and not app.state.live.runs
+
+
+def runs_dirs(tmp_path: Path) -> list[tuple[str, Path]]:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    cases = [("is a file", tmp_path / "file"), ("a file", tmp_path / "file" / "runs")]
+    if os.geteuid() != 0:  # root writes in read-only folders
+        cases.append(("cannot write in", tmp_path / "ro"))
+    if Path("/sys").is_dir():  # sysfs: nobody may make a folder there, root included
+        cases.append(("cannot write in", Path("/sys/lenet-runs")))
+    return cases
+
+
+def test_serve_refuses_a_runs_dir_it_cannot_write_in_one_line(tmp_path):
+    """`lenet serve --runs-dir` a file or a read-only folder started, then answered every run with a 500."""
+    for words, runs in runs_dirs(tmp_path):
+        with pytest.raises(ServeError, match=re.escape(words)):
+            check_runs_dir(runs)
+    check_runs_dir(tmp_path / "new" / "runs")  # made when a run starts: fine
+    assert not (tmp_path / "new").exists()
+    lenet = [sys.executable, "-m", "lenet.cli", "serve", "--port", str(free_port())]
+    bad = subprocess.run([*lenet, "--runs-dir", str(tmp_path / "file")], capture_output=True, text=True)
+    assert bad.returncode in (1, 2) and bad.stderr.count("\n") == 1, bad.stderr  # one line, no traceback
+    assert bad.stderr.startswith("lenet: error: ") and "--runs-dir" in bad.stderr and "file" in bad.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopping_server_ends_its_event_streams_and_stops_its_runs(app, runs_dir):
+    """uvicorn waited forever for an event stream to finish; now the stream ends as the server stops (in
+    well under background()'s 10 s wait), and the run in progress stops, its train.log saying how to go on."""
+    server = background(app)
+    url = server.__enter__()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/api/train/start", json={**FAST, "epochs": 30, "name": "on"}).status_code == 200
+        with http.stream("GET", "/api/train/events") as stream:
+            lines = stream.iter_lines()
+            while not next(lines).startswith("data: "):
+                pass
+            wait(TestClient(app, base_url="http://127.0.0.1"), running)
+            start = time.monotonic()
+            server.__exit__(None, None, None)  # what Ctrl-C and SIGTERM do: uvicorn's shutdown
+            assert time.monotonic() - start < 8
+            list(lines)  # the stream ended properly (a cut connection would raise here)
+    (run,) = app.state.live.runs
+    assert run.state == "stopped" and not run.thread.is_alive()
+    assert "stopped: the server shut down; continue with: lenet train --resume" in (
+        runs_dir / "on" / "train.log").read_text()  # fmt: skip
+
+
+ODD_VALUES = [
+    *("NaN", "Infinity", "-Infinity", "1e309", "1" + "0" * 400, "1" * 5000, "true", "false", "null", "-1"),
+    *('""', '" "', '"1e+06"', '"nan"', '"\\u0661"', '"\\u0000"', "-0.0", str(2**63), str(2**64), "1e-320"),
+    *("[]", "{}", "[" * 3000 + "]" * 3000, '{"a": ' * 3000 + "1" + "}" * 3000),
+]
+
+
+def test_odd_values_in_every_field_are_never_a_500(client):
+    """Each field of /api/train/start and /api/train/lr given odd JSON values: always an answer below 500
+    (the client raises on a 500). Where the settings are valid a short run starts, then others get 409."""
+    fields = [*KNOWN, "bogus"]
+    for field, value in itertools.product(fields, ODD_VALUES):
+        body = f'{{"epochs": 1, "batch_size": 1000, "{field}": {value}}}'
+        r = client.post("/api/train/start", content=body, headers={"content-type": "application/json"})
+        assert r.status_code < 500, (field, value[:40], r.text)
+    for value in ODD_VALUES:
+        for body in (f'{{"run": "x", "lr": {value}}}', f'{{"run": {value}, "lr": 0.1}}'):
+            r = client.post("/api/train/lr", content=body, headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500, (body[:60], r.text)

@@ -185,3 +185,75 @@ def test_drawing_against_a_runs_weights(page):
     name = attribute(page, ".run", "data-name")  # the first run: lr 0.01
     assert page.locator("#live-about").inner_text().endswith(f"sure, with {name}'s weights now")
     page.screenshot(path=str(ARTIFACTS / "train-draw.png"), full_page=True)
+
+
+class Recorder:
+    """ASGI middleware that notes each request's method, path and answer status: proof that a request the
+    browser sent arrived (and was refused), not that the browser never sent it."""
+
+    def __init__(self, app) -> None:
+        self.app, self.seen = app, []
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                self.seen.append((scope["method"], scope["path"], message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+ATTACK = """async (target) => {
+  const url = target + "/api/train/start", body = JSON.stringify({epochs: 1, name: "evil"});
+  // the issue's attack: a simple cross-site POST, sent without asking (its answer cannot be read)
+  await fetch(url, {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body});
+  let json = "answered";  // JSON needs a CORS preflight first, which the server does not approve
+  await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body}).catch(() => {
+    json = "blocked";
+  });
+  const frame = document.createElement("iframe");  // and an HTML form, posted into a hidden frame
+  frame.name = "sink";
+  document.body.append(frame);
+  const form = Object.assign(document.createElement("form"),
+                             {method: "POST", action: url, enctype: "text/plain", target: "sink"});
+  form.append(Object.assign(document.createElement("input"), {name: '{"epochs": 1, "x": "', value: '"}'}));
+  document.body.append(form);
+  await new Promise((done) => { frame.onload = done; form.submit(); });
+  return json;
+}"""
+
+
+def test_a_page_of_another_site_cannot_start_a_training(page, tmp_path):
+    """Issue 25: any page the user visited could start a training on their `lenet serve` with a simple POST.
+    A page served from another origin (localhost:OTHER, against 127.0.0.1:PORT) tries three ways in a real
+    Chromium; each request arrives and is refused, and nothing starts."""
+    import http.server
+    import threading
+
+    app = create_app(runs_dir=tmp_path / "runs")
+    recorder = Recorder(app)
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<!doctype html><title>another site</title><p>hello</p>")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    tab = page.context.browser.new_page()
+    try:
+        with background(recorder) as url:
+            tab.goto(f"http://localhost:{evil.server_address[1]}/")
+            assert tab.evaluate(ATTACK, url) == "blocked"
+            assert not app.state.live.runs and not (tmp_path / "runs").exists()
+            posts = [(m, s) for m, p, s in recorder.seen if p == "/api/train/start"]
+            assert posts.count(("POST", 403)) == 2, recorder.seen  # the fetch and the form: refused
+            assert ("POST", 200) not in posts and ("OPTIONS", 405) in posts  # the preflight: not approved
+    finally:
+        tab.close()
+        evil.shutdown()

@@ -180,6 +180,12 @@ REFUSALS = [  # body, content type, status, words the message must hold
     (json.dumps({"pixels": [[float("nan")] * 28] * 28}).encode(), "application/json", 400, "finite"),
     (json.dumps({"pixels": [[2.0] * 28] * 28}).encode(), "application/json", 400, "[0, 1]"),
     (json.dumps({"pixels": [[0] * 28] * 28}).encode(), "application/json", 400, "blank"),
+    (
+        json.dumps({"pixels": [[0.5] * 28] * 28, "size": 1}).encode(),
+        "application/json",
+        422,
+        "unknown field(s) size; known: pixels",
+    ),  # was 200, the field dropped
     (b"hello", "text/plain", 415, "content type"),
     (b"hello", "", 415, "content type"),
 ]
@@ -412,17 +418,18 @@ def test_the_server_limits_are_applied(monkeypatch, capsys):
     assert settings["limit_concurrency"] == lenet.serve.server.MAX_CONNECTIONS
     assert settings["timeout_keep_alive"] == lenet.serve.server.KEEP_ALIVE_SECONDS
     assert settings["h11_max_incomplete_event_size"] == lenet.serve.http.MAX_HEADER_BYTES
-    assert settings["http"] is lenet.serve.http.GuardedH11 and settings["host"] == "127.0.0.1"
+    assert settings["http"] is lenet.serve.server.GuardedH11 and settings["host"] == "127.0.0.1"
+    assert settings["timeout_graceful_shutdown"] == lenet.serve.server.TASKS_SECONDS  # the stop's last bound
     assert "warning" not in capsys.readouterr().err
     lenet.serve.server.serve(host="0.0.0.0", port=port)
-    assert "no authentication" in capsys.readouterr().err
+    assert "no authentication" in (err := capsys.readouterr().err) and "start trainings" in err
     with TestClient(calls[-1][0], base_url="http://example.org") as c:  # any name on every interface
         assert c.get("/healthz").status_code == 200
     with pytest.raises(ValueError, match="port"):
         lenet.serve.server.serve(port=70000)
 
 
-class QuickDeadline(lenet.serve.http.GuardedH11):
+class QuickDeadline(lenet.serve.server.GuardedH11):
     header_seconds = 0.5
 
 
@@ -479,3 +486,60 @@ def test_api_model_describes_the_recipe_in_lenet_config_words(client, app):
     facts = client.get("/api/model").json()
     assert facts["description"] == describe(TrainConfig.from_dict(facts["recipe"]))
     assert facts["description"].startswith("AdamW") and "80 epochs" in facts["description"]
+
+
+def test_cross_site_posts_to_the_predict_api_are_refused(client, mnist_split: Split):
+    """Every POST is checked, not only the training page's: a page of another site gets 403, the server's
+    own page and programs that send no Origin are answered."""
+    digit = drawing(mnist_split.test_x[0].reshape(28, 28))
+    for headers in (
+        {"origin": "http://evil.example.com"},
+        {"sec-fetch-site": "cross-site"},
+        {"origin": "null"},
+    ):
+        r = client.post("/api/predict", files={"image": ("d.png", digit, "image/png")}, headers=headers)
+        assert r.status_code == 403 and "cross-site request refused" in r.json()["detail"], headers
+    for headers in ({"origin": "http://localhost", "sec-fetch-site": "same-origin"}, {}):
+        r = client.post("/api/predict", content=digit, headers={"content-type": "image/png", **headers})
+        assert r.status_code == 200, (headers, r.text)
+    assert client.get("/api/model", headers={"origin": "http://evil.example.com"}).status_code == 200  # reads
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_lenet_serve_stops_within_seconds_while_an_event_stream_is_open(tmp_path, stop):
+    """Issue 25: `lenet serve` ignored SIGTERM (twice) while one Server-Sent Events client was connected:
+    uvicorn waits for every response to finish, and an event stream never does. A stalled upload beside
+    it (headers, then 100 of 50,000 bytes) is cut off too."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "lenet.cli", "serve", "--port", str(port), "--runs-dir", str(tmp_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "lenet serve did not start"
+                time.sleep(0.1)
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("GET", f"http://127.0.0.1:{port}/api/train/events") as events,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as stalled,
+        ):
+            lines = events.iter_lines()
+            while not next(lines).startswith("data: "):  # the stream is open and answering
+                pass
+            head = f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+            stalled.sendall(f"{head}Content-Length: 50000\r\n\r\n".encode() + b"\0" * 100)  # and no more
+            start = time.monotonic()
+            proc.send_signal(stop)
+            proc.wait(timeout=10)  # raises TimeoutExpired if it hangs
+            assert time.monotonic() - start < 10
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # only the process this test started
+        out = proc.communicate(timeout=10)[0]
+    assert "Traceback" not in out, out

@@ -1,9 +1,11 @@
 """`lenet serve`: draw a digit in the browser and watch the network read it (FastAPI + uvicorn).
 
-  http.py         reading and answering one request: the digit reader, bodies, request limits, host checks
+  http.py         reading and answering one request: the digit reader, the JSON reader, request limits,
+                  host and origin checks
   app.py          the drawing page and the predict API (create_app)
   live.py         the training page's runs; live_routes.py its page and API (/train)
-  server.py       uvicorn: start-up checks, worker processes, a server in a thread (serve, background)
+  server.py       uvicorn: start-up checks, its protocol (header deadline, a shutdown within seconds),
+                  worker processes, a server in a thread (serve, background)
 
 fastapi and uvicorn come with the `serve` extra and are imported only here, when a server is built,
 so `import lenet` stays light.

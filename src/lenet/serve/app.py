@@ -12,6 +12,10 @@ API are lenet.serve.live_routes'. lenet.serve.server runs the app.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from lenet.config import ConfigError, TrainConfig, describe
 from lenet.model import SHAPE, LeNet, count_parameters
 from lenet.prediction import load_predictor
-from lenet.serve.http import SIDE, allowed_hosts, guard, predict_docs, read_digit
+from lenet.serve.http import SIDE, STOPPING, allowed_hosts, guard, predict_docs, read_digit
 from lenet.serve.live_routes import add_live
 from lenet.version import __version__
 
@@ -67,12 +71,20 @@ def create_app(
     training page writes its runs under `runs_dir` (default: runs/)."""
     predictor = Predictor(*load_predictor(model))
     about = f"Read a handwritten digit with a {SHAPE.parameter_count():,}-parameter LeNet."
-    app = FastAPI(title="lenet", version=__version__, summary=about)
+    app = FastAPI(title="lenet", version=__version__, summary=about, lifespan=lifespan)
     app.state.predictor = predictor
     app.include_router(drawing_routes(predictor))
     add_live(app, runs_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return guard(app, hosts or allowed_hosts("127.0.0.1"))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    """A server's life: its requests share the event that says it is stopping (STOPPING, set by
+    lenet.serve.server's protocol); at its end the training runs stop, each keeping its last epoch."""
+    yield {STOPPING: threading.Event()}
+    await asyncio.to_thread(app.state.live.shut_down)
 
 
 def drawing_routes(predictor: Predictor) -> APIRouter:

@@ -5,6 +5,11 @@
 {"pixels": 28x28} goes through `lenet.prediction`'s preprocessing, the same code `lenet predict` uses,
 so the two endpoints accept the same bodies and refuse the same inputs with the same 4xx. A bad input
 is a 4xx with a message in `detail`; no input may produce a 500.
+
+`read_json` is the one reader of the JSON bodies the training page's API takes, and `parse_json` the one
+parser of JSON under both (deep nesting is a 400, not a RecursionError). `SameOrigin` refuses any request
+that can change something (every POST) when a page of another site sends it: no other page a user visits
+may start, steer or stop their trainings.
 """
 
 from __future__ import annotations
@@ -13,16 +18,15 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
-import h11
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lenet.model import SHAPE, LeNet
 from lenet.prediction import ImageError, decode, open_image, preprocess, preprocess_pixels
@@ -51,6 +55,12 @@ MAX_HEADER_BYTES = 16 * 1024  # also h11's buffer for an incomplete request line
 HEADER_SECONDS = 10.0
 BODY_SECONDS = 30.0
 IMAGE_TYPES = ("image/", "application/octet-stream")
+# The key of the app's lifespan state that holds a threading.Event set when the server starts to stop
+# (lenet.serve.server.GuardedH11 sets it; lenet.serve.live_routes' event streams end on it).
+STOPPING = "lenet_stopping"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # the methods that change nothing; every other one is checked
+# Sec-Fetch-Site values of a request a page of another origin sent (same-site: another port of this host)
+OTHER_SITES = ("cross-site", "same-site")
 
 # ---- how /docs describes the digit reader's bodies and answer (the endpoints parse the body themselves)
 BINARY = {"type": "string", "format": "binary"}
@@ -105,11 +115,11 @@ async def read_digit(request: Request, model: ModelSource) -> Response:
     thread, at most MAX_DECODING at once over all of the app's endpoints."""
     net = model()  # first: a live run without weights yet is refused before its body is read
     body = await read_body(request)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = content_type(request)
     body = await uploaded_file(request, body) if kind == "multipart/form-data" else checked_type(kind, body)
     if not body:
         raise fail(400, "empty body")
-    if kind == "application/json" or kind.endswith("+json"):
+    if is_json(kind):
         return answer(work(net, lambda: parse_pixels(body)))
     image = guarded(lambda: open_image(body, MAX_DECODE_PIXELS))  # judged from the header: cheap
 
@@ -205,7 +215,7 @@ async def uploaded_file(request: Request, body: bytes) -> bytes:
 
 def checked_type(kind: str, body: bytes) -> bytes:
     """`body`, if its content type is one the digit reader reads (an image or JSON); else a 415."""
-    if not (kind.startswith(IMAGE_TYPES) or kind == "application/json" or kind.endswith("+json")):
+    if not (kind.startswith(IMAGE_TYPES) or is_json(kind)):
         raise fail(415, f"content type {kind or '(none)'!r}; send multipart/form-data, image/png "
                         "(or another image/* type) or application/json")  # fmt: skip
     return body
@@ -213,12 +223,10 @@ def checked_type(kind: str, body: bytes) -> bytes:
 
 def parse_pixels(body: bytes) -> torch.Tensor:
     """The network input of a JSON body {"pixels": 28x28 numbers in [0, 1]}; 400 or 422 with the reason."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
-        raise fail(400, f"body is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    data = parse_json(body)
     if not isinstance(data, dict) or "pixels" not in data:
         raise fail(422, f'JSON body must be an object {{"pixels": {PIXELS_TEXT}}}')
+    refuse_unknown(data, ("pixels",))
     rows = data["pixels"]
     if not isinstance(rows, list) or not all(isinstance(r, list) and all(map(is_number, r)) for r in rows):
         raise fail(422, f"pixels must be {PIXELS_TEXT} (JSON numbers: not strings, booleans or null)")
@@ -232,6 +240,50 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# ---------------------------------------------------------------- JSON bodies
+
+
+async def read_json(request: Request, fields: tuple[str, ...], usage: str, *, optional: bool = False) -> dict:
+    """The JSON object in `request`'s body, holding no field but `fields`: 415 without a JSON content type
+    (which no page of another site can send without the server's consent), 400 for JSON that does not
+    parse, 422 with `usage` for another value or with the unknown fields' names. `optional`: an empty
+    body counts as {}."""
+    kind = content_type(request)
+    if not is_json(kind):
+        raise fail(415, f"content type {kind or '(none)'!r}; send Content-Type: application/json")
+    body = await read_body(request)
+    data = {} if optional and not body.strip() else parse_json(body)
+    if not isinstance(data, dict):
+        raise fail(422, usage)
+    refuse_unknown(data, fields)
+    return data
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` parsed as JSON; 400 when it is not JSON. Nesting deeper than the interpreter's recursion limit
+    is refused the same way (json raises RecursionError there), so no body can reach a 500."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
+        raise fail(400, f"body is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def refuse_unknown(data: dict, fields: tuple[str, ...]) -> None:
+    """422 naming the fields of `data` that are not among `fields` (never silently dropped)."""
+    unknown = sorted(map(str, set(data) - set(fields)))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise fail(422, f"unknown field(s) {', '.join(unknown)[:200]}; known: {known}")
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def is_json(kind: str) -> bool:
+    return kind == "application/json" or kind.endswith("+json")
+
+
 # ---------------------------------------------------------------- answering
 
 
@@ -243,6 +295,12 @@ def answer(content: bytes) -> Response:
     return Response(content, media_type="application/json")
 
 
+def stopping(request: Request) -> bool:
+    """Whether the server that answers `request` has started to stop (STOPPING)."""
+    event = request.scope.get("state", {}).get(STOPPING)
+    return event is not None and event.is_set()
+
+
 def rounded(t: torch.Tensor, places: int = 3) -> list:
     """Nested lists of floats rounded in float64, so the JSON stays short (0.123, not 0.12300000339)."""
     return t.double().mul(10**places).round().div(10**places).tolist()
@@ -252,7 +310,9 @@ def rounded(t: torch.Tensor, places: int = 3) -> list:
 
 
 def guard(app: FastAPI, hosts: list[str]) -> FastAPI:
-    """Answer only requests for `hosts` (DNS rebinding) whose headers are within MAX_HEADER_BYTES."""
+    """Answer only requests for `hosts` (DNS rebinding) whose headers are within MAX_HEADER_BYTES, and
+    refuse a request that can change something when a page of another site sends it (SameOrigin)."""
+    app.add_middleware(SameOrigin)  # innermost: after the Host check, which it compares Origin with
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.add_middleware(HeaderLimit)  # outermost: judged before anything else reads the request
     return app
@@ -281,53 +341,42 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
-class GuardedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request's line and headers: a client that
-    connects and then sends them slowly, or never, is dropped after `header_seconds` (uvicorn itself
-    waits forever, so a few hundred such sockets exhaust the file descriptors)."""
+class SameOrigin:
+    """ASGI middleware: a request with a method that can change something (all but GET, HEAD and OPTIONS)
+    sent by a page of another origin gets 403 with the reason (`cross_site`). A browser names the page's
+    origin in Origin on every such request, and its site in Sec-Fetch-Site; a program such as curl sends
+    neither and is answered. The JSON endpoints also want a JSON content type (read_json): a page of another
+    site can only send that after asking (CORS), and this server answers no such question."""
 
-    header_seconds = HEADER_SECONDS
-    deadline: Any = None
+    def __init__(self, app: Any) -> None:
+        self.app = app
 
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.arm()
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            refusal = cross_site(Headers(scope=scope))
+            if refusal:
+                await JSONResponse({"detail": refusal}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
-    def arm(self) -> None:
-        self.waiting_after = self.cycle  # the request in progress when the clock started (None: the first)
-        self.deadline = self.loop.call_later(self.header_seconds, self.too_slow)
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.deadline is not None and self.cycle is not self.waiting_after:  # the headers are in
-            self.deadline.cancel()
-            self.deadline = None
+def cross_site(headers: Headers) -> str | None:
+    """Why a request with these headers comes from a page of another origin; None when it does not: no
+    Origin, or one whose host and port are the Host it was sent to (which TrustedHostMiddleware checked)."""
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in OTHER_SITES:
+        return (f"cross-site request refused (Sec-Fetch-Site: {site}): only this server's own pages, or "
+                "programs that are not browsers, may use it")  # fmt: skip
+    origin, host = headers.get("origin"), headers.get("host", "")
+    if origin is not None and origin_host(origin) != host.lower():
+        return (f"cross-site request refused: sent by a page of {origin[:100]!r}, not of this server "
+                f"({host[:100]}); use this server's own pages")  # fmt: skip
+    return None
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.deadline is None:
-            self.arm()  # the next request on this keep-alive connection gets the same deadline
 
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn answers every request h11 cannot parse with 400; one whose line and headers outgrew
-        h11's buffer (h11_max_incomplete_event_size) gets 431, as a complete but too large one does."""
-        if len(self.conn.trailing_data[0]) <= MAX_HEADER_BYTES:
-            super().send_400_response(msg)
-            return
-        detail = f"request headers over the limit of {MAX_HEADER_BYTES:,} bytes".encode()
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
-        head = h11.Response(status_code=431, headers=headers, reason=b"Request Header Fields Too Large")
-        for event in (head, h11.Data(data=detail), h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event))
-        self.transport.close()
-
-    def too_slow(self) -> None:
-        self.deadline = None
-        if self.cycle is self.waiting_after and not self.transport.is_closing():
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-        super().connection_lost(exc)
+def origin_host(origin: str) -> str | None:
+    """The host[:port] of an Origin header, lowercase; None for one that is not a URL ("null", "http://[")."""
+    try:
+        return urlsplit(origin).netloc.lower() or None
+    except ValueError:
+        return None

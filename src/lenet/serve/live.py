@@ -10,6 +10,7 @@ process. The page and its API are lenet.serve.live_routes'.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import threading
 import time
@@ -29,11 +30,14 @@ from lenet.serve.http import fail, rounded
 from lenet.training import LrRequest
 
 SETTINGS = ("lr", "init_std", "batch_size", "epochs", "seed")  # what the page's form sets
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a run folder's name: no separators, no dot-dot start
+MAX_NAME = 100  # characters of a run folder's name
+NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")  # no separators, no dot-dot start
+NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 DIGITS = 50  # fixed test digits shown with their top-3 bars
 LOSS_EVERY = 50  # steps per point of the loss curve (one engine call of plain SGD)
 SNAPSHOT_SECONDS = 0.2  # weights copied (for the filters and live predictions) at most 5 times a second
 DIGITS_SECONDS = 0.5  # the digits read with the current weights at most twice a second per run
+STOP_SECONDS = 3.0  # how long a server that is shutting down waits for its runs to stop
 
 
 class Stopped(Exception):
@@ -51,6 +55,7 @@ class LiveRun:
         self.go = threading.Event()  # cleared: paused
         self.go.set()
         self.stopping = False
+        self.stop_note = "stopped from the training page"  # the line train.log ends with when it stops
         self.state = "starting"  # -> running <-> paused -> finished | stopped | failed
         self.version = 0
         self.model: LeNet | None = None  # the model being trained (lenet.training's), read between steps only
@@ -83,7 +88,7 @@ class LiveRun:
             self.set_state("finished")
         except Stopped:
             log = RunLog(RunDir(self.out))
-            log(f"stopped from the training page; continue with: lenet train --resume {self.out}")
+            log(f"{self.stop_note}; continue with: lenet train --resume {self.out}")
             log.close()
             self.set_state("stopped")
         except Exception as e:  # shown on the page; the folder keeps its last checkpoint
@@ -206,6 +211,12 @@ class LiveRun:
             self.lr_next, self.asked_in = lr, self.epoch_now
             self.version += 1
 
+    def stop(self, note: str) -> None:
+        """Stop at the next steps (a paused run wakes up to stop); train.log says `note`."""
+        if not self.stopping:
+            self.stop_note, self.stopping = note, True
+        self.go.set()
+
     def model_copy(self) -> LeNet:
         """The weights of the last snapshot in a model of their own (the thread trains on); 409 before one."""
         with self.lock:
@@ -260,16 +271,25 @@ class Live:
                 split = self.split(planned[0][2])
             except Exception as e:
                 raise fail(503, f"cannot load the {planned[0][2].dataset} data: {one_line(e)}") from None
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            runs = []
-            for name, label, cfg, resume in planned:
-                out = self.folder(name)
-                out.mkdir(exist_ok=True)
-                runs.append(LiveRun(name, label, cfg, out, split, resume))
+            runs = [LiveRun(name, label, cfg, self.made(name), split, resume)
+                    for name, label, cfg, resume in planned]  # fmt: skip
             self.runs = runs
         for r in runs:
             r.thread.start()
         return runs
+
+    def made(self, name: str) -> Path:
+        """The folder of run `name`, made if missing; 409 when the file system refuses (the runs folder is
+        a file or read-only, a file has the run's name), never a 500."""
+        out = self.folder(name)
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            out.mkdir(exist_ok=True)
+        except OSError as e:  # FileExistsError: what exists is not a folder (mkdir's exist_ok)
+            why = f"{e.filename} is a file" if isinstance(e, FileExistsError) else e.strerror or one_line(e)
+            raise fail(409, f"cannot make the run folder {out}: {why}; choose another name, or start the "
+                            "server with another --runs-dir") from None  # fmt: skip
+        return out
 
     def find(self, name: str) -> LiveRun:
         for r in self.runs:
@@ -287,9 +307,20 @@ class Live:
         for r in running:
             if action == "pause":
                 r.go.clear()
+            elif action == "stop":
+                r.stop("stopped from the training page")
             else:
-                r.stopping = r.stopping or action == "stop"
-                r.go.set()  # a paused run wakes up, to go on or to stop
+                r.go.set()  # a paused run wakes up
+
+    def shut_down(self, seconds: float = STOP_SECONDS) -> None:
+        """The server is stopping: stop every run and wait up to `seconds` for them (each keeps its last
+        finished epoch's checkpoint, and its train.log says how to continue)."""
+        running = [r for r in self.runs if r.thread.is_alive()]
+        for r in running:
+            r.stop("stopped: the server shut down")
+        deadline = time.monotonic() + seconds
+        for r in running:
+            r.thread.join(max(0.0, deadline - time.monotonic()))
 
     def digits(self) -> dict[str, Any]:
         split = self.runs[0].split if self.runs else self.split(TrainConfig())
@@ -313,3 +344,14 @@ def checked(cfg: TrainConfig, lr: Any) -> TrainConfig:
     if isinstance(lr, str):
         lr = parse_value(field_named("lr"), lr.strip())
     return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr})
+
+
+def generated_name(text: str) -> str:
+    """`text` (a time stamp and settings) as a run folder name that NAME accepts, for any valid settings:
+    characters it refuses dropped (the '+' of lr 1e+16), and a name over MAX_NAME characters (a preset's
+    many settings) cut, ending in a hash of the whole so that two long names stay apart."""
+    name = NOT_IN_NAME.sub("", text)
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - len(digest) - 1]}-{digest}"

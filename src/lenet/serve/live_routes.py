@@ -3,20 +3,24 @@
   GET  /train              the page (static/train.html + train.js)
   GET  /api/train/options  presets, the settings the page offers (declared in lenet.config), the runs folder
   POST /api/train/start    {"preset", "lr", "init_std", "batch_size", "epochs", "seed", "compare_lr", "name"}
-                           or {"resume": NAME}; 422 with config.py's message for a bad value, 409 while busy
-  POST /api/train/pause | resume | stop
+                           or {"resume": NAME}; 422 with config.py's message for a bad value or naming an
+                           unknown field, 409 while busy
+  POST /api/train/pause | resume | stop   (an empty JSON body, or {})
   POST /api/train/lr       {"run": NAME, "lr": NUMBER}: a plain-SGD run's lr from its next epoch on
   GET  /api/train/status   the current training's runs: state, loss curve, epochs, filters, digits' top 3
   GET  /api/train/events   the same as Server-Sent Events, at most EVENTS_PER_SECOND a second
   GET  /api/train/digits   the 50 fixed test digits the page shows (base64 uint8 pixels) and their labels
   POST /api/train/predict  ?run=NAME: /api/predict's digit reader (lenet.serve.http) with that run's weights
 
-The runs themselves, and the one training a server runs at a time, are lenet.serve.live's.
+Every POST needs a JSON content type (but /predict, which reads images) and is refused when a page of another
+site sends it (lenet.serve.http's read_json and SameOrigin). The runs themselves, and the one training a
+server runs at a time, are lenet.serve.live's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -30,12 +34,15 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from lenet.config import ConfigError, TrainConfig, field_named
 from lenet.recipe import preset_names, recipe_config
 from lenet.runs import RunDir, RunError, dumps
-from lenet.serve.http import answer, fail, predict_docs, read_digit
-from lenet.serve.live import DIGITS, SETTINGS, Live, LiveRun, checked
+from lenet.serve.http import answer, fail, predict_docs, read_digit, read_json, stopping
+from lenet.serve.live import DIGITS, SETTINGS, Live, LiveRun, checked, generated_name
 
 STATIC = Path(__file__).parent / "static"
 EVENTS_PER_SECOND = 8  # Server-Sent Events sent at most this often
 PING_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
+START_FIELDS = ("preset", "compare_lr", "name", "resume", *SETTINGS)  # what a start body may hold
+START_USAGE = "send a JSON object of settings"
+LR_USAGE = 'send a JSON object {"run": NAME, "lr": NUMBER}'
 
 
 def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
@@ -80,11 +87,7 @@ def steering_routes(router: APIRouter, live: Live) -> None:
 
     @router.post("/api/train/start", summary="Start a run, a pair with two learning rates, or resume a run")
     async def start(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise fail(422, "send a JSON object of settings") from None
-        planned = plan(live, body)
+        planned = plan(live, await read_json(request, START_FIELDS, START_USAGE))
         runs = await asyncio.to_thread(live.start, planned)
         return {"runs": [r.name for r in runs]}
 
@@ -103,7 +106,8 @@ def steering_routes(router: APIRouter, live: Live) -> None:
 
     # after /predict and /lr, which this pattern would otherwise take
     @router.post("/api/train/{action}", summary="pause, resume or stop the current training")
-    def control(action: str) -> Response:
+    async def control(request: Request, action: str) -> Response:
+        await read_json(request, (), "send an empty JSON object {}", optional=True)
         live.control(action)
         return status_answer(live)
 
@@ -116,16 +120,11 @@ def declared(name: str) -> dict[str, Any]:
             "type": type(f.default).__name__}  # fmt: skip
 
 
-def plan(live: Live, body: Any) -> list[tuple[str, str, TrainConfig, bool]]:
+def plan(live: Live, body: dict[str, Any]) -> list[tuple[str, str, TrainConfig, bool]]:
     """The runs a start request asks for; 422 with config.py's message for a bad setting."""
-    if not isinstance(body, dict):
-        raise fail(422, "send a JSON object of settings")
+    scalars(body)
     if body.get("resume") is not None:
-        return [resumed(live, body["resume"])]
-    known = {"preset", "compare_lr", "name", "resume", *SETTINGS}
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise fail(422, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return [resumed(live, body)]
     preset = body.get("preset") or None
     if preset is not None and preset not in preset_names():
         raise fail(422, f"preset must be one of {', '.join(preset_names())} (got {str(preset)[:60]!r})")
@@ -135,22 +134,46 @@ def plan(live: Live, body: Any) -> list[tuple[str, str, TrainConfig, bool]]:
         pair = [cfg] if body.get("compare_lr") is None else [cfg, checked(cfg, body["compare_lr"])]
     except (ConfigError, TypeError) as e:
         raise fail(422, str(e)) from None
-    stamp = f"live-{datetime.now():%Y%m%d-%H%M%S}"
-    base = body.get("name") or None
-    names = [base or f"{stamp}-{c.short_name()}" for c in pair]
-    if len(pair) == 2:
-        names = [f"{base}-lr{c.lr:g}" for c in pair] if base else names
-        if names[0] == names[1]:
-            raise fail(422, "--lr: the pair needs two different learning rates")
+    if len(pair) == 2 and pair[0].lr == pair[1].lr:
+        raise fail(422, "--lr: the pair needs two different learning rates")
     planned = []
-    for name, c in zip(names, pair, strict=True):
-        if RunDir(live.folder(name)).config.exists():
+    for name, c in zip(run_names(live, body.get("name") or None, pair), pair, strict=True):
+        folder = live.folder(name)
+        if RunDir(folder).config.exists():
             raise fail(409, f"{live.runs_dir / name} already holds a run; pick another name, or resume it")
+        if folder.exists() and not folder.is_dir():
+            raise fail(409, f"{live.runs_dir / name} is a file, not a run folder; pick another name")
         planned.append((name, f"{preset or 'custom'}, lr {c.lr:g}", c, False))
     return planned
 
 
-def resumed(live: Live, name: Any) -> tuple[str, str, TrainConfig, bool]:
+def scalars(body: dict[str, Any]) -> None:
+    """422 unless every field is a number a float can hold, text, true/false or null: nothing nested, and no
+    400-digit integer, reaches a setting's check."""
+    for key, value in body.items():
+        if isinstance(value, list | dict):
+            raise fail(422, f"{key} must be a number or text, not a JSON {type(value).__name__}")
+        if isinstance(value, int) and abs(value) > sys.float_info.max:
+            raise fail(422, f"{key} must be a number or text; {len(str(value))} digits is too many")
+
+
+def run_names(live: Live, base: str | None, pair: list[TrainConfig]) -> list[str]:
+    """The folder names of a start: `base` itself, or for a pair `base`-lrLR; without a `base`, a time stamp
+    and each run's settings. Valid for any valid settings (generated_name); a bad `base` is a 400."""
+    if base is None:
+        stamp = f"live-{datetime.now():%Y%m%d-%H%M%S}"
+        return [generated_name(f"{stamp}-{c.short_name()}") for c in pair]
+    live.folder(base)
+    return [base] if len(pair) == 1 else [generated_name(f"{base}-lr{c.lr}") for c in pair]
+
+
+def resumed(live: Live, body: dict[str, Any]) -> tuple[str, str, TrainConfig, bool]:
+    """A stopped run to continue with the settings in its config.json: 422 when others come with it."""
+    others = sorted(k for k, v in body.items() if k != "resume" and v is not None)
+    if others:
+        raise fail(422, f"resume takes no other fields (got {', '.join(others)}): a run continues with the "
+                        "settings in its config.json")  # fmt: skip
+    name = body["resume"]
     run = RunDir(live.folder(name))
     try:
         cfg = run.read_config()
@@ -167,21 +190,19 @@ def status_answer(live: Live) -> Response:
 
 async def lr_body(live: Live, request: Request) -> tuple[LiveRun, Any]:
     """The run and the lr of a POST /api/train/lr body {"run": NAME, "lr": NUMBER}."""
-    usage = 'send a JSON object {"run": NAME, "lr": NUMBER}'
-    try:
-        body = await request.json()
-    except ValueError:
-        raise fail(422, usage) from None
-    if not isinstance(body, dict) or "lr" not in body:
-        raise fail(422, usage)
-    return live.find(str(body.get("run", ""))), body["lr"]
+    body = await read_json(request, ("run", "lr"), LR_USAGE)
+    if not isinstance(body.get("run"), str) or "lr" not in body:
+        raise fail(422, LR_USAGE)
+    scalars(body)
+    return live.find(body["run"]), body["lr"]
 
 
 async def stream(live: Live, request: Request) -> AsyncIterator[str]:
-    """The status whenever it changes, at most EVENTS_PER_SECOND times a second; a ping when quiet."""
+    """The status whenever it changes, at most EVENTS_PER_SECOND times a second; a ping when quiet. It ends
+    when the client leaves or the server starts to stop."""
     seen, quiet = None, time.monotonic()
     yield "retry: 1000\n\n"
-    while not await request.is_disconnected():
+    while not (stopping(request) or await request.is_disconnected()):
         version = live.version()
         if version != seen:
             seen, quiet = version, time.monotonic()
