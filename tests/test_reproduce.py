@@ -145,8 +145,14 @@ def test_reproduce_smoke_run_writes_a_self_contained_report(tmp_path, capsys):
     code = main(args)
     assert code == 0
     printed = capsys.readouterr().out
+    assert "note: a smoke run (1 epochs" in printed or "note: a smoke run (1 epoch," in printed
     assert (
-        len(re.findall(r"^Claim [ABC]: (holds|does not hold|holds in \d of \d+ seeds)", printed, re.M)) == 3
+        len(
+            re.findall(
+                r"^Claim [ABC]: (holds|does not hold|holds in \d of \d+ seeds|not judged \()", printed, re.M
+            )
+        )
+        == 3
     )
     md = (out / "report.md").read_text()
     for claim in ("Claim A", "Claim B", "Claim C", "95.49%", "lenet reproduce --seeds 2", "--recipes"):
@@ -267,3 +273,18 @@ def test_the_headline_numbers_are_recomputed_from_runs_csv_alone(tmp_path):
         there = sum(any(x <= base[s][-1] for x in longer[s]) for s in seeds)
         assert f"init std {std}: slower in {slower} of 45 seeds; within 5 epochs in {there} of 45" in md
     assert md.index("## Summary") < md.index("## The seed protocol") < md.index("## How this was made")
+
+
+def test_a_one_epoch_run_does_not_judge_claims_a_and_b(tmp_path):
+    """With one epoch there is nothing to compare with: A and B are not judged, and the report says it is
+    a smoke run (before, a one-epoch run printed 'Claim A: holds' and 'Claim B: holds')."""
+    one = [result([2.0], k) for k in range(3)]
+    assert verdict_a(one).word.startswith("not judged (one epoch")
+    assert verdict_b([result([2.302], k, lr=0.1) for k in range(3)]).word.startswith("not judged (one epoch")
+    run_reproduce(tmp_path, SyntheticRunner(), [0, 1], 0, "lenet reproduce --epochs 1", 1)
+    md = (tmp_path / "report.md").read_text()
+    assert (
+        "**A smoke run**: 1 epoch, not" in md
+        and "Claim A: **not judged" in md
+        and "Claim B: **not judged" in md
+    )

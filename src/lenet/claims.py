@@ -42,6 +42,7 @@ ORIGINAL_LOSSES = (
 )
 ORIGINAL_TEST = {"loss": 0.150315, "correct": 9549, "accuracy": 95.49}
 MUCH_SLOWER = 2.0  # "much more slowly": after the same epochs, at least twice the seed protocol's loss
+ONE_EPOCH = "one epoch: there is no later epoch to compare with"
 LISTED = 10  # up to this many runs, the report lists every seed's number; beyond, a summary
 
 
@@ -128,6 +129,7 @@ def verdict_a(seed_runs: list[RunResult]) -> Verdict:
         holds=sum(ok),
         n=len(ok),
         details=details,
+        untested=ONE_EPOCH if len(losses(seed_runs[0])) < 2 else "",
     )
 
 
@@ -151,6 +153,7 @@ def verdict_b(lr_runs: list[RunResult], long_runs: list[RunResult] | None = None
         ours=ours + (f" {escapes(lr_runs, long_runs)}" if long_runs else ""),
         holds=sum(stuck),
         n=len(stuck),
+        untested=ONE_EPOCH if epochs < 2 else "",
     )
 
 

@@ -20,6 +20,7 @@ from lenet.outcomes import Report, Sweep
 from lenet.progress import runs_progress
 from lenet.results import RunResult, RunSpec
 from lenet.runners import Runner
+from lenet.runs import locked
 
 R, S, A = ReproduceOptions, SweepOptions, AblateOptions  # the declarations the keywords' defaults come from
 
@@ -93,7 +94,7 @@ def sweep(
     processes, vectorised, sequential or ray (`lenet sweep --backend`; `address`, `cpus_per_run` for Ray).
     Bad values raise lenet.config.ConfigError. Example: lenet.sweep(lr=[0.01, 0.1], seeds=3)."""
     options = SweepOptions(
-        seeds=seeds if isinstance(seeds, int) else tuple(seeds), out=out, backend=backend, recipe=recipe,
+        seeds=seeds, out=out, backend=backend, recipe=recipe,
         first_seed=first_seed, data_dir=data_dir, workers=workers, address=address,
         cpus_per_run=cpus_per_run, tensorboard=tensorboard,
     )  # fmt: skip
@@ -116,6 +117,7 @@ def run_sweep(options: SweepOptions, grid: dict[str, list[Any]], command: str, v
     runner = make_runner(options, command, options.tensorboard)
     with contextlib.ExitStack() as stack:  # without `out`, the runs live in a folder removed at the end
         folder = options.out or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stack.enter_context(locked(folder, "running a sweep in this folder"))
         specs = prepare_sweep(folder, cfgs, command)
         say(verbose, f"sweep: {len(cfgs) // len(seeds)} configurations x {len(seeds)} seeds = "
             f"{len(specs)} runs in {folder}")  # fmt: skip
@@ -166,7 +168,6 @@ def reproduce(
     `phase_init_std`, `phase_seeds` seeds each). `epochs` other than 20 only for a quick smoke run.
     Bad values raise lenet.config.ConfigError."""
     given = {k: v for k, v in locals().items() if k != "verbose"}
-    given["seeds"] = seeds if isinstance(seeds, int) else tuple(seeds)
     options = ReproduceOptions(**given)
     return run_reproduction(options, options_text("lenet.reproduce", options), verbose)
 
@@ -183,8 +184,12 @@ def run_reproduction(options: ReproduceOptions, command: str, verbose: bool) -> 
     args = (out, seeds, options.long_epochs, options.epochs, options.device, options.recipes, phase)
     planned = plan(*args)
     say(verbose, f"reproducing the original's analysis: {len(planned[2])} runs in {out}")
+    if options.epochs != R.epochs:
+        length = f"{options.epochs} epoch{'s' if options.epochs > 1 else ''}"
+        say(verbose, f"note: a smoke run ({length}, not the original's {R.epochs}): its verdicts check "
+            "that everything runs, they do not judge the original's claims")  # fmt: skip
     runner = ProgressRunner(make_runner(options, command))
-    with own_plotting():
+    with locked(out, "reproducing in this folder"), own_plotting():
         html, verdicts = run_reproduce(
             out, runner, seeds, options.long_epochs, command, options.epochs, options.device,
             recipes=options.recipes, phase=phase, planned=planned,
@@ -233,7 +238,6 @@ def ablate(
     with every seed, then ablation.md and ablation.png in `out`. Returns one row per step (n, mean, sd,
     gain) and every run. Bad values raise lenet.config.ConfigError."""
     given = {k: v for k, v in locals().items() if k != "verbose"}
-    given["seeds"] = seeds if isinstance(seeds, int) else tuple(seeds)
     options = AblateOptions(**given)
     return run_ablation(options, options_text("lenet.ablate", options), verbose)
 
@@ -246,11 +250,13 @@ def run_ablation(options: AblateOptions, command: str, verbose: bool) -> Sweep:
     steps = ablation_specs(options.out, seeds, options.epochs, options.dataset, options.device)
     specs = [s for _, group in steps for s in group]
     say(verbose, f"ablation: {len(steps)} steps x {len(seeds)} seeds = {len(specs)} runs in {options.out}")
-    results = train_all(make_runner(options, command), specs, "ablate")
-    by_spec = dict(zip([s.out for s in specs], results, strict=True))
-    grouped = [(label, [by_spec[s.out] for s in group]) for label, group in steps]
-    with own_plotting():
-        for path in write_ablation_report(options.out, grouped, command):
-            say(verbose, f"wrote {path}")
+    runner = make_runner(options, command)
+    with locked(options.out, "running an ablation in this folder"):
+        results = train_all(runner, specs, "ablate")
+        by_spec = dict(zip([s.out for s in specs], results, strict=True))
+        grouped = [(label, [by_spec[s.out] for s in group]) for label, group in steps]
+        with own_plotting():
+            for path in write_ablation_report(options.out, grouped, command):
+                say(verbose, f"wrote {path}")
     say(verbose, (options.out / "ablation.md").read_text().rstrip("\n"))
     return Sweep(ablation_rows(grouped), results, options.out)

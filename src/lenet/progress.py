@@ -13,22 +13,32 @@ from tqdm import tqdm
 
 from lenet.runs import RunDir, read_jsonl
 
+NOTEBOOK_REFRESH_SECONDS = 10.0
+
 
 def progress(total: int, desc: str, unit: str = "step", leave: bool = False) -> tqdm:
     """A progress bar of `total` units (a context manager; `.update(k)`)."""
-    ipython = sys.modules.get("IPython")  # imported already wherever a kernel runs: never imported here
-    shell = ipython.get_ipython() if ipython is not None else None
-    if shell is not None and "IPKernelApp" in shell.config:
+    if in_notebook():
         import warnings
 
         with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns, then draws text: fine here
             warnings.simplefilter("ignore")
             from tqdm.auto import tqdm as notebook_tqdm
 
-        return notebook_tqdm(total=total, desc=desc, unit=unit, leave=leave)
+        # One bar per cell: a run's epoch-long step bars would pile up in the cell (its log lines say as
+        # much), and a text bar (no ipywidgets) is stored in the notebook once per refresh: rarely, then.
+        return notebook_tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=unit == "step",
+                             mininterval=NOTEBOOK_REFRESH_SECONDS)  # fmt: skip
     return tqdm(
         total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, disable=not sys.stderr.isatty()
     )
+
+
+def in_notebook() -> bool:
+    """Inside a Jupyter kernel (whose stderr is no terminal)."""
+    ipython = sys.modules.get("IPython")  # imported already wherever a kernel runs: never imported here
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def finished_epochs(out: Any) -> int:

@@ -167,6 +167,11 @@ def summary_section(verdicts: list[Verdict], seed_runs: list[RunResult]) -> Sect
         f"{loss.percentile:.0f} of our {acc.n} seed-protocol runs (p = {acc.p_value:.3f} and "
         f"{loss.p_value:.3f}; what the rule can detect is under the seed protocol below)."
     )
+    epochs = len(seed_runs[0].rows)
+    if epochs != len(ORIGINAL_LOSSES):
+        length = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+        smoke = f"**A smoke run**: {length}, not the original's {len(ORIGINAL_LOSSES)}. "
+        bullets.insert(0, smoke + "These verdicts check that everything runs; they do not judge the claims.")
     return Section("Summary: the verdicts and the original's run", [], None, bullets)
 
 
