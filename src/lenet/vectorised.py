@@ -52,7 +52,7 @@ class StackedModels:
         cols = F.unfold(h, k).view(b, m, c1 * k * k, side * side)  # (B, M, 100, 8*8)
         h = torch.einsum("bmkp,mck->bmcp", cols, w2.view(m, c2, c1 * k * k)) + b2.view(1, m, c2, 1)
         h = F.relu(h).reshape(b, m * c2, side, side)  # (B, M*12, 8, 8)
-        h = F.max_pool2d(h, s.pool).view(b, m, s.features)  # (B, M, 192), per model channel-major
+        h = F.max_pool2d(h, s.pool).reshape(b, m, s.features)  # (B, M, 192), per model channel-major
         return torch.einsum("bmk,mjk->bmj", h, wf) + bf  # (B, M, 10)
 
     def train_steps(self, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
