@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import re
 import socket
@@ -30,16 +31,31 @@ from lenet.cli import build_parser
 from lenet.commands.common import options_from
 from lenet.config import ConfigError, TrainConfig
 from lenet.options import ServeOptions
+from lenet.recipe import recipe_config
+from lenet.results import is_stalled
 from lenet.runs import RunDir, load_model, read_jsonl
 from lenet.serve import ServeError
 from lenet.serve.app import create_app
 from lenet.serve.http import MAX_BODY_BYTES
-from lenet.serve.live import NAME, generated_name
+from lenet.serve.live import LiveRun
+from lenet.serve.live_text import badges, lr_text, protocol_label
 from lenet.serve.server import background, check_runs_dir
+from lenet.serve.trainings import NAME, generated_name
 from lenet.training import train
 
 FAST = {"batch_size": 10}  # 500 steps per epoch on the small split
-KNOWN = ("batch_size", "compare_lr", "epochs", "init_std", "lr", "name", "preset", "resume", "seed")
+KNOWN = (
+    "batch_size",
+    "compare_lr",
+    "epochs",
+    "init_std",
+    "lr",
+    "min_seconds",
+    "name",
+    "preset",
+    "resume",
+    "seed",
+)
 
 
 @pytest.fixture
@@ -232,7 +248,8 @@ def test_a_pair_with_two_learning_rates(client, runs_dir):
     ca, cb = (RunDir(runs_dir / n).read_config() for n in ("pair-lr0.01", "pair-lr0.1"))
     assert ca.seed == cb.seed and (ca.lr, cb.lr) == (0.01, 0.1)
     assert ca == TrainConfig.from_dict({**cb.to_dict(), "lr": 0.01})
-    assert a["loss"] != b["loss"] and a["label"] == "custom, lr 0.01"
+    assert a["loss"] != b["loss"] and a["label"] == b["label"] == "seed protocol, epochs 1, batch size 10"
+    assert (a["title"], b["title"]) == (f"{a['label']}, lr 0.01", f"{a['label']}, lr 0.1")
 
 
 def test_a_preset_sets_the_recipe(client, runs_dir):
@@ -473,6 +490,8 @@ STEERING = {
     "stop": ("/api/train/stop", {}, running, idle),
     "lr": ("/api/train/lr", {"run": "long", "lr": 0.5}, running,
            lambda s: s["runs"][0]["lr_next"] == 0.5),
+    "speed": ("/api/train/speed", {"min_seconds": 600}, running,
+              lambda s: s["runs"][0]["min_seconds"] == 600),
 }  # fmt: skip
 
 
@@ -509,7 +528,9 @@ def test_cross_site_requests_are_refused_and_change_nothing(client, runs_dir, en
     wait(client, idle)
 
 
-@pytest.mark.parametrize("path", ["/api/train/start", "/api/train/stop", "/api/train/lr", "/api/predict"])
+@pytest.mark.parametrize(
+    "path", ["/api/train/start", "/api/train/stop", "/api/train/lr", "/api/train/speed", "/api/predict"]
+)
 def test_a_cross_site_preflight_is_not_approved(client, path):
     """A page of another site may send JSON only after asking (CORS preflight); the server never says yes."""
     ask = {"origin": "http://evil.example.com", "access-control-request-method": "POST",
@@ -540,6 +561,13 @@ BAD_BODIES = [  # path, body (bytes: sent as is with a JSON type), status, words
     ("/api/train/lr", [1], 422, '{"run": NAME, "lr": NUMBER}'),
     ("/api/train/pause", {"now": True}, 422, "unknown field(s) now; known: none"),
     ("/api/train/stop", [], 422, "empty JSON object"),
+    ("/api/train/start", {"min_seconds": -1}, 422, "min_seconds must be in 0-3600 seconds (got -1)"),
+    ("/api/train/start", {"min_seconds": "slow"}, 422, "min_seconds must be a number of seconds"),
+    ("/api/train/speed", {"min_seconds": 1e9}, 422, "min_seconds must be in 0-3600 seconds"),
+    ("/api/train/speed", {"min_seconds": True}, 422, "min_seconds must be a number of seconds"),
+    ("/api/train/speed", {}, 422, '{"min_seconds": SECONDS}'),
+    ("/api/train/speed", {"min_seconds": 5, "lr": 1}, 422, "unknown field(s) lr; known: min_seconds"),
+    ("/api/train/speed", DEEP, 400, "not valid JSON"),
 ]
 
 
@@ -684,3 +712,150 @@ def test_odd_values_in_every_field_are_never_a_500(client):
         for body in (f'{{"run": "x", "lr": {value}}}', f'{{"run": {value}, "lr": 0.1}}'):
             r = client.post("/api/train/lr", content=body, headers={"content-type": "application/json"})
             assert 400 <= r.status_code < 500, (body[:60], r.text)
+        body = f'{{"min_seconds": {value}}}'
+        r = client.post("/api/train/speed", content=body, headers={"content-type": "application/json"})
+        assert r.status_code < 500, (body[:60], r.text)  # a valid one may steer the short run started above
+
+
+# ---------------------------------------------------------------- a truthful page (issue 24, item 4)
+
+
+def test_a_run_that_dies_gets_a_badge_and_no_throughput_for_the_shortcut(client, runs_dir):
+    """lr 0.5 kills this network in epoch 1 (every conv1 channel zero on every image). It used to say only
+    'finished' and show the dead-network shortcut's steps (computed from the labels, no image read) as
+    ~700,000 images/s. Now: a 'died in epoch 1' badge with the reason, and the shortcut's steps are no
+    throughput."""
+    body = {**FAST, "lr": 0.5, "epochs": 3, "seed": 0, "name": "dies"}
+    assert client.post("/api/train/start", json=body).status_code == 200
+    (run,) = wait(client, idle)["runs"]
+    rows = read_jsonl(runs_dir / "dies" / "metrics.jsonl")
+    assert rows[0]["dead"] and rows[0]["dead_units"]["conv1"] == 4  # what lenet.training recorded
+    died = run["badges"][0]
+    assert (died["kind"], died["epoch"], died["text"]) == ("died", 1, "died in epoch 1")
+    assert died["reason"].startswith("all 4 conv1 channels are zero after their ReLU on every training image")
+    assert "plain SGD can never revive it" in died["reason"]
+    stalled = [b for b in run["badges"] if b["kind"] == "stalled"]
+    assert bool(stalled) == is_stalled(rows[-1]["train_loss"])  # lenet.results' one definition
+    assert run["state"] == "finished" and run["shortcut"]  # epochs 2-3 were the shortcut's
+
+
+def test_the_shortcuts_steps_are_not_counted_as_images_read(small_split):
+    """The images/s count: steps of a live network count their images; the dead-network shortcut's none."""
+    live = LiveRun("x", "x", TrainConfig(batch_size=10, epochs=2), Path("unused"), small_split, False)
+    live.note_loss(0, 50, 50, torch.tensor(115.0))
+    assert live.images == 500 and not live.skips_images()
+    live.rows = [{"epoch": 1, "dead": True, "dead_units": {"conv1": 4, "conv2": 12}}]
+    live.note_loss(1, 50, 50, torch.tensor(115.0))
+    assert live.images == 500 and live.skips_images()  # nothing added: no image was read
+    recipe = LiveRun("y", "y", TrainConfig(batch_size=10, epochs=2, optimizer="adamw"), Path("unused"),
+                     small_split, False)  # fmt: skip
+    recipe.rows = live.rows
+    assert not recipe.skips_images()  # a recipe's epochs run on the engine, dead or not
+
+
+ROW = {"val_accuracy": 0.1, "lr": 0.01, "dead": False}
+
+
+def rows_of(*losses: float, dead_from: int | None = None) -> list[dict]:
+    return [{**ROW, "epoch": i + 1, "train_loss": x, "dead": dead_from is not None and i + 1 >= dead_from,
+             "dead_units": {"conv1": 1, "conv2": 12}} for i, x in enumerate(losses)]  # fmt: skip
+
+
+def test_badges_say_died_stalled_or_diverged_with_the_epoch():
+    assert badges(rows_of(1.2, 0.5), plain_sgd=True) == []
+    [stalled] = badges(rows_of(2.29, 1.9, 2.31, 2.30), plain_sgd=True)  # the last streak started in epoch 3
+    assert (stalled["kind"], stalled["epoch"], stalled["text"]) == ("stalled", 3, "stalled since epoch 3")
+    assert stalled["reason"].startswith("its training loss 2.300 is within 0.05 of ln 10 = 2.303")
+    assert badges(rows_of(2.29, 2.2), plain_sgd=True) == []  # stalled once, not now
+    [diverged] = badges(rows_of(2.0, math.nan, math.nan), plain_sgd=True)
+    assert (diverged["kind"], diverged["text"]) == ("diverged", "diverged in epoch 2")
+    died, stalled = badges(rows_of(2.5, 2.31, dead_from=1), plain_sgd=False)
+    assert (died["text"], stalled["text"]) == ("died in epoch 1", "stalled since epoch 2")
+    assert died["reason"].startswith("all 12 conv2 channels") and "revive" not in died["reason"]  # a recipe
+
+
+def test_the_label_names_the_protocol_the_settings_come_from():
+    """The original's settings were labelled 'custom'."""
+    improved = recipe_config("improved", {})
+    assert protocol_label(TrainConfig()) == "seed protocol"
+    assert protocol_label(TrainConfig(seed=4, lr=0.5, device="cpu")) == "seed protocol"  # shown elsewhere
+    assert protocol_label(TrainConfig(epochs=2, init_std=1.0)) == "seed protocol, epochs 2, init std 1"
+    assert protocol_label(improved) == "improved recipe"
+    assert (
+        protocol_label(TrainConfig.from_dict({**improved.to_dict(), "epochs": 2}))
+        == "improved recipe, epochs 2"
+    )
+    assert "improved recipe, epochs 2, batch size 100, " in protocol_label(TrainConfig(epochs=2), "improved")
+    assert (
+        lr_text(TrainConfig(), [[1, 0.03], [3, 0.001]]) == "lr 0.01 → 0.03 from epoch 2 → 0.001 from epoch 4"
+    )
+    assert lr_text(improved, []) == "lr 0.008, cosine schedule"
+
+
+def test_an_lr_change_is_in_the_title_and_where_it_started(client, runs_dir):
+    """The title kept the old lr; now it and lr_changes (the charts' marks) say where the change began,
+    as config.json records it."""
+    body = {**FAST, "epochs": 4, "name": "lr", "min_seconds": 8}
+    assert client.post("/api/train/start", json=body).status_code == 200
+    wait(client, lambda s: s["runs"][0]["loss"])
+    assert client.post("/api/train/lr", json={"run": "lr", "lr": 0.03}).status_code == 200
+    client.post("/api/train/speed", json={"min_seconds": 0})
+    (run,) = wait(client, idle)["runs"]
+    [[first, lr]] = json.loads((runs_dir / "lr" / "config.json").read_text())["lr_changes"]
+    assert run["lr_changes"] == [[first, lr]] and lr == 0.03
+    assert run["title"] == f"seed protocol, epochs 4, batch size 10, lr 0.01 → 0.03 from epoch {first + 1}"
+
+
+def test_no_lr_change_is_offered_or_taken_in_the_last_epoch(client):
+    """'set from next epoch' was offered in the last epoch, where there is none. Paced to at least 2 s
+    per epoch, so that the run is surely still in its last epoch when asked."""
+    body = {**FAST, "epochs": 2, "name": "two", "min_seconds": 4}
+    assert client.post("/api/train/start", json=body).status_code == 200
+    (first,) = wait(client, lambda s: s["runs"][0].get("epoch") == 1)["runs"]
+    assert first["lr_settable"]
+    (run,) = wait(client, lambda s: s["runs"][0]["epoch"] == 2)["runs"]
+    assert not run["lr_settable"] and run["state"] == "running"
+    refused = client.post("/api/train/lr", json={"run": "two", "lr": 0.02})
+    assert refused.status_code == 409
+    assert (
+        refused.json()["detail"]
+        == "run two is in its last epoch (2 of 2): there is no next epoch to set an lr for"
+    )
+    (run,) = wait(client, idle)["runs"]
+    assert run["state"] == "finished" and run["lr_changes"] == [] and not run["lr_settable"]
+
+
+def test_a_short_run_can_be_slowed_to_watch_and_sped_up(client):
+    """A 1-epoch run of 500 steps takes well under a second here; min_seconds stretches it evenly, and the
+    page can change it mid-run (or stop it while it waits)."""
+    options = client.get("/api/train/options").json()
+    assert options["speeds"]["default"] > 0 and 0 in options["speeds"]["choices"]
+    start = time.monotonic()
+    body = {**FAST, "epochs": 1, "name": "slow", "min_seconds": 2}
+    assert client.post("/api/train/start", json=body).status_code == 200
+    (run,) = wait(client, idle)["runs"]
+    assert time.monotonic() - start >= 1.9 and run["state"] == "finished" and run["min_seconds"] == 2
+    assert len(run["loss"]) == 10  # a point per 50 steps, as at full speed
+    body = {**FAST, "epochs": 1, "name": "slower", "min_seconds": 3600}
+    assert client.post("/api/train/start", json=body).status_code == 200
+    wait(client, lambda s: s["runs"][0]["loss"])  # one chunk done; now waiting ~7 s for the next
+    start = time.monotonic()
+    assert client.post("/api/train/speed", json={"min_seconds": 0}).json()["runs"][0]["min_seconds"] == 0
+    assert wait(client, idle, timeout=30)["runs"][0]["state"] == "finished"
+    assert time.monotonic() - start < 10
+    assert client.post("/api/train/start", json={**body, "name": "stopped"}).status_code == 200
+    wait(client, lambda s: s["runs"][0]["loss"])
+    start = time.monotonic()
+    client.post("/api/train/stop", json={})
+    assert wait(client, idle, timeout=30)["runs"][0]["state"] == "stopped" and time.monotonic() - start < 5
+    assert client.post("/api/train/speed", json={"min_seconds": 1}).status_code == 409  # nothing runs
+
+
+def test_options_fill_the_form_with_each_presets_values(client):
+    """Choosing a preset sent the form's default lr, batch and epochs on top of it; now the page fills in
+    the preset's own values."""
+    options = client.get("/api/train/options").json()
+    improved = options["preset_settings"]["improved"]
+    assert (improved["lr"], improved["batch_size"], improved["epochs"]) == (0.008, 256, 160)
+    assert options["preset_settings"]["seed"] == {k: options["settings"][k]["default"] for k in improved}
+    assert options["protocols"]["seed"] == "seed protocol"

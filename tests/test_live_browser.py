@@ -6,14 +6,18 @@ test-artifacts/ (gitignored) for a person to look at.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from lenet.config import TrainConfig
 from lenet.model import make_model
+from lenet.results import is_stalled
 from lenet.runs import RunDir, read_jsonl
 from lenet.serve.app import create_app
 from lenet.serve.server import background
@@ -56,11 +60,13 @@ def page(runs_dir, mnist_split):
 
 
 def settings(page, **values) -> None:
-    """Fill the form: the defaults, then `values` (compare_lr=None unticks the pair)."""
-    page.select_option("#preset", "")
+    """Fill the form: the seed protocol at full speed, then `values` (compare_lr=None unticks the pair;
+    min_seconds picks a speed)."""
+    page.select_option("#preset", "seed")
+    page.select_option("#min-seconds", str(values.get("min_seconds", 0)))
     for name, value in {"lr": "0.01", "init_std": "0.1", "batch_size": "100", "epochs": "1", "seed": "0",
                         **values}.items():  # fmt: skip
-        if name == "compare_lr":
+        if name in ("compare_lr", "min_seconds"):
             continue
         page.fill(f"input[name={name}]", str(value))
     page.set_checked("#compare", values.get("compare_lr") is not None)
@@ -138,6 +144,15 @@ def test_the_lr_changed_from_the_page(page, runs_dir):
     [[first, lr]] = json.loads((folder / "config.json").read_text())["lr_changes"]
     assert lr == 0.03 and first in (1, 2)
     assert [r["lr"] for r in rows] == [0.01] * first + [0.03] * (3 - first)
+    # issue 24: the title kept the old lr and the charts had no mark; the form is gone after the last epoch
+    assert (
+        panel.locator(".run-label").inner_text()
+        == f"seed protocol, epochs 3, lr 0.01 → 0.03 from epoch {first + 1}"
+    )
+    for chart in ("#loss", "#acc"):
+        assert attribute(page, chart, "data-marks") == f"lr 0.03@{first}"
+    assert panel.locator(".set-lr").is_hidden()
+    page.screenshot(path=str(ARTIFACTS / "train-lr-change.png"), full_page=True)
 
 
 def test_a_bad_lr_shows_the_message(page):
@@ -161,7 +176,7 @@ def test_side_by_side(page, runs_dir):
     page.wait_for_function(both, timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "train-side-by-side.png"), full_page=True)
     labels = page.locator(".run .run-label").all_inner_texts()
-    assert labels == ["custom, lr 0.01", "custom, lr 0.1"]
+    assert labels == ["seed protocol, epochs 1, lr 0.01", "seed protocol, epochs 1, lr 0.1"]  # was "custom"
     accuracies = [float(a.get_attribute("data-accuracy")) for a in page.locator(".run .f-test").all()]
     assert accuracies[0] > 0.8  # lr 0.01 learns in one epoch; lr 0.1 may stall (the report's claim B)
     assert int(attribute(page, "#loss", "data-points")) == 22  # both curves
@@ -183,8 +198,110 @@ def test_drawing_against_a_runs_weights(page):
     page.wait_for_function("document.getElementById('live-label').dataset.label !== ''", timeout=SLOW)
     assert page.locator("#live-label").get_attribute("data-label") == "1"
     name = attribute(page, ".run", "data-name")  # the first run: lr 0.01
-    assert page.locator("#live-about").inner_text().endswith(f"sure, with {name}'s weights now")
+    about = page.locator("#live-about").inner_text()
+    said = r"(>99\.9|\d+\.\d)% sure \(softmax\), runner-up \d: (<0\.1|\d+\.\d)%; with "  # never "100.0%"
+    assert re.fullmatch(said + re.escape(f"{name}'s weights now"), about), about
     page.screenshot(path=str(ARTIFACTS / "train-draw.png"), full_page=True)
+
+
+def test_a_run_that_dies_says_so(page, runs_dir):
+    """Issue 24: a run that died in epoch 1 said 'finished', and showed the dead-network shortcut's steps
+    (computed from the labels alone) as 723,796 images/s. lr 0.5 with seed 0 dies in epoch 1."""
+    settings(page, lr=0.5, epochs=2, seed=0)
+    page.click("#start")
+    page.wait_for_selector("body[data-state=finished]", timeout=SLOW)
+    page.wait_for_selector(".run[data-badges*=died] .f-test[data-accuracy]", timeout=SLOW)
+    panel = page.locator(".run")
+    rows = read_jsonl(runs_dir / panel.get_attribute("data-name") / "metrics.jsonl")
+    assert rows[0]["dead"] and rows[0]["dead_units"]["conv1"] == 4  # lenet.training's verdict, shown below
+    assert panel.locator(".badge.died").inner_text() == "died in epoch 1"
+    assert panel.locator(".badge.stalled").count() == int(is_stalled(rows[-1]["train_loss"]))
+    reason = panel.locator(".reasons li.died").inner_text()
+    assert reason.startswith("died in epoch 1: all 4 conv1 channels are zero after their ReLU")
+    assert panel.locator(".f-state").inner_text().startswith("finished (died in epoch 1")
+    speed = panel.locator(".f-speed").inner_text()
+    assert "until it died" in speed and "without reading an image" in speed
+    assert "died@1" in attribute(page, "#loss", "data-marks").split(";")
+    page.screenshot(path=str(ARTIFACTS / "train-dead.png"), full_page=True)
+
+
+def test_presets_fill_in_their_values_and_nothing_impossible_is_offered(page):
+    """The original's settings were 'custom' next to a 'none (the original)' preset; picking a preset kept the
+    form's numbers, which then overrode it; a 1-epoch run offered 'set from next epoch'."""
+    assert page.locator("#preset option").all_inner_texts() == ["improved recipe", "seed protocol"]
+    page.select_option("#preset", "improved")
+    assert [page.input_value(f"input[name={k}]") for k in ("lr", "batch_size", "epochs")] == [
+        "0.008",
+        "256",
+        "160",
+    ]
+    page.select_option("#preset", "seed")
+    assert [page.input_value(f"input[name={k}]") for k in ("lr", "batch_size", "epochs")] == [
+        "0.01",
+        "100",
+        "20",
+    ]
+    settings(page, epochs=1, min_seconds=20)  # slowed: surely still running when looked at
+    page.click("#start")
+    page.wait_for_selector("body[data-state=running]", timeout=SLOW)
+    page.wait_for_function("document.querySelector('.run .f-epoch').textContent.startsWith('1 of 1')")
+    assert page.locator(".run .set-lr").is_hidden()  # its only epoch is its last: no next one to set
+    page.click("#stop")
+    page.wait_for_selector("body[data-state=stopped]", timeout=SLOW)
+
+
+def test_a_short_run_can_be_watched(page):
+    """A 2-epoch run was over in ~3 s. The page's default speed stretches a short run to 20 s; the speed
+    can be changed while it runs."""
+    page.reload()
+    page.wait_for_function("document.getElementById('min-seconds').options.length > 0")
+    speed = page.locator("#min-seconds")
+    assert speed.input_value() == "20" and "at least 20 s" in speed.locator("option:checked").inner_text()
+    settings(page, epochs=1, min_seconds=20)
+    start = time.monotonic()
+    page.click("#start")
+    page.wait_for_selector("body[data-state=running]", timeout=SLOW)
+    page.wait_for_function("Number(document.getElementById('loss').dataset.points) >= 2", timeout=SLOW)
+    page.wait_for_timeout(1500)
+    assert page.locator("body").get_attribute("data-state") == "running"
+    assert int(attribute(page, "#loss", "data-points")) < 11  # a point per 50 of 550 steps: not done
+    page.select_option("#min-seconds", "0")  # full speed from now on
+    page.wait_for_selector("body[data-state=finished]", timeout=SLOW)
+    assert 3 < time.monotonic() - start < 19
+    assert "slowed" not in page.locator(".run .f-speed").inner_text()
+
+
+FILTER_MAX = """(layer) => fetch('/api/train/status').then((r) => r.json())
+  .then((s) => Math.max(...s.runs[0].filters[layer].flat().map(Math.abs)).toPrecision(2))"""
+
+
+def test_the_charts_use_their_space_with_round_ticks_and_named_axes(page):
+    """The charts used 45% of their card, with y ticks at 2.29 / 1.72 / 1.14 and no axis names; the top-3
+    labels were 8 px rows of 11 px digits; the filters had no colour scale."""
+    content = page.evaluate(
+        "(() => { const c = document.querySelector('.charts'); const s = getComputedStyle(c);"
+        " return c.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight); })()"
+    )
+    ratio = page.evaluate("window.devicePixelRatio")
+    for chart, ylabel in (("#loss", "training loss"), ("#acc", "validation accuracy")):
+        canvas = page.locator(chart)
+        assert canvas.bounding_box()["width"] >= 0.98 * content
+        assert int(canvas.get_attribute("width")) == round(canvas.evaluate("c => c.clientWidth") * ratio)
+        assert (
+            canvas.get_attribute("data-xlabel") == "epoch" and canvas.get_attribute("data-ylabel") == ylabel
+        )
+        ticks = [float(t) for t in canvas.get_attribute("data-yticks").split(",")]
+        steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
+        assert len(ticks) >= 3 and len(steps) == 1, ticks
+        step = steps.pop()
+        assert round(step / 10 ** math.floor(math.log10(step)), 6) in (1, 2, 5), ticks  # 1, 2 or 5 x 10^k
+        assert all(round(t / step, 6).is_integer() for t in ticks), ticks  # multiples of the step
+    size = page.locator(".run .guess .d").first.evaluate("d => parseFloat(getComputedStyle(d).fontSize)")
+    row = page.locator(".run .guess").first.bounding_box()["height"]
+    assert size >= 12 and row >= size
+    for layer in ("conv1", "conv2"):
+        assert attribute(page, f".run .scale.{layer}", "data-max") == page.evaluate(FILTER_MAX, layer)
+        assert page.locator(f".run .scale.{layer} .lo").inner_text().startswith("−")
 
 
 class Recorder:

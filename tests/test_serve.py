@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -24,9 +25,10 @@ from PIL import Image
 
 import lenet.serve.http
 import lenet.serve.server
-from lenet.data import Split
+from lenet.data import DataError, Split
 from lenet.model import SHAPE
 from lenet.serve.app import create_app
+from lenet.serve.card import ece, fit_temperature
 from lenet.serve.http import INLINE_PIXELS, MAX_BODY_BYTES
 from lenet.serve.server import background
 
@@ -543,3 +545,101 @@ def test_lenet_serve_stops_within_seconds_while_an_event_stream_is_open(tmp_path
             os.kill(proc.pid, signal.SIGKILL)  # only the process this test started
         out = proc.communicate(timeout=10)[0]
     assert "Traceback" not in out, out
+
+
+# ------------------------------------------------------------ docs offline, favicon, model card (issue 24)
+
+
+def test_the_api_docs_need_no_other_site(client):
+    """/docs was Swagger UI from a CDN: a blank page without internet. Its pages name no other site now, and
+    every script, style and icon they load is served here (the browser test opens them with the network
+    cut off)."""
+    for path, assets in (
+        ("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")),
+        ("/redoc", ("redoc.standalone.js",)),
+    ):
+        page = client.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "://" not in page.text.replace("window.location.origin", "")  # no absolute URL anywhere
+        assert "default-src 'self'" in page.headers["content-security-policy"]  # the browser fetches none
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert set(urls) == {f"/docs-assets/{a}" for a in assets} | {"/favicon.ico"}, urls
+        for url in urls:
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 1000, url
+    assert client.get("/openapi.json").json()["info"]["title"] == "lenet"
+
+
+def test_the_favicon_is_served_and_linked(client):
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    image = Image.open(io.BytesIO(icon.content))
+    assert image.format == "ICO" and image.size[0] >= 32
+    assert client.get("/static/favicon.svg").headers["content-type"].startswith("image/svg+xml")
+    for page in ("/", "/train"):
+        assert '<link rel="icon" href="/favicon.ico"' in client.get(page).text
+
+
+def test_the_model_card_says_data_use_limits_and_confidence(client):
+    card = client.get("/api/model").json()["card"]
+    assert card["data"].startswith("MNIST: handwritten digits") and "55,000 training images" in card["data"]
+    assert "10,000 test images" in card["data"] and "5,000 are held out for validation" in card["data"]
+    assert "teaching" in card["intended_use"] and "Not for" in card["intended_use"]
+    assert len(card["limits"]) >= 3 and "always answers one of the ten digits" in card["limits"][0]
+    fit = card["calibration"]
+    assert fit["images"] == 5000 and 0.1 < fit["temperature"] < 10
+    assert fit["ece_calibrated"] <= fit["ece_raw"]  # it fits the validation images at least as well
+    assert f"temperature of {fit['temperature']:.2f}" in card["confidence"]
+
+
+def test_answers_give_the_runner_up_and_calibrated_probabilities(client, app, mnist_split: Split):
+    """'100.0% sure' on everything: the answer now names the runner-up, and the served model's
+    probabilities calibrated on the validation images: softmax(logits / T), as plain PyTorch computes it."""
+    model, temperature = app.state.predictor.model, app.state.predictor.temperature
+    assert temperature == client.get("/api/model").json()["card"]["calibration"]["temperature"]
+    for i in range(3):
+        x = mnist_split.test_x[i].reshape(28, 28)
+        out = client.post("/api/predict", **pixels_body(x.tolist())).json()
+        with torch.no_grad():
+            logits = model(x[None, None])[0]
+        second = int(logits.topk(2).indices[1])
+        assert out["runner_up"] == {
+            "label": second,
+            "probability": round(float(logits.softmax(0)[second]), 6),
+        }
+        calibrated = (logits / temperature).softmax(0)
+        torch.testing.assert_close(
+            torch.tensor(out["calibrated"]["probabilities"]), calibrated, atol=2e-6, rtol=0
+        )
+        assert out["calibrated"]["confidence"] == pytest.approx(float(calibrated.max()), abs=1e-6)
+        assert out["calibrated"]["temperature"] == temperature
+
+
+def test_the_temperature_minimises_the_validation_loss():
+    """fit_temperature against a plain grid search, on logits made overconfident on purpose (x3)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    logits = torch.randn(2000, 10, generator=g, dtype=torch.float64)
+    logits[torch.arange(2000), labels] += 1.5
+    logits *= 3
+    t = fit_temperature(logits, labels)
+    grid = torch.linspace(0.5, 8, 751, dtype=torch.float64)
+    best = grid[torch.stack([F.cross_entropy(logits / s, labels) for s in grid]).argmin()]
+    assert abs(t - float(best)) < 0.02 and t > 1.5  # it undoes the overconfidence
+    assert ece((logits / t).softmax(1), labels) < ece(logits.softmax(1), labels) / 2
+
+
+def test_without_the_data_the_card_says_so(monkeypatch, app):
+    """No data folder: nothing is fetched, the answers carry no calibration, and the card says why."""
+    import lenet.serve.card as card
+
+    def missing(dataset: str) -> None:
+        raise DataError("train-images-idx3-ubyte is missing")
+
+    monkeypatch.setattr(card, "load_split", missing)
+    fit = card.fitted(app.state.predictor.model, "mnist")
+    assert isinstance(fit, str) and "not on this machine" in fit and "lenet data fetch" in fit
+    words = card.model_card({"dataset": "mnist"}, fit)
+    assert words["calibration"] is None and words["confidence"].startswith(
+        "The network's softmax, not calibrated"
+    )

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -177,3 +179,51 @@ def test_drawing_with_a_finger(browser):
     assert settled_label(page) == "7"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-phone-seven.png"), full_page=True)
+
+
+def test_the_api_docs_work_with_the_network_cut_off(browser):
+    """/docs was blank without internet (Swagger UI from a CDN). With every request to another host refused,
+    Swagger UI and ReDoc both show the API, and none of them tried to reach another host."""
+    page = browser(viewport={"width": 1200, "height": 900})
+    base = page.url.rstrip("/")
+    here = urlsplit(base).netloc
+    outside: list[str] = []
+
+    def only_here(route) -> None:
+        if urlsplit(route.request.url).netloc == here:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_here)
+    page.goto(f"{base}/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/api/predict", "/api/model", "/api/train/start", "/api/train/speed"} <= set(paths)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "docs-offline.png"))
+    page.goto(f"{base}/redoc")
+    page.wait_for_selector("text=Read one digit from an image", timeout=30_000)
+    assert page.locator("link[rel~=icon]").get_attribute("href") == "/favicon.ico"
+    assert (
+        outside == []
+    )  # (ReDoc's menu logo from its CDN is refused by the page's policy before any request)
+
+
+def test_the_page_shows_the_runner_up_and_a_model_card(page):
+    """It said '100.0% sure' on everything and had no data set, intended use or limits."""
+    page.keyboard.press("Escape")
+    stroke(page, [(0.5, 0.15 + 0.7 * i / 20) for i in range(21)])
+    assert settled_label(page) == "1"
+    said = page.locator("#confidence").inner_text()
+    runner_up = page.locator("#confidence").get_attribute("data-runner-up")
+    assert re.fullmatch(
+        rf"(>99\.9|\d{{1,2}}\.\d)% sure \(calibrated\); runner-up {runner_up}: (<0\.1|\d+\.\d)%", said
+    )
+    assert runner_up != "1" and "100.0%" not in page.locator(".result").inner_text()
+    card = page.locator("#card")
+    assert card.locator("dt").all_inner_texts() == ["data set", "intended use", "limits", "confidence"]
+    assert card.locator("dd").first.inner_text().startswith("MNIST")
+    assert card.locator("li").count() >= 3
+    page.screenshot(path=str(ARTIFACTS / "serve-card.png"), full_page=True)

@@ -1,9 +1,12 @@
 """`lenet serve`: draw a digit in the browser and watch the network read it (FastAPI + uvicorn).
 
   http.py         reading and answering one request: the digit reader, the JSON reader, request limits,
-                  host and origin checks
-  app.py          the drawing page and the predict API (create_app)
-  live.py         the training page's runs; live_routes.py its page and API (/train)
+                  host and origin checks; openapi.py how /docs describes the digit reader
+  app.py          the drawing page and the predict API (create_app); card.py its model card and the
+                  confidence's calibration; docs.py the API docs and favicon, served without internet
+  live.py         one run of the training page (/train); trainings.py the server's current training;
+                  live_text.py what the page says about a run; pace.py its speed control;
+                  live_routes.py the page and its API
   server.py       uvicorn: start-up checks, its protocol (header deadline, a shutdown within seconds),
                   worker processes, a server in a thread (serve, background)
 
@@ -27,7 +30,7 @@ class ServeError(Exception):
 
 
 MISSING_EXTRA = "serving needs the serve extra: pip install 'lenet[serve]'"
-EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "PIL")
+EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "PIL", "fastapi_offline")
 
 
 def create_app(model: Path | str | None = None) -> FastAPI:

@@ -4,10 +4,11 @@
   POST /api/predict   an image (multipart file field, or a raw image/* body) or JSON {"pixels": 28x28}
   GET  /api/model     the model's facts: shape (lenet.model.SHAPE), parameters, training recipe, test accuracy
   GET  /healthz       liveness
-  GET  /docs          OpenAPI docs (FastAPI's)
+  GET  /docs, /redoc  the API docs, with no request leaving the server (lenet.serve.docs); /favicon.ico
 
-/api/predict is lenet.serve.http's digit reader with the served model; the training page (/train) and its
-API are lenet.serve.live_routes'. lenet.serve.server runs the app.
+/api/predict is lenet.serve.http's digit reader with the served model, its confidence calibrated on the
+validation images (lenet.serve.card, which also writes the page's model card); the training page (/train)
+and its API are lenet.serve.live_routes'. lenet.serve.server runs the app.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from fastapi.staticfiles import StaticFiles
 from lenet.config import ConfigError, TrainConfig, describe
 from lenet.model import SHAPE, LeNet, count_parameters
 from lenet.prediction import load_predictor
-from lenet.serve.http import SIDE, STOPPING, allowed_hosts, guard, predict_docs, read_digit
+from lenet.serve.card import Calibration, calibration, model_card
+from lenet.serve.docs import add_docs
+from lenet.serve.http import STOPPING, allowed_hosts, guard, read_digit
 from lenet.serve.live_routes import add_live
+from lenet.serve.openapi import SIDE, predict_docs
 from lenet.version import __version__
 
 STATIC = Path(__file__).parent / "static"
@@ -39,16 +43,21 @@ class Predictor:
     def __init__(self, model: LeNet, info: dict[str, Any]) -> None:
         self.model = model.eval()
         extra = info.get("extra", {})
+        config = info.get("config", {})
         self.path = str(info.get("path", ""))
+        dataset = config.get("dataset", "mnist") if isinstance(config, dict) else "mnist"
+        fit = calibration(self.model, self.path, dataset)
+        self.temperature = fit.temperature if isinstance(fit, Calibration) else None
         self.facts = {
             "architecture": SHAPE.name,
             "shape": SHAPE.to_dict(),  # the page sizes its canvases from this
             "parameters": count_parameters(model),
-            "recipe": info.get("config", {}),
-            "description": recipe_description(info.get("config", {})),
+            "recipe": config,
+            "description": recipe_description(config),
             "test_accuracy": extra.get("test_accuracy"),
             "file": Path(self.path).name,
             "extra": extra,
+            "card": model_card(config, fit),  # data set, intended use, limits, confidence
         }
 
 
@@ -71,9 +80,11 @@ def create_app(
     training page writes its runs under `runs_dir` (default: runs/)."""
     predictor = Predictor(*load_predictor(model))
     about = f"Read a handwritten digit with a {SHAPE.parameter_count():,}-parameter LeNet."
-    app = FastAPI(title="lenet", version=__version__, summary=about, lifespan=lifespan)
+    app = FastAPI(title="lenet", version=__version__, summary=about, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # fmt: skip
     app.state.predictor = predictor
     app.include_router(drawing_routes(predictor))
+    add_docs(app)
     add_live(app, runs_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return guard(app, hosts or allowed_hosts("127.0.0.1"))
@@ -105,6 +116,6 @@ def drawing_routes(predictor: Predictor) -> APIRouter:
 
     @router.post("/api/predict", summary=f"Read one digit from an image or {SIDE} pixels", **predict_docs())
     async def predict(request: Request) -> Response:
-        return await read_digit(request, lambda: predictor.model)
+        return await read_digit(request, lambda: predictor.model, predictor.temperature)
 
     return router

@@ -28,9 +28,10 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from lenet.model import SHAPE, LeNet
+from lenet.model import LeNet
 from lenet.prediction import ImageError, decode, open_image, preprocess, preprocess_pixels
 from lenet.runs import one_line
+from lenet.serve.openapi import PIXELS_TEXT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,57 +63,15 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # the methods that change nothing; ev
 # Sec-Fetch-Site values of a request a page of another origin sent (same-site: another port of this host)
 OTHER_SITES = ("cross-site", "same-site")
 
-# ---- how /docs describes the digit reader's bodies and answer (the endpoints parse the body themselves)
-BINARY = {"type": "string", "format": "binary"}
-ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}}
-SIDE, MAP = f"{SHAPE.image}x{SHAPE.image}", f"{SHAPE.conv1_side}x{SHAPE.conv1_side}"  # "28x28", "24x24"
-PIXELS_TEXT = f"{SHAPE.image} rows of {SHAPE.image} numbers in [0, 1]"
-PIXELS = {"type": "array", "items": ROW, "description": f"{PIXELS_TEXT}, white digit on black"}
-PREDICT_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {"image": BINARY}}},
-        "image/png": {"schema": BINARY},
-        "application/json": {
-            "schema": {"type": "object", "required": ["pixels"], "properties": {"pixels": PIXELS}}
-        },
-    },
-}
-NUMBERS = {"type": "array", "items": {"type": "number"}}
-PREDICT_ANSWER = {"type": "object", "properties": {
-    "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the most likely digit"},
-    "confidence": {"type": "number", "description": "its probability"},
-    "probabilities": {**NUMBERS, "description": f"{SHAPE.classes} probabilities, one per class (6 places)"},
-    "input": {"type": "array", "items": NUMBERS,
-              "description": f"the {SIDE} image the network saw (3 places)"},
-    "conv1": {"type": "array", "items": {"type": "array", "items": NUMBERS},
-              "description": f"conv1's {SHAPE.conv1} {MAP} feature maps after ReLU (3 places)"},
-}}  # fmt: skip
-PREDICT_TEXT = (f"Answers `label`, `confidence`, {SHAPE.classes} `probabilities`, the {SIDE} `input` the "
-                f"network saw, and conv1's {SHAPE.conv1} {MAP} feature maps (`conv1`). Images are centred "
-                "and scaled like MNIST first.")  # fmt: skip
-PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the reading", "content": {"application/json": {"schema": PREDICT_ANSWER}}},
-    400: {"description": "not a usable image or pixel array"},
-    413: {"description": "body over 1 MB"}, 415: {"description": "unsupported content type"},
-    422: {"description": f"JSON without a {SIDE} `pixels` array"},
-}  # fmt: skip
-
-
-def predict_docs(more: dict[int, str] | None = None) -> dict[str, Any]:
-    """The route keywords that document a digit-reading endpoint; `more` adds its own statuses."""
-    own = {status: {"description": text} for status, text in (more or {}).items()}
-    return {"openapi_extra": {"requestBody": PREDICT_BODY}, "description": PREDICT_TEXT,
-            "responses": PREDICT_RESPONSES | own}  # fmt: skip
-
 
 # ---------------------------------------------------------------- one digit, from any accepted body
 
 
-async def read_digit(request: Request, model: ModelSource) -> Response:
+async def read_digit(request: Request, model: ModelSource, temperature: float | None = None) -> Response:
     """The reading of the digit in `request`'s body by `model()`: a multipart upload (the first file), a
-    raw image/* body or JSON pixels. Small images are read on the event loop; larger ones in a worker
-    thread, at most MAX_DECODING at once over all of the app's endpoints."""
+    raw image/* body or JSON pixels; with `temperature` (fitted on validation images), calibrated too.
+    Small images are read on the event loop; larger ones in a worker thread, at most MAX_DECODING at once
+    over all of the app's endpoints."""
     net = model()  # first: a live run without weights yet is refused before its body is read
     body = await read_body(request)
     kind = content_type(request)
@@ -120,15 +79,16 @@ async def read_digit(request: Request, model: ModelSource) -> Response:
     if not body:
         raise fail(400, "empty body")
     if is_json(kind):
-        return answer(work(net, lambda: parse_pixels(body)))
+        return answer(work(net, lambda: parse_pixels(body), temperature))
     image = guarded(lambda: open_image(body, MAX_DECODE_PIXELS))  # judged from the header: cheap
 
     def read() -> torch.Tensor:
         return preprocess(decode(image))
 
     if image.width * image.height <= INLINE_PIXELS:
-        return answer(work(net, read))
-    return answer(await anyio.to_thread.run_sync(work, net, read, limiter=decoders(request.app)))
+        return answer(work(net, read, temperature))
+    limiter = decoders(request.app)
+    return answer(await anyio.to_thread.run_sync(work, net, read, temperature, limiter=limiter))
 
 
 def decoders(app: FastAPI) -> anyio.CapacityLimiter:
@@ -139,23 +99,32 @@ def decoders(app: FastAPI) -> anyio.CapacityLimiter:
     return app.state.decoders
 
 
-def work(model: LeNet, read: Callable[[], torch.Tensor]) -> bytes:
+def work(model: LeNet, read: Callable[[], torch.Tensor], temperature: float | None = None) -> bytes:
     """Input -> network input (`read`) -> answer."""
     x = guarded(read)
     if not torch.isfinite(x).all():  # a float TIFF can hold NaN; it must not reach the network
         raise fail(400, "the image holds values that are not finite numbers (NaN or infinity)")
-    return reading(model, x)
+    return reading(model, x, temperature)
 
 
 @torch.no_grad()
-def reading(model: LeNet, x: torch.Tensor) -> bytes:  # x: (image, image) in [0, 1], finite (work() checks)
-    """The JSON answer, from one forward pass: label, confidence, probabilities, input, conv1's maps."""
+def reading(model: LeNet, x: torch.Tensor, temperature: float | None = None) -> bytes:  # x: (image, image)
+    """The JSON answer, from one forward pass: label, confidence, the runner-up, probabilities (also
+    calibrated, given a `temperature`), input, conv1's maps. `x` is in [0, 1] and finite (work checks)."""
     features = model.features(x[None, None])  # the maps and the logits
-    probs = features["logits"][0].softmax(0)  # (classes,)
+    logits = features["logits"][0]  # (classes,)
+    probs = logits.softmax(0)
     conv1 = features["conv1"][0]  # (conv1, conv1_side, conv1_side)
-    label = int(probs.argmax())
+    label, second = probs.topk(2).indices.tolist()
+    calibrated = None
+    if temperature is not None:
+        scaled = (logits / temperature).softmax(0)
+        calibrated = {"temperature": temperature, "confidence": round(float(scaled[label]), 6),
+                      "probabilities": rounded(scaled, 6)}  # fmt: skip
     out = {"label": label, "confidence": round(float(probs[label]), 6),
-           "probabilities": rounded(probs, 6), "input": rounded(x), "conv1": rounded(conv1)}  # fmt: skip
+           "runner_up": {"label": second, "probability": round(float(probs[second]), 6)},
+           "calibrated": calibrated, "probabilities": rounded(probs, 6), "input": rounded(x),
+           "conv1": rounded(conv1)}  # fmt: skip
     return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
 
 

@@ -1,43 +1,40 @@
-"""The training page's runs (`lenet serve`'s /train): one run training in a thread, and the server's current
-training (one run, or a pair started together with the same seed and two learning rates).
+"""One run of the training page (`lenet serve`'s /train), training in a thread, and what the page sees of it:
+its loss curve, epochs, filters, the fixed digits' top 3, its lr (and the changes asked for from the page),
+its speed and pace, and its badges (lenet.serve.live_text).
 
-Each run trains in a background thread through `lenet.training.train`, in an ordinary run folder under the
-server's runs folder (so `lenet train --resume`, `lenet inspect` and `lenet export` work on it); nothing is
-written anywhere else, and a name that would leave the folder is refused. One training at a time per server
-process. The page and its API are lenet.serve.live_routes'.
+Each run trains through `lenet.training.train`, in an ordinary run folder under the server's runs folder
+(so `lenet train --resume`, `lenet inspect` and `lenet export` work on it); nothing is written anywhere
+else. The server's current training (one run or a pair) is lenet.serve.trainings'; the page and its API
+are lenet.serve.live_routes'.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
+import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import lenet.training
 from lenet.config import ConfigError, TrainConfig, field_named, parse_value
-from lenet.data import Split, load_split
+from lenet.data import Split
 from lenet.model import LeNet
 from lenet.recipe import lr_at
 from lenet.run_state import RunLog
 from lenet.runs import RunDir, one_line, read_jsonl
 from lenet.serve.http import fail, rounded
+from lenet.serve.live_text import badges, lr_text
+from lenet.serve.pace import Pace
 from lenet.training import LrRequest
 
 SETTINGS = ("lr", "init_std", "batch_size", "epochs", "seed")  # what the page's form sets
-MAX_NAME = 100  # characters of a run folder's name
-NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")  # no separators, no dot-dot start
-NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 DIGITS = 50  # fixed test digits shown with their top-3 bars
 LOSS_EVERY = 50  # steps per point of the loss curve (one engine call of plain SGD)
 SNAPSHOT_SECONDS = 0.2  # weights copied (for the filters and live predictions) at most 5 times a second
 DIGITS_SECONDS = 0.5  # the digits read with the current weights at most twice a second per run
-STOP_SECONDS = 3.0  # how long a server that is shutting down waits for its runs to stop
 
 
 class Stopped(Exception):
@@ -47,7 +44,8 @@ class Stopped(Exception):
 class LiveRun:
     """One run training in a thread, and what the page sees of it (replaced whole under `lock`)."""
 
-    def __init__(self, name: str, label: str, cfg: TrainConfig, out: Path, split: Split, resume: bool):
+    def __init__(self, name: str, label: str, cfg: TrainConfig, out: Path, split: Split, resume: bool,
+                 min_seconds: float = 0.0):  # fmt: skip
         self.name, self.label, self.cfg, self.out = name, label, cfg, out
         self.split, self.resume = split, resume
         self.steps = len(split.train_x) // cfg.batch_size  # per epoch
@@ -68,9 +66,11 @@ class LiveRun:
         self.pending, self.pending_steps = torch.zeros(()), 0
         self.last_snapshot = self.last_digits = 0.0
         self.clock, self.images = time.perf_counter(), 0  # images per second since the last snapshot
+        self.pace = Pace(min_seconds, cfg.epochs * self.steps)
         # the lr set by hand (plain SGD): lenet.training takes it at the next epoch's start and records it
         self.lr_request = LrRequest() if cfg.plain_sgd else None
-        self.lr_now, self.lr_next, self.epoch_now, self.asked_in = cfg.lr, None, -1, -1
+        self.lr_now, self.lr_next, self.epoch_now = cfg.lr, None, 0
+        self.lr_changes: list[list] = []  # [first epoch (0-based), lr], as config.json records them
         self.thread = threading.Thread(target=self.run, name=f"lenet-live-{name}", daemon=True)
 
     # ---- the training thread
@@ -94,30 +94,26 @@ class LiveRun:
         except Exception as e:  # shown on the page; the folder keeps its last checkpoint
             self.error = f"{type(e).__name__}: {one_line(e)}"
             self.set_state("failed")
+        with self.lock:
+            self.lr_next = None  # asked for too late (after the last epoch's start): never taken
 
     def on_start(self, model: LeNet) -> None:
         self.model = model
         if self.resume:  # the epochs restored from the checkpoint, as start_run rewrote metrics.jsonl
-            rows = read_jsonl(RunDir(self.out).metrics)
+            run = RunDir(self.out)
+            rows, changes = read_jsonl(run.metrics), json.loads(run.config.read_text()).get("lr_changes", [])
             with self.lock:
-                self.rows = rows
+                self.rows, self.lr_changes, self.epoch_now = rows, changes, len(rows)
                 self.loss = [[row["epoch"], row["train_loss"]] for row in rows]  # an average per epoch
+                for _, lr in changes:
+                    self.lr_now = lr
+        self.pace.restart()
         self.snapshot(0, 0)
 
     def on_steps(self, epoch: int, done: int, steps: int, loss: torch.Tensor) -> None:
-        with self.lock:
-            self.epoch_now = epoch
-            if self.lr_next is not None and epoch > self.asked_in:  # train() took it at the epoch's start
-                self.lr_now, self.lr_next = self.lr_next, None
-        self.pending = self.pending + loss.detach().float().cpu()
-        self.pending_steps += steps
-        self.images += steps * self.cfg.batch_size
-        if self.pending_steps >= LOSS_EVERY or done == self.steps:
-            mean = float(self.pending) / self.pending_steps
-            with self.lock:
-                self.loss = [*self.loss, [epoch + done / self.steps, mean]]
-                self.version += 1
-            self.pending, self.pending_steps = torch.zeros(()), 0
+        self.note_lr(epoch)
+        self.note_loss(epoch, done, steps, loss)
+        self.pace.after(steps)
         now = time.perf_counter()
         if now - self.last_snapshot >= SNAPSHOT_SECONDS:
             self.snapshot(epoch, done, digits=now - self.last_digits >= DIGITS_SECONDS)
@@ -126,9 +122,38 @@ class LiveRun:
             self.set_state("paused")
             self.go.wait()
             self.clock, self.images = time.perf_counter(), 0  # paused time is no training time
+            self.pace.restart()
             self.set_state("running")
         if self.stopping:
             raise Stopped
+
+    def note_lr(self, epoch: int) -> None:
+        """An lr asked for from the page has been taken when lenet.training's request is empty again: at
+        this epoch's start (every epoch calls on_steps after its start)."""
+        with self.lock:
+            self.epoch_now = epoch
+            if self.lr_next is not None and self.lr_request is not None and self.lr_request.asked is None:
+                self.lr_changes = [*self.lr_changes, [epoch, self.lr_next]]
+                self.lr_now, self.lr_next = self.lr_next, None
+
+    def note_loss(self, epoch: int, done: int, steps: int, loss: torch.Tensor) -> None:
+        """Add the steps' loss to the curve, a point per LOSS_EVERY steps; count the images they read."""
+        self.pending = self.pending + loss.detach().float().cpu()
+        self.pending_steps += steps
+        if not self.skips_images():
+            self.images += steps * self.cfg.batch_size
+        if self.pending_steps >= LOSS_EVERY or done == self.steps:
+            mean = float(self.pending) / self.pending_steps
+            with self.lock:
+                self.loss = [*self.loss, [epoch + done / self.steps, mean]]
+                self.version += 1
+            self.pending, self.pending_steps = torch.zeros(()), 0
+
+    def skips_images(self) -> bool:
+        """Whether this epoch's steps are lenet.dead's shortcut: a dead network's plain-SGD steps, computed
+        from the batches' labels alone. They read no image, so they are no throughput."""
+        last = self.rows[-1] if self.rows else {}
+        return self.cfg.plain_sgd and lenet.training.SKIP_DEAD_WORK and bool(last.get("dead"))
 
     def on_epoch(self, row: dict, model: LeNet) -> None:
         self.snapshot(row["epoch"] - 1, self.steps)
@@ -144,7 +169,7 @@ class LiveRun:
         assert self.model is not None
         now = time.perf_counter()
         weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        seconds = now - self.clock
+        seconds = now - self.clock - self.pace.waited_since()  # training time: the pace's waits left out
         view = {
             **self.view,
             "epoch": epoch + (done > 0),  # the epoch in progress, 1-based; 0 before the first step
@@ -153,6 +178,7 @@ class LiveRun:
                                                             self.steps),
             "images_per_second": round(self.images / seconds) if self.images and seconds > 0
             else self.view.get("images_per_second"),  # the last measured: none since (an epoch's end)
+            "shortcut": self.skips_images(),
             "filters": {"conv1": rounded(weights["conv1.weight"].flatten(1)),
                         "conv2": rounded(weights["conv2.weight"].flatten(2).flatten(0, 1))},
         }  # fmt: skip
@@ -181,19 +207,26 @@ class LiveRun:
             self.state = state
             self.version += 1
 
-    # ---- what the page is told
+    # ---- what the page is told, and what it asks
 
     def alive(self) -> bool:
         return self.thread.is_alive() or self.state == "starting"
+
+    def lr_settable(self) -> bool:
+        """A plain-SGD run, still training, with an epoch after the one in progress: an lr set now is used."""
+        return self.lr_request is not None and self.alive() and self.epoch_now + 1 < self.cfg.epochs
 
     def facts(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "name": self.name, "label": self.label, "state": self.state, "folder": str(self.out),
+                "title": f"{self.label}, {lr_text(self.cfg, self.lr_changes)}",
                 "config": {k: getattr(self.cfg, k) for k in SETTINGS}, "recipe": not self.cfg.plain_sgd,
                 "epochs": self.cfg.epochs, "steps_per_epoch": self.steps, "loss": self.loss,
                 "rows": self.rows, **self.view, "result": self.result, "error": self.error,
-                "lr_next": self.lr_next, "lr_settable": self.lr_request is not None,
+                "badges": badges(self.rows, self.cfg.plain_sgd), "lr_changes": self.lr_changes,
+                "lr_next": self.lr_next, "lr_settable": self.lr_settable(),
+                "min_seconds": self.pace.min_seconds,
             }  # fmt: skip
 
     def ask_lr(self, lr: Any) -> None:
@@ -202,20 +235,34 @@ class LiveRun:
             raise fail(409, f"run {self.name} follows a recipe, which schedules its own lr")
         if not self.alive():
             raise fail(409, f"run {self.name} is {self.state}; start or resume it first")
+        if not self.lr_settable():
+            raise fail(409, f"run {self.name} is in its last epoch ({self.cfg.epochs} of {self.cfg.epochs}): "
+                            "there is no next epoch to set an lr for")  # fmt: skip
         try:
             lr = checked(self.cfg, lr).lr
         except (ConfigError, TypeError, ValueError) as e:
             raise fail(422, str(e)) from None
-        self.lr_request.ask(lr)
-        with self.lock:
-            self.lr_next, self.asked_in = lr, self.epoch_now
+        with self.lock:  # both at once: note_lr sees the request and lr_next together, or neither
+            self.lr_request.ask(lr)
+            self.lr_next = lr
             self.version += 1
 
+    def set_pace(self, min_seconds: float) -> None:
+        """Slow the run so that it lasts at least `min_seconds` (0: full speed), from now on."""
+        self.pace.set(min_seconds)
+        with self.lock:
+            self.version += 1
+
+    def pause(self) -> None:
+        self.go.clear()
+        self.pace.wake.set()  # a run waiting for its pace pauses now
+
     def stop(self, note: str) -> None:
-        """Stop at the next steps (a paused run wakes up to stop); train.log says `note`."""
+        """Stop at the next steps (a paused or waiting run wakes up to stop); train.log says `note`."""
         if not self.stopping:
             self.stop_note, self.stopping = note, True
         self.go.set()
+        self.pace.wake.set()
 
     def model_copy(self) -> LeNet:
         """The weights of the last snapshot in a model of their own (the thread trains on); 409 before one."""
@@ -228,130 +275,8 @@ class LiveRun:
         return model.eval()
 
 
-class Live:
-    """The server's trainings: the current one (one run or a pair), its runs folder and the data."""
-
-    def __init__(self, runs_dir: Path | str | None = None) -> None:
-        self.runs_dir = Path(runs_dir if runs_dir is not None else "runs")
-        self.runs: list[LiveRun] = []
-        self.lock = threading.Lock()
-        self.load: Callable[[str, torch.device], Split] = default_load  # tests give a smaller split
-        self.splits: dict[tuple[str, str], Split] = {}
-
-    def busy(self) -> bool:
-        return any(r.alive() for r in self.runs)
-
-    def split(self, cfg: TrainConfig) -> Split:
-        from lenet.engines import resolve_device
-
-        device = resolve_device(cfg.device)
-        key = (cfg.dataset, str(device))
-        if key not in self.splits:
-            self.splits[key] = self.load(cfg.dataset, device)
-        return self.splits[key]
-
-    def folder(self, name: Any) -> Path:
-        """runs_dir/name, refused (400) unless `name` is a plain folder name that stays inside runs_dir."""
-        if not isinstance(name, str) or not NAME.fullmatch(name) or name.endswith(".lock"):
-            raise fail(400, f"run name {str(name)[:120]!r}: use letters, digits, '.', '_' and '-' only "
-                            f"(a folder directly under the runs folder {self.runs_dir})")  # fmt: skip
-        root = self.runs_dir.resolve()
-        path = (root / name).resolve()
-        if path.parent != root:  # e.g. a symbolic link inside runs_dir pointing elsewhere
-            raise fail(400, f"run name {name!r} leads outside the runs folder {self.runs_dir}")
-        return self.runs_dir / name
-
-    def start(self, planned: list[tuple[str, str, TrainConfig, bool]]) -> list[LiveRun]:
-        """Start (name, label, config, resume) runs together; 409 while another training is running."""
-        with self.lock:
-            if self.busy():
-                names = ", ".join(r.name for r in self.runs if r.alive())
-                raise fail(409, f"a training is already running ({names}); stop it first (one per server)")
-            try:
-                split = self.split(planned[0][2])
-            except Exception as e:
-                raise fail(503, f"cannot load the {planned[0][2].dataset} data: {one_line(e)}") from None
-            runs = [LiveRun(name, label, cfg, self.made(name), split, resume)
-                    for name, label, cfg, resume in planned]  # fmt: skip
-            self.runs = runs
-        for r in runs:
-            r.thread.start()
-        return runs
-
-    def made(self, name: str) -> Path:
-        """The folder of run `name`, made if missing; 409 when the file system refuses (the runs folder is
-        a file or read-only, a file has the run's name), never a 500."""
-        out = self.folder(name)
-        try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            out.mkdir(exist_ok=True)
-        except OSError as e:  # FileExistsError: what exists is not a folder (mkdir's exist_ok)
-            why = f"{e.filename} is a file" if isinstance(e, FileExistsError) else e.strerror or one_line(e)
-            raise fail(409, f"cannot make the run folder {out}: {why}; choose another name, or start the "
-                            "server with another --runs-dir") from None  # fmt: skip
-        return out
-
-    def find(self, name: str) -> LiveRun:
-        for r in self.runs:
-            if r.name == name:
-                return r
-        raise fail(404, f"no run {name[:120]!r} in this server's current training")
-
-    def control(self, action: str) -> None:
-        """Pause, resume or stop every running run of the current training."""
-        if action not in ("pause", "resume", "stop"):
-            raise fail(404, f"no action {action[:40]!r}: pause, resume or stop")
-        running = [r for r in self.runs if r.alive()]
-        if not running:
-            raise fail(409, "no training is running")
-        for r in running:
-            if action == "pause":
-                r.go.clear()
-            elif action == "stop":
-                r.stop("stopped from the training page")
-            else:
-                r.go.set()  # a paused run wakes up
-
-    def shut_down(self, seconds: float = STOP_SECONDS) -> None:
-        """The server is stopping: stop every run and wait up to `seconds` for them (each keeps its last
-        finished epoch's checkpoint, and its train.log says how to continue)."""
-        running = [r for r in self.runs if r.thread.is_alive()]
-        for r in running:
-            r.stop("stopped: the server shut down")
-        deadline = time.monotonic() + seconds
-        for r in running:
-            r.thread.join(max(0.0, deadline - time.monotonic()))
-
-    def digits(self) -> dict[str, Any]:
-        split = self.runs[0].split if self.runs else self.split(TrainConfig())
-        pixels = (split.test_x[:DIGITS] * 255).round().to(torch.uint8).cpu().numpy().tobytes()
-        return {"side": split.test_x.shape[-1], "labels": split.test_y[:DIGITS].tolist(),
-                "pixels": base64.b64encode(pixels).decode()}  # fmt: skip
-
-    def status(self) -> dict[str, Any]:
-        return {"busy": self.busy(), "runs_dir": str(self.runs_dir), "runs": [r.facts() for r in self.runs]}
-
-    def version(self) -> tuple:
-        return tuple((r.name, r.version) for r in self.runs)
-
-
-def default_load(dataset: str, device: torch.device) -> Split:
-    return load_split(dataset, device=device)
-
-
 def checked(cfg: TrainConfig, lr: Any) -> TrainConfig:
     """`cfg` with another lr, by config.py's rules (text as the CLI parses it)."""
     if isinstance(lr, str):
         lr = parse_value(field_named("lr"), lr.strip())
     return TrainConfig.from_dict({**cfg.to_dict(), "lr": lr})
-
-
-def generated_name(text: str) -> str:
-    """`text` (a time stamp and settings) as a run folder name that NAME accepts, for any valid settings:
-    characters it refuses dropped (the '+' of lr 1e+16), and a name over MAX_NAME characters (a preset's
-    many settings) cut, ending in a hash of the whole so that two long names stay apart."""
-    name = NOT_IN_NAME.sub("", text)
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{name[: MAX_NAME - len(digest) - 1]}-{digest}"

@@ -1,12 +1,15 @@
 """The training page of `lenet serve`: start a run (or a pair to compare), pause, resume, stop, and watch it.
 
   GET  /train              the page (static/train.html + train.js)
-  GET  /api/train/options  presets, the settings the page offers (declared in lenet.config), the runs folder
-  POST /api/train/start    {"preset", "lr", "init_std", "batch_size", "epochs", "seed", "compare_lr", "name"}
-                           or {"resume": NAME}; 422 with config.py's message for a bad value or naming an
-                           unknown field, 409 while busy
+  GET  /api/train/options  presets (and their values of the page's settings), the settings the page offers
+                           (declared in lenet.config), the speed choices, the runs folder
+  POST /api/train/start    {"preset", "lr", "init_std", "batch_size", "epochs", "seed", "compare_lr", "name",
+                           "min_seconds"} or {"resume": NAME, "min_seconds"}; 422 with config.py's message for
+                           a bad value or naming an unknown field, 409 while busy
   POST /api/train/pause | resume | stop   (an empty JSON body, or {})
-  POST /api/train/lr       {"run": NAME, "lr": NUMBER}: a plain-SGD run's lr from its next epoch on
+  POST /api/train/lr       {"run": NAME, "lr": NUMBER}: a plain-SGD run's lr from its next epoch on (409 in
+                           its last epoch: there is none)
+  POST /api/train/speed    {"min_seconds": NUMBER}: the current training slowed to last at least that long
   GET  /api/train/status   the current training's runs: state, loss curve, epochs, filters, digits' top 3
   GET  /api/train/events   the same as Server-Sent Events, at most EVENTS_PER_SECOND a second
   GET  /api/train/digits   the 50 fixed test digits the page shows (base64 uint8 pixels) and their labels
@@ -14,7 +17,7 @@
 
 Every POST needs a JSON content type (but /predict, which reads images) and is refused when a page of another
 site sends it (lenet.serve.http's read_json and SameOrigin). The runs themselves, and the one training a
-server runs at a time, are lenet.serve.live's.
+server runs at a time, are lenet.serve.live's and lenet.serve.trainings'.
 """
 
 from __future__ import annotations
@@ -34,15 +37,21 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from lenet.config import ConfigError, TrainConfig, field_named
 from lenet.recipe import preset_names, recipe_config
 from lenet.runs import RunDir, RunError, dumps
-from lenet.serve.http import answer, fail, predict_docs, read_digit, read_json, stopping
-from lenet.serve.live import DIGITS, SETTINGS, Live, LiveRun, checked, generated_name
+from lenet.serve.http import answer, fail, read_digit, read_json, stopping
+from lenet.serve.live import DIGITS, SETTINGS, LiveRun, checked
+from lenet.serve.live_text import PROTOCOLS, protocol_label
+from lenet.serve.openapi import predict_docs
+from lenet.serve.pace import FIELD, MIN_SECONDS_DEFAULT, checked_seconds
+from lenet.serve.trainings import Live, Planned, generated_name
 
 STATIC = Path(__file__).parent / "static"
 EVENTS_PER_SECOND = 8  # Server-Sent Events sent at most this often
 PING_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
-START_FIELDS = ("preset", "compare_lr", "name", "resume", *SETTINGS)  # what a start body may hold
+START_FIELDS = ("preset", "compare_lr", "name", "resume", FIELD, *SETTINGS)  # what a start body may hold
 START_USAGE = "send a JSON object of settings"
 LR_USAGE = 'send a JSON object {"run": NAME, "lr": NUMBER}'
+SPEED_USAGE = f'send a JSON object {{"{FIELD}": SECONDS}}'
+SPEEDS = (0, MIN_SECONDS_DEFAULT, 60, 300)  # the page's choices of min_seconds (0: full speed)
 
 
 def add_live(app: FastAPI, runs_dir: Path | str | None = None) -> Live:
@@ -65,8 +74,12 @@ def watching_routes(router: APIRouter, live: Live) -> None:
 
     @router.get("/api/train/options", summary="Presets, the page's settings and defaults, the runs folder")
     def options() -> dict[str, Any]:
-        return {"presets": preset_names(), "settings": {k: declared(k) for k in SETTINGS},
-                "runs_dir": str(live.runs_dir)}  # fmt: skip
+        presets = {
+            name: {k: getattr(recipe_config(name, {}), k) for k in SETTINGS} for name in preset_names()
+        }
+        return {"presets": preset_names(), "preset_settings": presets, "protocols": PROTOCOLS,
+                "settings": {k: declared(k) for k in SETTINGS}, "runs_dir": str(live.runs_dir),
+                "speeds": {"choices": SPEEDS, "default": MIN_SECONDS_DEFAULT}}  # fmt: skip
 
     @router.get("/api/train/status", summary="The current training's runs: state, curves, filters, digits")
     def status() -> Response:
@@ -87,8 +100,9 @@ def steering_routes(router: APIRouter, live: Live) -> None:
 
     @router.post("/api/train/start", summary="Start a run, a pair with two learning rates, or resume a run")
     async def start(request: Request) -> dict[str, Any]:
-        planned = plan(live, await read_json(request, START_FIELDS, START_USAGE))
-        runs = await asyncio.to_thread(live.start, planned)
+        body = await read_json(request, START_FIELDS, START_USAGE)
+        min_seconds = checked_seconds(body.pop(FIELD)) if body.get(FIELD) is not None else 0.0
+        runs = await asyncio.to_thread(live.start, plan(live, body), min_seconds)
         return {"runs": [r.name for r in runs]}
 
     own = {404: "no such run in the current training", 409: "the run has no weights yet"}
@@ -104,7 +118,21 @@ def steering_routes(router: APIRouter, live: Live) -> None:
         run.ask_lr(lr)
         return status_answer(live)
 
-    # after /predict and /lr, which this pattern would otherwise take
+    @router.post("/api/train/speed", summary="Slow the current training so that it lasts at least this long")
+    async def set_speed(request: Request) -> Response:
+        body = await read_json(request, (FIELD,), SPEED_USAGE)
+        if FIELD not in body:
+            raise fail(422, SPEED_USAGE)
+        scalars(body)
+        seconds = checked_seconds(body[FIELD])
+        running = [r for r in live.runs if r.alive()]
+        if not running:
+            raise fail(409, "no training is running")
+        for r in running:
+            r.set_pace(seconds)
+        return status_answer(live)
+
+    # after /predict, /lr and /speed, which this pattern would otherwise take
     @router.post("/api/train/{action}", summary="pause, resume or stop the current training")
     async def control(request: Request, action: str) -> Response:
         await read_json(request, (), "send an empty JSON object {}", optional=True)
@@ -120,7 +148,7 @@ def declared(name: str) -> dict[str, Any]:
             "type": type(f.default).__name__}  # fmt: skip
 
 
-def plan(live: Live, body: dict[str, Any]) -> list[tuple[str, str, TrainConfig, bool]]:
+def plan(live: Live, body: dict[str, Any]) -> list[Planned]:
     """The runs a start request asks for; 422 with config.py's message for a bad setting."""
     scalars(body)
     if body.get("resume") is not None:
@@ -143,7 +171,7 @@ def plan(live: Live, body: dict[str, Any]) -> list[tuple[str, str, TrainConfig, 
             raise fail(409, f"{live.runs_dir / name} already holds a run; pick another name, or resume it")
         if folder.exists() and not folder.is_dir():
             raise fail(409, f"{live.runs_dir / name} is a file, not a run folder; pick another name")
-        planned.append((name, f"{preset or 'custom'}, lr {c.lr:g}", c, False))
+        planned.append((name, protocol_label(c, preset), c, False))
     return planned
 
 
@@ -167,7 +195,7 @@ def run_names(live: Live, base: str | None, pair: list[TrainConfig]) -> list[str
     return [base] if len(pair) == 1 else [generated_name(f"{base}-lr{c.lr}") for c in pair]
 
 
-def resumed(live: Live, body: dict[str, Any]) -> tuple[str, str, TrainConfig, bool]:
+def resumed(live: Live, body: dict[str, Any]) -> Planned:
     """A stopped run to continue with the settings in its config.json: 422 when others come with it."""
     others = sorted(k for k, v in body.items() if k != "resume" and v is not None)
     if others:
@@ -181,7 +209,7 @@ def resumed(live: Live, body: dict[str, Any]) -> tuple[str, str, TrainConfig, bo
         raise fail(404 if not run.config.exists() else 422, str(e)) from None
     if run.finished():
         raise fail(409, f"{run.path} already finished; nothing to resume")
-    return name, f"resumed, lr {cfg.lr:g}", replace(cfg), True
+    return name, f"{protocol_label(cfg)}, resumed", replace(cfg), True
 
 
 def status_answer(live: Live) -> Response:

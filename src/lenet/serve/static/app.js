@@ -143,14 +143,30 @@ async function send() {
   }
 }
 
+// a probability in words that never rounds a doubt away: ">99.9%", not "100.0%"
+function share(p) {
+  if (p > 0.999) return ">99.9%";
+  if (p < 0.001) return "<0.1%";
+  return `${(100 * p).toFixed(1)}%`;
+}
+
+// the calibrated probabilities when the server knows them (the model card says how), else the softmax
+function confidenceText(r) {
+  const probs = r.calibrated ? r.calibrated.probabilities : r.probabilities;
+  const how = r.calibrated ? "calibrated" : "softmax, not calibrated";
+  const second = r.runner_up.label;
+  return `${share(probs[r.label])} sure (${how}); runner-up ${second}: ${share(probs[second])}`;
+}
+
 function show(r) {
   errorEl.hidden = true;
   labelEl.textContent = String(r.label);
   labelEl.dataset.label = String(r.label);
-  confEl.textContent = `${(100 * r.confidence).toFixed(1)}% sure`;
-  r.probabilities.forEach((p, d) => {
+  confEl.textContent = confidenceText(r);
+  confEl.dataset.runnerUp = String(r.runner_up.label);
+  (r.calibrated ? r.calibrated.probabilities : r.probabilities).forEach((p, d) => {
     bars[d].fill.style.width = `${(100 * p).toFixed(1)}%`;
-    bars[d].pct.textContent = `${(100 * p).toFixed(1)}%`;
+    bars[d].pct.textContent = share(p);
     bars[d].li.classList.toggle("top", d === r.label);
   });
   if (inputCanvas) paint(inputCanvas, r.input, 1);
@@ -163,6 +179,7 @@ function showBlank() {
   labelEl.textContent = "?";
   labelEl.dataset.label = "";
   confEl.textContent = "draw something";
+  confEl.dataset.runnerUp = "";
   for (const b of bars) { b.fill.style.width = "0"; b.pct.textContent = "–"; b.li.classList.remove("top"); }
   for (const c of [inputCanvas, ...mapCanvases]) c?.getContext("2d").clearRect(0, 0, c.width, c.height);
 }
@@ -216,19 +233,35 @@ function network(s) {
   return `conv ${k} 1→${s.conv1}, conv ${k} ${s.conv1}→${s.conv2}, fc ${s.features}→${s.classes}`;
 }
 
+// one <dt>/<dd> pair per row; a list value becomes a bulleted list
+function definitions(rows) {
+  return rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd");
+    if (Array.isArray(v)) {
+      const ul = document.createElement("ul");
+      ul.append(...v.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+      dd.append(ul);
+    } else {
+      dd.textContent = v;
+    }
+    return [dt, dd];
+  });
+}
+
 async function loadFacts() {
   const dl = document.getElementById("facts");
+  const card = document.getElementById("card");
   try {
     const f = await (await fetch("/api/model")).json();
     buildMaps(f.shape);
     const recipe = f.description || "not recorded"; // lenet.config.describe, the one wording of a config
     const rows = [["parameters", f.parameters.toLocaleString("en")], ["test accuracy", pct(f.test_accuracy)],
       ["recipe", recipe], ["network", network(f.shape)], ["architecture", f.architecture], ["file", f.file]];
-    dl.replaceChildren(...rows.flatMap(([k, v]) => {
-      const dt = document.createElement("dt"); dt.textContent = k;
-      const dd = document.createElement("dd"); dd.textContent = v;
-      return [dt, dd];
-    }));
+    dl.replaceChildren(...definitions(rows));
+    const c = f.card; // lenet.serve.card: the model card's words
+    if (c) card.replaceChildren(...definitions([["data set", c.data], ["intended use", c.intended_use],
+      ["limits", c.limits], ["confidence", c.confidence]]));
   } catch (err) {
     dl.textContent = `could not load the model's facts (${err.message})`;
   }

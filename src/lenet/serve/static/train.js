@@ -1,11 +1,15 @@
 // The training page: a form -> POST /api/train/start; Server-Sent Events from /api/train/events -> charts,
-// filters and the 50 digits' top-3 bars of each run. Plain browser JavaScript, no build step, nothing fetched
-// from other sites. State is mirrored in data-* attributes for tests: body[data-state] (idle | running |
-// paused | finished | stopped | failed), #loss[data-updates|data-points], .run[data-name|data-state],
+// filters and the 50 digits' top-3 bars of each run (charts.js draws the pictures, livepad.js the small pad).
+// Plain browser JavaScript, no build step, nothing fetched from other sites. State is mirrored in data-*
+// attributes for tests: body[data-state] (idle | running | paused | finished | stopped | failed),
+// #loss[data-updates|data-points|data-yticks|data-marks...], .run[data-name|data-state|data-badges],
 // .digits[data-top] (every digit's guesses), .f-test[data-accuracy], #live-label[data-label].
 "use strict";
 
 const COLORS = ["#2563eb", "#dc2626"]; // one per run of a pair
+const DEATH = "#b91c1c";
+const CHANCE = Math.log(10); // the loss of a uniform guess over the 10 digits
+const SETTINGS = ["lr", "init_std", "batch_size", "epochs", "seed"];
 const form = document.getElementById("form");
 const errorEl = document.getElementById("error");
 const runsEl = document.getElementById("runs");
@@ -13,34 +17,43 @@ const lossCanvas = document.getElementById("loss");
 const accCanvas = document.getElementById("acc");
 const compare = document.getElementById("compare");
 const compareLr = document.getElementById("compare-lr");
+const speed = document.getElementById("min-seconds");
 const buttons = Object.fromEntries(["start", "pause", "resume", "stop"].map((id) => [id, document.getElementById(id)]));
 const panels = new Map(); // run name -> its panel's elements
 let digits = null; // {side, labels, pixels: Uint8Array} from /api/train/digits
+let presetSettings = {}; // preset -> its values of the form's settings
+let busy = false;
 
-// ---- the form
+// ---- the form: a preset fills in its own values, so what is sent is what the form shows
 async function loadOptions() {
-  const res = await fetch("/api/train/options");
-  const options = await res.json();
+  const options = await (await fetch("/api/train/options")).json();
+  presetSettings = options.preset_settings;
   const preset = document.getElementById("preset");
-  for (const name of options.presets) preset.add(new Option(name, name));
-  for (const [name, s] of Object.entries(options.settings)) {
-    const input = form.elements[name];
-    input.value = s.default;
-    input.title = s.help;
+  for (const name of options.presets) preset.add(new Option(options.protocols[name] || name, name, false, name === "seed"));
+  for (const [name, s] of Object.entries(options.settings)) form.elements[name].title = s.help;
+  fillPreset();
+  for (const seconds of options.speeds.choices) {
+    const text = seconds === 0 ? "full speed" : `at least ${seconds < 60 ? `${seconds} s` : `${seconds / 60} min`}`;
+    speed.add(new Option(text, String(seconds), false, seconds === options.speeds.default));
   }
   document.getElementById("where").textContent = `Runs are saved in ${options.runs_dir}/ on the server.`;
 }
 
+function fillPreset() {
+  const values = presetSettings[form.elements.preset.value] || {};
+  for (const name of SETTINGS) if (name in values) form.elements[name].value = values[name];
+}
+
+document.getElementById("preset").addEventListener("change", fillPreset);
 compare.addEventListener("change", () => { compareLr.disabled = !compare.checked; });
+speed.addEventListener("change", () => { if (busy) post("/api/train/speed", { min_seconds: Number(speed.value) }); });
 
 function settings() {
-  const body = {};
-  for (const name of ["lr", "init_std", "batch_size", "epochs", "seed"]) {
+  const body = { preset: form.elements.preset.value, min_seconds: Number(speed.value) };
+  for (const name of SETTINGS) {
     const text = form.elements[name].value.trim();
     if (text !== "") body[name] = Number.isFinite(Number(text)) ? Number(text) : text;
   }
-  const preset = form.elements.preset.value;
-  if (preset) body.preset = preset;
   if (compare.checked) body.compare_lr = Number(compareLr.value);
   return body;
 }
@@ -89,6 +102,7 @@ function render(status) {
   const live = states.some((s) => s === "running" || s === "starting");
   const state = live ? "running" : states.includes("paused") ? "paused" : states[0] || "idle";
   document.body.dataset.state = state;
+  busy = status.busy;
   buttons.start.disabled = status.busy;
   buttons.pause.disabled = state !== "running";
   buttons.resume.disabled = state !== "paused";
@@ -99,66 +113,44 @@ function render(status) {
 }
 
 // ---- charts: the loss every 50 steps and the validation accuracy per epoch, one colour per run
-let lastLoss = "";
-let lastAcc = "";
-function resetCharts() { lastLoss = lastAcc = ""; }
+let lastKey = "";
+let lastRuns = [];
+function resetCharts() { lastKey = ""; }
+
+function marks(runs) { // where the lr changed (from the page) and where a run died, in epochs
+  return runs.flatMap((r, i) => [
+    ...r.lr_changes.map(([first, lr]) => ({ x: first, label: `lr ${lr}`, color: COLORS[i % COLORS.length] })),
+    ...r.badges.filter((b) => b.kind === "died").map((b) => ({ x: b.epoch, label: "died", color: DEATH })),
+  ]);
+}
 
 function drawCharts(runs) {
+  const key = JSON.stringify(runs.map((r) => [r.loss.length, r.rows.length, r.lr_changes.length, r.epochs]));
+  if (key === lastKey) return;
+  lastKey = key;
+  lastRuns = runs;
   const epochs = Math.max(...runs.map((r) => r.epochs));
-  const loss = runs.map((r, i) => ({ color: COLORS[i], points: r.loss }));
+  const all = marks(runs);
+  const losses = runs.flatMap((r) => r.loss.map((p) => p[1] ?? 0));
+  const step = niceStep(Math.min(4, Math.max(0.5, ...losses)), 5);
+  const top = Math.ceil(Math.min(4, Math.max(0.5, ...losses)) / step - 1e-9) * step;
+  chart(lossCanvas, runs.map((r, i) => ({ color: COLORS[i], points: r.loss })), {
+    xmax: epochs, ymin: 0, ymax: top, yticks: ticksBetween(0, top, step), format: (v) => String(v),
+    xlabel: "epoch", ylabel: "training loss", marks: all, hline: { y: CHANCE, label: "ln 10: chance" },
+  });
   const acc = runs.map((r, i) => ({ color: COLORS[i], points: r.rows.map((row) => [row.epoch, row.val_accuracy]) }));
-  const lossKey = JSON.stringify(loss.map((s) => s.points.length));
-  if (lossKey !== lastLoss) {
-    lastLoss = lossKey;
-    const top = Math.min(3, Math.max(0.5, ...runs.flatMap((r) => r.loss.map((p) => p[1] ?? 0))));
-    chart(lossCanvas, loss, { xmax: epochs, ymin: 0, ymax: top, format: (v) => v.toFixed(2) });
-  }
-  const accKey = JSON.stringify(acc.map((s) => s.points.length));
-  if (accKey !== lastAcc) {
-    lastAcc = accKey;
-    const low = Math.min(0.8, ...acc.flatMap((s) => s.points.map((p) => p[1] ?? 1)));
-    chart(accCanvas, acc, { xmax: epochs, ymin: Math.floor(low * 10) / 10, ymax: 1,
-      format: (v) => `${Math.round(v * 100)}%`, dots: true });
-  }
+  const low = 100 * Math.min(0.8, ...acc.flatMap((s) => s.points.map((p) => p[1] ?? 1)));
+  const accStep = niceStep(100 - low, 5);
+  const bottom = Math.floor(low / accStep) * accStep;
+  chart(accCanvas, acc.map((s) => ({ ...s, points: s.points.map(([e, a]) => [e, a === null ? null : 100 * a]) })), {
+    xmax: epochs, ymin: bottom, ymax: 100, yticks: ticksBetween(bottom, 100, accStep), format: (v) => `${v}%`,
+    xlabel: "epoch", ylabel: "validation accuracy", marks: all, dots: true,
+  });
 }
 
-function chart(canvas, series, o) {
-  const ctx = canvas.getContext("2d");
-  const W = canvas.width;
-  const H = canvas.height;
-  const L = 44;
-  const B = 20;
-  const xmin = o.xmin ?? 0;
-  const x = (v) => L + (W - L - 8) * (v - xmin) / Math.max(1e-9, o.xmax - xmin);
-  const y = (v) => 6 + (H - B - 6) * (1 - (Math.min(o.ymax, Math.max(o.ymin, v)) - o.ymin) / (o.ymax - o.ymin));
-  ctx.clearRect(0, 0, W, H);
-  ctx.font = "11px system-ui, sans-serif";
-  ctx.fillStyle = "#6b7280";
-  ctx.strokeStyle = "#e3e6eb";
-  for (let k = 0; k <= 4; k++) { // horizontal grid lines and their values
-    const v = o.ymin + (o.ymax - o.ymin) * k / 4;
-    ctx.beginPath(); ctx.moveTo(L, y(v)); ctx.lineTo(W - 8, y(v)); ctx.stroke();
-    ctx.fillText(o.format(v), 2, y(v) + 4);
-  }
-  const step = Math.max(1, Math.ceil(o.xmax / 10));
-  for (let e = Math.ceil(xmin); e <= o.xmax; e += step) ctx.fillText(String(e), x(e) - 3, H - 5);
-  for (const s of series) {
-    ctx.strokeStyle = ctx.fillStyle = s.color;
-    ctx.lineWidth = 2;
-    ctx.beginPath();
-    let pen = false;
-    for (const [px, py] of s.points) {
-      if (py === null) { pen = false; continue; } // not finite: a diverged run
-      if (pen) ctx.lineTo(x(px), y(py)); else ctx.moveTo(x(px), y(py));
-      pen = true;
-    }
-    ctx.stroke();
-    if (o.dots) for (const [px, py] of s.points) if (py !== null) ctx.fillRect(x(px) - 2.5, y(py) - 2.5, 5, 5);
-  }
-  const points = series.reduce((n, s) => n + s.points.length, 0);
-  canvas.dataset.points = points;
-  canvas.dataset.updates = Number(canvas.dataset.updates) + 1;
-}
+// the canvases follow the page's width: redraw at the new size
+new ResizeObserver(() => { if (lastRuns.length) { lastKey = ""; drawCharts(lastRuns); } })
+  .observe(document.querySelector(".charts"));
 
 // ---- one panel per run
 function panel(run, color) {
@@ -166,7 +158,6 @@ function panel(run, color) {
   const node = document.getElementById("run-template").content.firstElementChild.cloneNode(true);
   node.dataset.name = run.name;
   node.querySelector(".swatch").style.background = color;
-  node.querySelector(".run-label").textContent = run.label;
   const q = (sel) => node.querySelector(sel);
   const p = { node, q, digits: q(".digits"), conv1: q("canvas.conv1"), conv2: q("canvas.conv2"), cells: [] };
   q(".set-lr").addEventListener("submit", (e) => {  // plain SGD: a new lr from the next epoch on
@@ -188,14 +179,18 @@ function dropPanel(name) {
 function renderRun(run, color) {
   const p = panel(run, color);
   p.node.dataset.state = run.state;
+  p.node.dataset.badges = run.badges.map((b) => b.kind).join(" ");
   const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(2)}%`);
   const last = run.rows[run.rows.length - 1];
-  p.q(".f-state").textContent = run.state + (run.error ? `: ${run.error}` : "");
+  p.q(".run-label").textContent = run.title;
+  renderBadges(p, run.badges);
+  p.q(".f-state").textContent = run.state + (run.error ? `: ${run.error}` : "") +
+    (run.badges.length ? ` (${run.badges.map((b) => b.text).join(", ")})` : "");
   p.q(".f-epoch").textContent = `${run.epoch ?? 0} of ${run.epochs} (step ${run.step ?? 0} of ${run.steps_per_epoch})`;
   p.q(".f-lr").textContent = (run.lr === undefined ? "–" : run.lr.toPrecision(3)) +
     (run.lr_next ? ` (${run.lr_next} from the next epoch)` : "");
-  p.q(".set-lr").hidden = !run.lr_settable || !["running", "paused", "starting"].includes(run.state);
-  p.q(".f-speed").textContent = run.images_per_second ? run.images_per_second.toLocaleString("en") : "–";
+  p.q(".set-lr").hidden = !run.lr_settable;
+  p.q(".f-speed").textContent = speedText(run);
   p.q(".f-val").textContent = last ? pct(last.val_accuracy) : "–";
   p.q(".f-dead").textContent = last?.dead_channels ? `conv1 ${last.dead_channels.conv1}, conv2 ${last.dead_channels.conv2}` : "–";
   p.q(".f-folder").textContent = run.folder;
@@ -206,33 +201,27 @@ function renderRun(run, color) {
   if (run.top3) drawTop3(p, run.top3);
 }
 
-// ---- filters: blue negative, red positive, white zero; one scale per layer
-function drawFilters(p, filters) {
-  const k = Math.round(Math.sqrt(filters.conv1[0].length)); // the kernel's side, 5
-  const inputs = filters.conv1.length; // conv2 reads one map per conv1 filter
-  paintGrid(p.conv1, filters.conv1, k, filters.conv1.length, 1, 9, 1);
-  paintGrid(p.conv2, filters.conv2, k, filters.conv2.length / inputs, inputs, 4, inputs);
+// images/s of the steps that read images: a dead network's steps are computed from the labels alone
+function speedText(run) {
+  const rate = run.images_per_second ? run.images_per_second.toLocaleString("en") : "–";
+  const paced = run.min_seconds > 0 ? `; slowed to last at least ${run.min_seconds} s, waits not counted` : "";
+  if (!run.shortcut) return rate + paced;
+  return `${rate} until it died; since then none: a dead network's steps depend only on the batches' labels, ` +
+    `so they are computed without reading an image${paced}`;
 }
 
-// kernels[n] goes to column floor(n / per), row n % per (per = 1: one row, left to right)
-function paintGrid(canvas, kernels, k, cols, rows, scale, per) {
-  const gap = 2;
-  canvas.width = cols * (k * scale + gap) - gap;
-  canvas.height = rows * (k * scale + gap) - gap;
-  const ctx = canvas.getContext("2d");
-  const max = Math.max(1e-6, ...kernels.flat().map(Math.abs));
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  kernels.forEach((w, n) => {
-    const ox = (per === 1 ? n : Math.floor(n / per)) * (k * scale + gap);
-    const oy = (per === 1 ? 0 : n % per) * (k * scale + gap);
-    w.forEach((v, i) => {
-      const t = Math.min(1, Math.abs(v) / max);
-      const shade = Math.round(255 * (1 - t));
-      ctx.fillStyle = v >= 0 ? `rgb(255,${shade},${shade})` : `rgb(${shade},${shade},255)`;
-      ctx.fillRect(ox + (i % k) * scale, oy + Math.floor(i / k) * scale, scale, scale);
-    });
-  });
+function renderBadges(p, badges) {
+  const key = badges.map((b) => b.text).join();
+  if (p.badgeKey === key) return;
+  p.badgeKey = key;
+  p.q(".badges").replaceChildren(...badges.map((b) =>
+    Object.assign(document.createElement("span"), { className: `badge ${b.kind}`, textContent: b.text, title: b.reason })));
+  p.q(".reasons").replaceChildren(...badges.map((b) => {
+    const li = document.createElement("li");
+    li.className = b.kind;
+    li.append(Object.assign(document.createElement("strong"), { textContent: `${b.text}: ` }), b.reason);
+    return li;
+  }));
 }
 
 // ---- the 50 digits with their top-3 bars (green: the right digit)
@@ -258,12 +247,14 @@ function buildDigits(p) {
       image.data.set([v, v, v, 255], 4 * i);
     }
     c.getContext("2d").putImageData(image, 0, 0);
-    cell.appendChild(c);
+    const guesses = document.createElement("div");
+    guesses.className = "guesses";
+    cell.append(c, guesses);
     const bars = [0, 1, 2].map(() => {
       const row = document.createElement("div");
       row.className = "guess";
       row.innerHTML = '<span class="d"></span><span class="track"><span class="fill"></span></span>';
-      cell.appendChild(row);
+      guesses.appendChild(row);
       return { d: row.querySelector(".d"), fill: row.querySelector(".fill"), row };
     });
     p.digits.appendChild(cell);
@@ -279,6 +270,7 @@ function drawTop3(p, top3) {
       const bar = cell.bars[i];
       bar.d.textContent = d;
       bar.fill.style.width = `${Math.round(100 * prob)}%`;
+      bar.row.title = `${d}: ${(100 * prob).toFixed(1)}%`;
       bar.row.classList.toggle("right", d === cell.label);
     });
     cell.cell.classList.toggle("wrong", guesses[0][0] !== cell.label);
@@ -289,76 +281,3 @@ function drawTop3(p, top3) {
 loadOptions().catch((err) => showError(`cannot read the settings (${err.message})`));
 ensureDigits().catch((err) => showError(`cannot read the test digits (${err.message})`));
 listen();
-
-// ---- draw against the live model: the pad as PNG -> POST /api/train/predict?run=NAME (its current weights)
-const livePad = document.getElementById("livepad");
-const livePen = livePad.getContext("2d");
-const against = document.getElementById("against");
-const liveLabel = document.getElementById("live-label");
-const liveAbout = document.getElementById("live-about");
-let liveStroke = null;
-let liveInk = false;
-let liveBusy = false;
-
-function clearLivePad() {
-  livePen.fillStyle = "#000";
-  livePen.fillRect(0, 0, livePad.width, livePad.height);
-  liveInk = false;
-  liveLabel.textContent = "?";
-  liveLabel.dataset.label = "";
-}
-
-function livePoint(e) {
-  const r = livePad.getBoundingClientRect();
-  return [(e.clientX - r.left) * livePad.width / r.width, (e.clientY - r.top) * livePad.height / r.height];
-}
-
-livePad.addEventListener("pointerdown", (e) => {
-  livePad.setPointerCapture(e.pointerId);
-  liveStroke = livePoint(e);
-});
-livePad.addEventListener("pointermove", (e) => {
-  if (!liveStroke) return;
-  const next = livePoint(e);
-  livePen.strokeStyle = "#fff";
-  livePen.lineWidth = 13; // the drawing page's ink, scaled from its 280 px pad
-  livePen.lineCap = "round";
-  livePen.beginPath();
-  livePen.moveTo(...liveStroke);
-  livePen.lineTo(...next);
-  livePen.stroke();
-  liveStroke = next;
-  liveInk = true;
-});
-for (const type of ["pointerup", "pointercancel"]) {
-  livePad.addEventListener(type, () => { if (liveStroke) { liveStroke = null; askLive(); } });
-}
-document.getElementById("live-clear").addEventListener("click", clearLivePad);
-
-async function askLive() {
-  if (!liveInk || !against.value || liveBusy) return;
-  liveBusy = true;
-  try {
-    const blob = await new Promise((resolve) => livePad.toBlob(resolve, "image/png"));
-    const res = await fetch(`/api/train/predict?run=${encodeURIComponent(against.value)}`,
-      { method: "POST", headers: { "Content-Type": "image/png" }, body: blob });
-    const body = await res.json().catch(() => ({}));
-    if (res.ok) {
-      liveLabel.textContent = liveLabel.dataset.label = body.label;
-      liveAbout.textContent = `${(100 * body.confidence).toFixed(1)}% sure, with ${against.value}'s weights now`;
-    } else {
-      liveAbout.textContent = body.detail || `HTTP ${res.status}`;
-    }
-  } finally {
-    liveBusy = false;
-  }
-}
-
-// the runs to draw against follow the current training
-function offerRuns(runs) {
-  const names = runs.map((r) => r.name);
-  if (names.join() === [...against.options].map((o) => o.value).join()) return;
-  against.replaceChildren(...runs.map((r) => new Option(r.label, r.name)));
-}
-
-clearLivePad();
