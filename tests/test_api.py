@@ -14,6 +14,7 @@ import torch
 import lenet
 from lenet.cli import main
 from lenet.config import ConfigError, TrainConfig, flag_name
+from lenet.errors import LenetError
 from lenet.runs import RunError, read_jsonl
 
 EXAMPLES = Path(__file__).parents[1] / "docs" / "examples"
@@ -176,3 +177,75 @@ def test_sweep_runs_are_the_runs_of_train(one_epoch, tmp_path, monkeypatch):
     same = next(r for r in result.runs if r.spec.config.lr == 0.01)
     assert without_seconds(same.rows) == without_seconds(one_epoch.history)
     assert result.path is None and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- one family of errors (issue 25)
+
+
+@pytest.fixture(scope="module")
+def a_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("api-errors") / "a-file"
+    path.write_text("an ordinary file")
+    return path
+
+
+API_ERRORS = {  # call -> words the one line must hold; before: the exception named in the comment
+    "predict([])": (lambda f: lenet.predict([]), "empty batch"),  # RuntimeError
+    "reproduce(seeds=1.5)": (lambda f: lenet.reproduce(seeds=1.5, out=f.parent / "r"), "--seeds"),  # TypeE.
+    "load_mnist(data_dir=123)": (lambda f: lenet.load_mnist(data_dir=123), "--data-dir"),  # TypeError
+    "train(data_dir=123)": (lambda f: lenet.train(epochs=1, data_dir=123), "--data-dir"),  # TypeError
+    "reproduce(seeds=0)": (lambda f: lenet.reproduce(seeds=0, out=f.parent / "r"), "--seeds"),  # (already)
+    "sweep(out=a file)": (lambda f: lenet.sweep(seeds=1, epochs=1, out=f), "--out"),  # FileExistsError
+    "sweep(out=under a file)": (lambda f: lenet.sweep(seeds=1, out=f / "sw"), "--out"),  # NotADirectoryE.
+    "sweep(workers=0)": (lambda f: lenet.sweep(seeds=1, workers=0), "--workers"),  # (already a ConfigError)
+    "train(out=a file)": (lambda f: lenet.train(epochs=1, out=f), "--out"),  # FileExistsError
+    "load(123)": (lambda f: lenet.load(123), "path"),  # TypeError
+    "load(a file)": (lambda f: lenet.load(f), "a-file"),  # (already a RunError)
+    "predict(model=123)": (lambda f: lenet.predict(SEVEN, model=123), "model"),  # TypeError
+    "predict(42)": (lambda f: lenet.predict(42), "int 42 is not an image"),  # ValueError
+    "load_mnist(dataset='cifar')": (lambda f: lenet.load_mnist(dataset="cifar"), "--dataset"),  # KeyError
+    "load_mnist(device='tpu')": (lambda f: lenet.load_mnist(device="tpu"), "--device"),  # KeyError
+    "sweep(address='garbage')": (lambda f: lenet.sweep(seeds=1, backend="ray", address="garbage"),
+                                 "--address"),  # ValueError: Invalid address format (from inside Ray)
+    "reproduce(long_epochs=-5)": (lambda f: lenet.reproduce(long_epochs=-5, out=f.parent / "r"),
+                                  "--long-epochs"),  # (already a ConfigError)
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("call", API_ERRORS)
+def test_every_error_a_user_can_provoke_is_a_lenet_error_naming_the_argument(call, a_file):
+    provoke, words = API_ERRORS[call]
+    with pytest.raises(LenetError) as e:
+        provoke(a_file)
+    assert isinstance(e.value, ValueError) and words in str(e.value) and "\n" not in str(e.value)
+    assert not (a_file.parent / "r").exists()  # refused before anything was written
+
+
+def family(module: str, name: str):
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+FAMILY = [("lenet.config", "ConfigError"), ("lenet.runs", "RunError"), ("lenet.prediction", "ImageError"),
+          ("lenet.inspection", "InspectError"), ("lenet.engines.fast_engine", "EngineError"),
+          ("lenet.data", "DataError"), ("lenet.engines", "DeviceError"), ("lenet.export", "ExportError"),
+          ("lenet.fetch", "SourceError"), ("lenet.serve", "ServeError")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "name"), FAMILY)
+def test_each_error_class_of_lenet_is_a_lenet_error(module, name):
+    assert issubclass(family(module, name), LenetError)
+
+
+def test_a_claim_not_judged_is_printed_without_a_count_of_seeds():
+    """lenet.reproduce(long_epochs=0) cannot judge claim C's "still gets there": a count beside it read as a
+    pass."""
+    from lenet.claims import Verdict
+
+    judged, untested = Verdict("a", "o", "Ours A.", 2, 2), Verdict("c", "o", "Ours C.", 2, 2, untested="why")
+    text = str(lenet.Report({"A": judged, "C": untested}, Path("r.md"), Path("r.html"), []))
+    assert text.splitlines() == [
+        "Claim A: holds (2 of 2 seeds, 95% CI 34-100%). Ours A.",
+        "Claim C: not judged (why). Ours C.",
+    ]

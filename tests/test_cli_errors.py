@@ -47,7 +47,12 @@ def place(tmp_path_factory) -> dict[str, str]:
     (root / "a-file").write_text("an ordinary file")
     (root / "empty-data").mkdir()
     (root / "digit.png").write_bytes(b"not really a png")
-    return {"root": str(root), "run": str(run), "bad_meta": str(bad_meta), "blocked": str(blocked)}
+    damaged = root / "damaged-run"  # issue 25: a result.json cut short was a JSONDecodeError traceback
+    shutil.copytree(run, damaged)
+    (damaged / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4}\n')
+    (damaged / "result.json").write_text('{"test_loss": 0.4')
+    return {"root": str(root), "run": str(run), "bad_meta": str(bad_meta), "blocked": str(blocked),
+            "damaged": str(damaged)}  # fmt: skip
 
 
 def free_port() -> int:
@@ -69,6 +74,10 @@ def cases(p: dict[str, str], busy: int) -> list[tuple[str, int, str]]:
         ("sweep --seeds 0", BAD_VALUE, "--seeds"),
         ("sweep --lr 0.1 x", BAD_VALUE, "--lr"),
         ("sweep --workers 0", BAD_VALUE, "--workers"),
+        ("sweep --backend ray --address garbage", BAD_VALUE, "--address"),
+        ("sweep --out {root}/a-file", BAD_VALUE, "--out: must be a folder"),
+        ("reproduce --long-epochs -5", BAD_VALUE, "--long-epochs"),
+        ("reproduce --long-epochs 10", BAD_VALUE, "--long-epochs must be 0"),
         ("reproduce --seeds 0", BAD_VALUE, "--seeds"),
         ("ablate --seeds -1", BAD_VALUE, "--seeds"),
         ("data bogus", BAD_VALUE, "bogus"),
@@ -79,6 +88,7 @@ def cases(p: dict[str, str], busy: int) -> list[tuple[str, int, str]]:
         ("inspect {run} --index 10000", BAD_VALUE, "--index"),
         ("inspect {bad_meta}", FAILURE, "not a JSON object"),
         ("inspect {blocked}", FAILURE, "blocked-run/inspect"),
+        ("inspect {damaged}", FAILURE, "damaged-run/result.json: not valid JSON"),
         ("export {root}/no-run", FAILURE, "not a run directory"),
         ("export {run} --format tflite", BAD_VALUE, "--format"),
         ("export {run} --out {run}/config.onnx", BAD_VALUE, "would overwrite"),
@@ -89,6 +99,8 @@ def cases(p: dict[str, str], busy: int) -> list[tuple[str, int, str]]:
         ("predict", BAD_VALUE, "IMAGE"),
         ("predict {root}/missing.png", FAILURE, "no such file"),
         ("predict {root}/digit.png", FAILURE, "not an image"),
+        ("predict {root}/empty-data", FAILURE, "a folder, not an image file"),
+        ("predict /dev/zero", FAILURE, "not a regular file"),
         ("predict --model {root}/corrupt.safetensors {root}/digit.png", FAILURE, "corrupt.safetensors"),
         ("predict --model {bad_meta} {root}/digit.png", FAILURE, "not a JSON object"),
         ("predict --save-input {root}/a-file {root}/digit.png", BAD_VALUE, "--save-input"),

@@ -440,3 +440,45 @@ def test_model_whose_metadata_is_not_json_is_one_line(digit_files, tmp_path, cap
     assert main(["predict", "--model", str(bad), digit_files[0][0]]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(bad) in err
+
+
+# ---------------------------------------------------------------- messages that name the cause (issue 25)
+
+
+def noise_png(side: int) -> bytes:
+    return encode(Image.fromarray(np.random.default_rng(3).integers(0, 256, (side, side, 3), dtype=np.uint8)))
+
+
+WRONG_CAUSES = {  # input -> what the one line must say; before, the cause named in the comment
+    "noise array": (lambda t: np.random.default_rng(0).random((28, 28)), "nothing stands out from the "
+                    "background's noise"),  # "blank image, one uniform colour"
+    "noise PNG file": (lambda t: write(t / "noise.png", noise_png(1000)), "background's noise"),  # blank
+    "(28, 28, 2) array": (lambda t: np.random.default_rng(0).random((28, 28, 2)), "shape (28, 28, 2) is "
+                          "not an image"),  # blank
+    "a folder": (lambda t: t, "a folder, not an image file"),  # no such file
+    "/dev/zero": (lambda t: "/dev/zero", "not a regular file (a device, pipe or socket)"),  # no such file
+    "(0, 5) array": (lambda t: np.zeros((0, 5)), "shape (0, 5) is not an image"),  # zero-size array ...
+    "(5, 0) float32": (lambda t: np.zeros((5, 0), np.float32), "shape (5, 0) is not an image"),  # zero-size
+    "(0, 0, 3) uint8": (lambda t: np.zeros((0, 0, 3), np.uint8), "shape (0, 0, 3) is not an image"),  # Index
+    "an empty batch": (lambda t: [], "no images given (an empty batch)"),  # RuntimeError of torch.stack
+    "a number": (lambda t: 42, "int 42 is not an image"),  # "a float image must be (H, W) ... (got ())"
+    "uniform grey": (lambda t: np.full((28, 28), 0.5), "blank image: no ink found (the picture is one "
+                     "uniform colour)"),  # (right before, and still)
+}  # fmt: skip
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", WRONG_CAUSES)
+def test_an_unusable_image_is_one_line_naming_what_is_wrong(case, tmp_path, shipped):
+    import lenet
+
+    make, words = WRONG_CAUSES[case]
+    with pytest.raises(ImageError) as e:
+        lenet.predict(make(tmp_path), model=shipped[0])
+    message = str(e.value)
+    assert words in message and "\n" not in message and "zero-size" not in message
+    assert ("blank" in message) == (case == "uniform grey")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,9 +19,10 @@ from ray.cluster_utils import Cluster
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import lenet
 from lenet.cli import main
 from lenet.config import ConfigError
-from lenet.ray_runner import RUN_FILES, RayRunner, check_reachable
+from lenet.ray_runner import RUN_FILES, RayRunner, check_reachable, starts_a_cluster
 from lenet.runs import RunDir
 from lenet.sweeps import expand_grid, sweep_specs
 
@@ -124,6 +126,125 @@ def test_without_ray_the_command_names_the_extra(tmp_path, monkeypatch, capsys):
 def test_an_address_where_no_cluster_answers_fails_at_once():
     with pytest.raises(ConfigError, match=r"^--address 127.0.0.1:1: no Ray cluster answers there"):
         check_reachable("127.0.0.1:1")  # Ray itself would retry for minutes
+
+
+# ---------------------------------------------------------------- addresses, a dead head, loopback (issue 25)
+
+
+@pytest.mark.parametrize("address", ["garbage", "", "host:port", "host:0", "a b:1", "ray://"])
+def test_a_bad_address_is_one_line_before_ray_is_asked(address, tmp_path, capsys):
+    """Before: Ray's ValueError traceback (Invalid address format)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["sweep", *SWEEP, "--out", str(tmp_path / "sw"), "--backend", "ray", "--address", address])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    rule = "must be HOST:PORT of a Ray cluster's head, auto or local"
+    assert f"argument --address: {rule} (got {address!r})" in err
+    for call in (lambda: RayRunner(address), lambda: lenet.sweep(seeds=1, backend="ray", address=address)):
+        with pytest.raises(ConfigError, match=re.escape(f"--address {rule}")):
+            call()
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_ray_address_in_the_environment_that_is_none_is_one_line(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "garbage")
+    with pytest.raises(ConfigError, match=r"^Ray found no usable cluster address .*check \$RAY_ADDRESS"):
+        starts_a_cluster(None)
+    assert starts_a_cluster("local") and not starts_a_cluster("10.0.0.1:6379")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in (e for e in Path("/proc").iterdir() if e.name.isdigit()):
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # one that just ended
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        found |= set(new := [c for c in children.get(todo.pop(), []) if c not in found])
+        todo += new
+    return found
+
+
+def listening(pids: set[int]) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp* write them) where `pids` listen for TCP connections."""
+    inodes = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    tables = [Path(f"/proc/net/{name}").read_text().splitlines() for name in ("tcp", "tcp6")]
+    rows = [line.split() for table in tables for line in table[1:]]  # (each table has a header line)
+    return [row[1] for row in rows if len(row) > 9 and row[3] == "0A" and row[9] in inodes]  # 0A: LISTEN
+
+
+LOCAL_CLUSTER = """
+import json, os, sys
+from lenet.ray_runner import RayRunner
+runner = RayRunner("local")
+assert runner.connect()
+print(json.dumps({"pid": os.getpid(), "head": runner.head}), flush=True)
+sys.stdin.readline()  # the test reads the sockets meanwhile
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads /proc/net/tcp")
+def test_a_new_local_cluster_listens_on_loopback_only():
+    """Before: its servers (GCS, raylet, object manager, agents) listened on every interface."""
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL_CLUSTER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=DEVNULL, text=True)  # fmt: skip
+    try:
+        started = json.loads(driver.stdout.readline())
+        addresses = listening({started["pid"], *descendants(started["pid"])})
+    finally:
+        driver.communicate("\n", timeout=120)
+    loopback = ("0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000")
+    assert started["head"].startswith("127.0.0.1:") and len(addresses) >= 3
+    assert [a for a in addresses if a.rsplit(":", 1)[0] not in loopback] == []
+
+
+DEAD_HEAD = """
+import json, subprocess, sys, time
+from pathlib import Path
+from ray.cluster_utils import Cluster
+out = Path(sys.argv[1])
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 150 * 2**20})
+args = ["sweep", "--lr", "0.01", "--seeds", "2", "--epochs", "30", "--backend", "ray", "--address", c.address,
+        "--out", str(out)]
+driver = subprocess.Popen([sys.executable, "-m", "lenet.cli", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+deadline = time.monotonic() + 300
+while not list(out.glob("runs/*/checkpoint.safetensors")) and time.monotonic() < deadline:
+    time.sleep(0.05)
+c.remove_node(c.head_node, allow_graceful=False)  # the head, and the only node, is gone
+killed = time.monotonic()
+try:
+    code = driver.wait(timeout=120)
+except subprocess.TimeoutExpired:
+    driver.kill()
+    code = None
+print(json.dumps({"code": code, "seconds": time.monotonic() - killed, "stderr": driver.stderr.read()}))
+c.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_head_ends_the_sweep_in_one_line_within_seconds(tmp_path):
+    """Before: the driver hung 60 s, then Ray ended it with a C++ log line and no lenet message. Now one
+    line a few seconds after the head stops answering, and the process ends ~10 s later (Ray's shutdown)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LENET_DEBUG", "RAY_ADDRESS")}
+    harness = subprocess.run([sys.executable, "-c", DEAD_HEAD, str(tmp_path / "sw")], capture_output=True,
+                             text=True, timeout=600, env=env)  # fmt: skip
+    said = json.loads(harness.stdout.strip().splitlines()[-1])
+    assert said["code"] == 1 and said["seconds"] < 45, said
+    line = said["stderr"]
+    assert line.startswith("lenet: error: the Ray cluster's head at ") and line.count("\n") == 1
+    assert "rerun the command to resume the others once the cluster is back" in line
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -203,3 +204,114 @@ def test_a_huge_model_file_is_refused_before_it_is_read(tmp_path):
         f.truncate(1 << 30)  # sparse: no disk used
     with pytest.raises(RunError, match="1,073,741,824 bytes is not a lenet model"):
         load_model(path)
+
+
+# ---------------------------------------------------------------- faults: damaged result.json, metrics.jsonl
+# (issue 25: each reader goes through lenet.runs' checked readers; before, inspect and lenet.load ended in a
+# JSONDecodeError traceback and lenet.load read a metrics.jsonl that is a folder as 0 epochs)
+
+
+@pytest.fixture(scope="module")
+def finished(small_split, tmp_path_factory):
+    """A finished 1-epoch run, never damaged: each test damages a copy."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(TrainConfig(epochs=1), small_split, out, log=lambda s: None)
+    return out
+
+
+def cut_short(path):
+    path.write_bytes(path.read_bytes()[:-25].rstrip(b"\n"))  # as a copy cut off leaves it: no last newline
+
+
+def folder_instead(path):
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGES = {
+    "result.json cut short": ("result.json", cut_short, "not valid JSON (cut short?)"),
+    "last metrics row cut short": ("metrics.jsonl", cut_short, "line 1 is cut short"),
+    "metrics.jsonl a folder": ("metrics.jsonl", folder_instead, "a folder, not a file"),
+}
+
+
+def by_inspect(run, capsys) -> str:
+    from lenet.cli import main
+
+    assert main(["inspect", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err.removeprefix("lenet: error: ").rstrip("\n")
+
+
+def raised(call) -> str:
+    with pytest.raises(RunError) as e:
+        call()
+    return str(e.value)
+
+
+def by_load(run, capsys) -> str:
+    import lenet
+
+    return raised(lambda: lenet.load(run))
+
+
+def by_load_result(run, capsys) -> str:  # what sweep, reproduce and ablate read a finished run with
+    from lenet.results import RunSpec, load_result
+
+    return raised(lambda: load_result(RunSpec(TrainConfig(epochs=1), run)))
+
+
+def by_warm_start(run, capsys) -> str:  # a longer run of the same settings that would start from it
+    from lenet.run_state import new_state, warm_start
+
+    said = []
+    state = new_state(TrainConfig(epochs=2), torch.device("cpu"))
+    assert warm_start(TrainConfig(epochs=2), RunDir(run), state, said.append) == 0 and state.rows == []
+    return said[0].removeprefix(f"not starting from {run}: ").removesuffix("; training from epoch 1")
+
+
+READERS = {"lenet inspect": by_inspect, "lenet.load": by_load, "load_result": by_load_result,
+           "warm start": by_warm_start}  # fmt: skip
+PAIRS = [(r, d) for r in READERS for d in DAMAGES if r != "warm start" or d.startswith("result.json")]
+# (a warm start takes the epochs from the checkpoint: it does not read metrics.jsonl)
+
+
+@pytest.mark.parametrize(("reader", "damage"), PAIRS)
+def test_a_damaged_run_file_is_one_line_naming_it_and_a_fix(finished, tmp_path, capsys, reader, damage):
+    name, spoil, why = DAMAGES[damage]
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    spoil(run / name)
+    message = READERS[reader](run, capsys)
+    assert message.startswith(f"{run / name}: {why}; ") and "\n" not in message
+    too = " and result.json" if name != "result.json" else ""
+    assert f"{'delete that folder' if 'folder' in why else 'delete it'}{too}, then resume the run " in message
+    assert f"(`lenet train --resume {run}`, or rerun the sweep or reproduce command that made it)" in message
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_the_fix_the_message_gives_works(finished, tmp_path, capsys, damage):
+    import lenet
+    from lenet.cli import main
+
+    name, spoil, _ = DAMAGES[damage]
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    spoil(run / name)
+    for path in (run / name, run / "result.json"):  # what the message says to delete
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    assert main(["train", "--resume", str(run)]) == 0  # from the checkpoint: no epoch trained again
+    again = lenet.load(run)  # (its test set is all of MNIST's, the fixture's a small one)
+    assert again.history == read_jsonl(finished / "metrics.jsonl") != []
+    assert again.result.keys() == json.loads((finished / "result.json").read_text()).keys()
+
+
+def test_an_unfinished_runs_cut_last_row_is_dropped_as_resume_drops_it(cut_run, small_split):
+    """Before: rerunning a sweep over such a run ended in a JSONDecodeError traceback (its progress bar
+    counts the rows); `train --resume` already rewrote metrics.jsonl from the checkpoint."""
+    metrics = cut_run / "metrics.jsonl"
+    assert len(read_jsonl(metrics)) == 1
+    cut_short(metrics)
+    assert read_jsonl(metrics) == []  # epoch 1's row is the checkpoint's: resuming writes it again
+    assert len(resume(cut_run, small_split).rows) == 2 and len(read_jsonl(metrics)) == 2

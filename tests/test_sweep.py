@@ -204,9 +204,9 @@ def test_a_corrupt_result_json_is_one_line(small_split, tmp_path, content):
     out = tmp_path / "run"
     train(TrainConfig(epochs=1), small_split, out, log=lambda s: None)
     (out / "result.json").write_bytes(content)
-    with pytest.raises(RunError, match=r"delete result\.json and rerun") as e:
+    with pytest.raises(RunError, match=r"result\.json: .+; delete it, then resume the run") as e:
         load_result(RunSpec(TrainConfig(epochs=1), out))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "rerun the sweep or reproduce command that made it" in str(e.value)
 
 
 def test_a_diverged_run_counts_as_stalled_in_a_sweep(small_split, tmp_path):
@@ -215,3 +215,18 @@ def test_a_diverged_run_counts_as_stalled_in_a_sweep(small_split, tmp_path):
     runner.split = lambda cfg: small_split  # the small real split instead of all of MNIST
     table = summarise(runner.run(specs))
     assert [row["stalled"] for row in table] == [0, 1]
+
+
+def test_a_rerun_over_an_unfinished_run_whose_last_row_is_cut_resumes_it(tmp_path):
+    """Issue 25: the rerun ended in a JSONDecodeError traceback (the progress bar counts the rows);
+    `train --resume` already dropped such a row. Now the sweep resumes the run as train --resume does."""
+    out = tmp_path / "sw"
+    assert main(sweep_args(out, "--backend", "sequential")) == 0
+    run = out / "runs/lr0.1-seed1"
+    before = json.loads((run / "result.json").read_text())
+    (run / "result.json").unlink()  # as if killed before the end
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-40])  # its last row cut short
+    assert main(sweep_args(out, "--backend", "sequential")) == 0
+    assert json.loads((run / "result.json").read_text())["test_loss"] == before["test_loss"]
+    assert metrics.read_text().endswith("}\n")  # whole again: rewritten from the checkpoint

@@ -1,6 +1,7 @@
 """TensorBoard logs: read the event files back and compare them with metrics.jsonl."""
 
 import math
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -45,3 +46,50 @@ def test_a_sweep_writes_one_log_per_run(tmp_path, capsys, backend):
     assert sorted(p.name for p in logs.iterdir()) == runs and len(runs) == 4
     for name in runs:
         assert_matches_metrics(logs / name, out / "runs" / name)
+
+
+# ---------------------------------------------------------------- faults (issue 25)
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "Exception in thread" not in err, err
+    return err
+
+
+def test_logs_under_a_file_are_one_line_naming_the_path(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ["--epochs", "1", "--out", str(tmp_path / "run"), "--tensorboard", str(blocker / "tb")]
+    assert main(["train", *args]) == 1
+    assert f"lenet: error: --tensorboard {blocker / 'tb'}: cannot write its logs: " in one_line(capsys)
+    assert not (tmp_path / "run").exists()  # refused before training
+    with pytest.raises(SystemExit) as exited:  # a bad value of the sweep's declared option: argparse's
+        main(["sweep", "--seeds", "1", *args])
+    assert exited.value.code == 2
+    assert f"--tensorboard: must be a folder, but {blocker} is a file" in one_line(capsys)
+
+
+@pytest.mark.parametrize("after", [0, 3])  # writes that succeed first: at the start, or mid-run (epoch 1)
+def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, capsys, monkeypatch, after):
+    """Before: the writer thread's traceback, then a line that did not name the path. Here the disk fills
+    for real: the event file is /dev/full, where every write fails with ENOSPC."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    writes = []
+    real_write = RecordWriter.write
+
+    def filling(self, data):
+        writes.append(1)
+        if len(writes) > after:
+            self._writer = open("/dev/full", "wb")  # noqa: SIM115 (closed with the log)
+        real_write(self, data)
+
+    monkeypatch.setattr(RecordWriter, "write", filling)
+    logs = tmp_path / "tb"
+    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "run"), "--tensorboard", str(logs)]) == 1
+    line = one_line(capsys)
+    assert line == f"lenet: error: --tensorboard {logs}: cannot write its logs: No space left on device; " \
+        "the disk is full: free some space and run it again\n"  # fmt: skip

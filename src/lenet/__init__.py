@@ -9,9 +9,11 @@ Each is the one place its job is orchestrated: the `lenet` command of the same n
 The modules behind them have other names (lenet.training, lenet.sweeps, lenet.prediction, lenet.reproduction).
 """
 
+from lenet.errors import LenetError
 from lenet.version import __version__
 
 __all__ = [
+    "LenetError",
     "Report",
     "Run",
     "Sweep",
@@ -24,7 +26,7 @@ __all__ = [
     "sweep",
     "train",
 ]
-_API = frozenset(__all__) - {"__version__"}
+_API = frozenset(__all__) - {"__version__", "LenetError"}
 
 
 def __getattr__(name: str) -> object:

@@ -12,17 +12,18 @@ by default: `verbose=True` prints what the command prints; progress bars come fr
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from lenet.config import TrainConfig, checked_settings, settings_doc
+from lenet.config import ConfigError, TrainConfig, check_value, checked_settings, field_named, settings_doc
 from lenet.data import Split
 from lenet.multirun import ablate, reproduce, sweep
-from lenet.outcomes import Report, Run, Sweep
+from lenet.options import folder, keyword
+from lenet.options import path as path_rule
+from lenet.outcomes import Report, Run, Sweep, predict_images
 from lenet.prediction import Prediction
 from lenet.runs import RunDir, RunError
 
@@ -51,6 +52,9 @@ def load_mnist(data_dir: PathLike | None = None, dataset: str = "mnist", device:
     from lenet.engines import resolve_device
     from lenet.fetch import ensure_files
 
+    for name, value in {"dataset": dataset, "device": device}.items():
+        check_value(field_named(name), value)
+    data_dir = None if data_dir is None else keyword("--data-dir", data_dir, folder)
     device_ = resolve_device(device)  # a bad device fails before any download
     return load_split(dataset, ensure_files(dataset, data_dir, log=to_stderr), device_)
 
@@ -77,11 +81,11 @@ def train(
     from lenet.recipe import recipe_config
 
     cfg = recipe_config(recipe, checked_settings(settings))
-    folder = Path(out) if out is not None else None
-    if folder is not None:
-        refuse_existing(folder)
+    place = None if out is None else keyword("--out", out, folder)
+    if place is not None:
+        refuse_existing(place)
     command = call_text("lenet.train", recipe=recipe, out=out, data_dir=data_dir, **settings)
-    run = train_run(cfg, folder, data_dir=data_dir, command=command, verbose=verbose)
+    run = train_run(cfg, place, data_dir=data_dir, command=command, verbose=verbose)
     diverged = run.result.get("diverged_epoch")
     if diverged is not None:  # as `lenet train` says in its one line (there: exit status 1)
         why = f"its average loss is not a finite number, at lr {cfg.lr:g}"
@@ -140,12 +144,12 @@ def load(path: PathLike | None = None) -> Run:
     from lenet.prediction import DEFAULT_MODEL
     from lenet.runs import load_model, read_jsonl
 
-    model, info = load_model(DEFAULT_MODEL if path is None else path)
+    model, info = load_model(DEFAULT_MODEL if path is None else keyword("path", path, path_rule))
     file = Path(info["path"])
     run = RunDir(file.parent)
     in_run = path is not None and run.config.is_file() and file.name == "model.safetensors"
-    history = read_jsonl(run.metrics) if in_run and run.metrics.is_file() else []
-    result = json.loads(run.result.read_text()) if in_run and run.result.is_file() else {}
+    history = read_jsonl(run.metrics) if in_run and run.metrics.exists() else []  # checked: names the damage
+    result = run.read_result() if in_run and run.result.exists() else {}
     numbers = result or info["extra"]
     accuracy = numbers.get("test_accuracy")
     return Run(
@@ -175,12 +179,16 @@ def predict(image: Any, model: Any = None, *, preprocess: bool = True) -> Predic
     """
     import torch
 
-    from lenet.prediction import load_predictor, predict_images
+    from lenet.prediction import load_predictor
 
     if isinstance(model, Run):
         net = model.model
     elif isinstance(model, torch.nn.Module):
         net = model
-    else:
+    elif model is None or isinstance(model, str | os.PathLike):
         net = load_predictor(model)[0]
+    else:
+        raise ConfigError(
+            f"model must be None, a run folder or model file, a Run or a LeNet (got {model!r:.40})"
+        )
     return predict_images(image, net, preprocess)

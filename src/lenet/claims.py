@@ -66,6 +66,11 @@ class Verdict:
         return "does not hold" if self.holds == 0 else f"holds in {self.holds} of {self.n} seeds"
 
     @property
+    def tally(self) -> str:
+        """' (2 of 5 seeds, 95% CI 12-77%)', or nothing for a claim not judged (a count reads as a pass)."""
+        return "" if self.untested else f" ({self.holds} of {self.n} seeds, {self.interval})"
+
+    @property
     def share(self) -> str:
         """'2 of 5 seeds (40%, 95% CI 12-77%)': where it holds, with Wilson's interval."""
         return proportion_text(self.holds, self.n, "seeds")
@@ -210,8 +215,13 @@ def verdict_c(
         original="Stated from the author's runs; the report gives no numbers for them.",
         ours="Counted per seed, for each init std: slower = the final loss after the same epochs is at "
         f"least {MUCH_SLOWER:g}x the seed protocol's; gets there = the longer run reaches the seed "
-        f"protocol's final loss. {'; '.join(parts)}. The claim holds for a seed when both stds are "
-        f"slower and get there: {sum(ok.values())} of {len(seeds)} seeds.",
+        f"protocol's final loss. {'; '.join(parts)}. "
+        + (
+            f"The claim holds for a seed when both stds are slower and get there: {sum(ok.values())} of "
+            f"{len(seeds)} seeds."
+            if long_runs
+            else "Without longer runs 'still gets there' is not judged, so neither is the claim."
+        ),
         holds=sum(ok.values()),
         n=len(seeds),
         details=details,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import shlex
 import sys
 import traceback
@@ -13,6 +11,7 @@ from collections.abc import Sequence
 from lenet.commands import ablate, data, export, inspect, predict, reproduce, serve, sweep, train
 from lenet.commands.common import Parser, UsageError, given_settings
 from lenet.config import ConfigError
+from lenet.errors import LenetError, os_line
 
 __all__ = ["COMMANDS", "Parser", "UsageError", "build_parser", "given_settings", "main"]
 
@@ -63,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = exit_status(e)
         if status is None:
             raise  # a bug: its traceback is what a report needs
-        line = os_error(e) if isinstance(e, OSError) else str(e)
+        line = os_line(e) if isinstance(e, OSError) else str(e)
         return fail(e, f"lenet: error: {line}", status)
 
 
@@ -80,7 +79,7 @@ def exit_status(e: Exception) -> int | None:
 
     if isinstance(e, DeviceError | InspectError):
         return 2
-    if isinstance(e, DataError | RunError | ExportError | ImageError | ServeError | OSError):
+    if isinstance(e, DataError | RunError | ExportError | ImageError | ServeError | OSError | LenetError):
         return 1  # OSError: the file system said no (a read-only folder, a path under a file, a full disk)
     return None
 
@@ -91,28 +90,6 @@ def fail(error: BaseException, line: str, status: int) -> int:
         traceback.print_exception(error)
     print(line, file=sys.stderr)
     return status
-
-
-def os_error(e: OSError) -> str:
-    """An OSError as one line that names the path, what went wrong and what to do."""
-    paths = [ATOMIC_TMP.sub(r"\1", str(p)) for p in (e.filename, e.filename2) if p is not None]
-    path = " -> ".join(paths) or "a file"  # lenet.atomic's temporary file is named for the file it makes
-    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
-    fix = OS_FIXES.get(e.errno, "check the path and its permissions")
-    return f"{path}: {reason}; {fix}"
-
-
-ATOMIC_TMP = re.compile(r"(?<![^/])\.([^/]+)\.[^./]+\.tmp$")  # .NAME.RANDOM.tmp -> NAME
-OS_FIXES = {
-    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
-    errno.EISDIR: "that is a folder: give a file path",
-    errno.EEXIST: "a file is where a folder should be: move it away or choose another path",
-    errno.ENOENT: "no such file or folder: check the path",
-    errno.EACCES: "permission denied: choose a writable path",
-    errno.EPERM: "not permitted: choose a writable path",
-    errno.EROFS: "read-only file system: choose a writable path",
-    errno.ENOSPC: "the disk is full: free some space and run it again",
-}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lenet.errors import LenetError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ENGINES = ("auto", "torch", "fast")
 DATASETS = ("mnist", "fashion-mnist")
@@ -33,7 +35,7 @@ PLACEMENT = ("device", "engine")  # where and how a run computes: never changes 
 RUN_SETTINGS = ("seed", *PLACEMENT, "dataset")  # which run, and where: never part of a recipe
 
 
-class ConfigError(ValueError):
+class ConfigError(LenetError):
     """A setting has an invalid value; the message names the flag, the rule and the value."""
 
 

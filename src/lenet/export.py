@@ -21,6 +21,7 @@ import torch
 from lenet.atomic import write_atomic, write_json
 from lenet.config import EXPORT_FORMATS
 from lenet.data import load_split
+from lenet.errors import LenetError
 from lenet.model import SHAPE
 from lenet.runs import RunDir, load_model
 
@@ -39,7 +40,7 @@ FORMATS = EXPORT_FORMATS
 SUFFIX = ".onnx"
 
 
-class ExportError(Exception):
+class ExportError(LenetError):
     """The export failed or does not reproduce the PyTorch model; nothing was written."""
 
 

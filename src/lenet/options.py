@@ -67,6 +67,38 @@ def path(value: Any) -> Path:
     return Path(value)
 
 
+def folder(value: Any) -> Path:
+    """A folder's path: it need not exist yet, but no file may stand where it, or a folder above it, goes."""
+    where = path(value)
+    for part in (where, *where.parents):
+        try:
+            if part.exists():  # the deepest part that exists must be a folder
+                if not part.is_dir():
+                    raise ValueError(f"must be a folder, but {part} is a file")
+                break
+        except OSError:  # unreadable: the write that follows says why, naming it
+            break
+    return where
+
+
+def ray_address(value: Any) -> str:
+    """Where a Ray cluster's head answers: HOST:PORT (ray://HOST:PORT: a Ray client), auto or local."""
+    if text(value) in ("auto", "local"):
+        return value
+    host, _, port = value.removeprefix("ray://").rpartition(":")
+    if host.strip("[]") and not any(c.isspace() for c in host) and port.isdigit() and 0 < int(port) < 65536:
+        return value
+    raise ValueError(f"must be HOST:PORT of a Ray cluster's head, auto or local (got {value!r})")
+
+
+def keyword(name: str, value: Any, rule: Callable[[Any], Any]) -> Any:
+    """A keyword of a function that takes it alone (lenet.train's `out`), by `rule`; ConfigError naming it."""
+    try:
+        return rule(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{name} {e}") from None
+
+
 def settings_of(name: str) -> Callable[[Any], tuple]:
     """Values of the training setting `name`, each checked by its rule."""
 
@@ -154,7 +186,7 @@ class RunnerOptions(Options):
     seeds: int | tuple[int, ...] = option(5, SEEDS_HELP, seeds_check, metavar="N")
     first_seed: int = option(0, "the first seed", integer)
     data_dir: Path | None = option(
-        None, "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)", path
+        None, "data folder (default: $LENET_DATA_DIR, else ~/.cache/lenet/DATASET)", folder
     )
     backend: str = option(
         "auto",
@@ -168,7 +200,7 @@ class RunnerOptions(Options):
         None,
         "--backend ray: the cluster to run on, HOST:PORT of its head (default: the cluster `ray start` runs "
         "on this machine, else a new local one; 'local': always a new local one)",
-        text,
+        ray_address,
     )
     cpus_per_run: int = option(1, "--backend ray: CPUs (and torch threads) per run", count)
 
@@ -184,7 +216,7 @@ class SweepOptions(RunnerOptions):
 
     seeds: int | tuple[int, ...] = option(3, SEEDS_HELP, seeds_check, metavar="N")
     out: Path | None = option(
-        None, "sweep folder (default: sweeps/<time>; from Python: a temporary one)", path
+        None, "sweep folder (default: sweeps/<time>; from Python: a temporary one)", folder
     )
     recipe: str | None = option(
         None,
@@ -197,7 +229,7 @@ class SweepOptions(RunnerOptions):
         None,
         "also write TensorBoard logs of every run (one subfolder per run) into DIR (needs the tensorboard "
         "extra; view with: tensorboard --logdir DIR)",
-        path,
+        folder,
         metavar="DIR",
     )
 
@@ -206,7 +238,7 @@ class SweepOptions(RunnerOptions):
 class ReproduceOptions(RunnerOptions):
     """`lenet reproduce` / `lenet.reproduce`: the original's whole analysis over n seeds."""
 
-    out: Path = option(Path("reports/reproduce"), "report folder", path)
+    out: Path = option(Path("reports/reproduce"), "report folder", folder)
     epochs: int = option(20, "epochs per run (the original's 20; fewer only for a quick smoke run)", count)
     long_epochs: int = option(
         60, "epochs of the longer init-std runs for claim C (0 skips them; else more than --epochs)", whole
@@ -249,7 +281,7 @@ class ReproduceOptions(RunnerOptions):
 class AblateOptions(RunnerOptions):
     """`lenet ablate` / `lenet.ablate`: from the seed recipe to the improved one, one ingredient at a time."""
 
-    out: Path = option(Path("reports/ablation"), "report folder", path)
+    out: Path = option(Path("reports/ablation"), "report folder", folder)
     epochs: int | None = option(None, "one length for every step (default: each recipe's own)", count)
     dataset: str = option(default_of("dataset"), "the data set", choices=DATASETS)
     device: str = option(default_of("device"), "where to train", choices=DEVICES)

@@ -1,4 +1,6 @@
-"""What the Python API gives back: a trained model (Run), a sweep (Sweep) and the reproduction (Report)."""
+"""What the Python API gives back: a trained model (Run), a sweep (Sweep) and the reproduction (Report);
+and the forms of images it takes (lenet.predict, Run.predict: paths, PIL images, arrays, tensors, batches).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from lenet.claims import Verdict
 from lenet.config import TrainConfig
 from lenet.model import LeNet
-from lenet.prediction import Prediction, predict_images
+from lenet.prediction import (
+    ImageError,
+    Prediction,
+    decode,
+    load_image,
+    named,
+    predict,
+    preprocess,
+    preprocess_pixels,
+)
 from lenet.results import RunResult
 from lenet.runs import RunDir, RunError
 
@@ -94,10 +108,8 @@ class Report:
     html: Path
     images: list[Path]  # the plots of the report (claim_a.png, ...)
 
-    def __str__(self) -> str:
-        return "\n".join(
-            f"Claim {k}: {v.word} ({v.holds} of {v.n}). {v.ours}" for k, v in self.verdicts.items()
-        )
+    def __str__(self) -> str:  # a claim not judged (C without longer runs) has no count of seeds to give
+        return "\n".join(f"Claim {k}: {v.word}{v.tally}. {v.ours}" for k, v in self.verdicts.items())
 
 
 def dataframe(rows: list[dict[str, Any]], what: str) -> pandas.DataFrame:
@@ -106,3 +118,81 @@ def dataframe(rows: list[dict[str, Any]], what: str) -> pandas.DataFrame:
     except ImportError:
         raise ImportError(f"{what}() needs pandas, which is not installed: pip install pandas") from None
     return pandas.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- images from Python (lenet.predict)
+
+
+def predict_images(image: Any, net: LeNet, preprocess: bool = True) -> Prediction | list[Prediction]:
+    """`lenet.predict`'s work: one Prediction for one image, a list for a batch (see there)."""
+    single, items = as_items(image)
+    if not items:
+        raise ImageError("no images given (an empty batch)")
+    names = [item_name(x, i, single) for i, x in enumerate(items)]
+    pixels = []
+    for item, name in zip(items, names, strict=True):
+        try:
+            pixels.append(as_pixels(item, preprocess))
+        except ImageError as e:
+            raise ImageError(named(name, e)) from None
+    probs = predict(net, torch.stack(pixels))  # (N, 28, 28) -> (N, classes)
+    predictions = [Prediction(n, [float(p) for p in row]) for n, row in zip(names, probs, strict=True)]
+    return predictions[0] if single else predictions
+
+
+SHAPES = "(H, W) gray, (H, W, 3) RGB, (H, W, 4) RGBA, or a batch (N, H, W) or (N, 1, H, W)"
+
+
+def as_items(image: Any) -> tuple[bool, list[Any]]:
+    """(whether `image` is one image, the images)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[-1] == 1:  # (H, W, 1): gray
+            image = image[..., 0]
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4)):  # gray, or RGB(A)
+            return True, [image]
+        if image.ndim == 4 and image.shape[1] == 1:  # (N, 1, H, W)
+            image = image[:, 0]
+        if image.ndim != 3 or image.shape[-1] == 2:  # 2 channels: none of the forms above
+            raise ImageError(f"image: an array of shape {image.shape} is not an image; give {SHAPES}")
+        return False, list(image)
+    if isinstance(image, list | tuple):
+        return False, list(image)
+    return True, [image]
+
+
+def item_name(item: Any, index: int, single: bool) -> str:
+    if isinstance(item, str | os.PathLike):
+        return str(item)
+    return "image" if single else f"image {index}"
+
+
+def as_pixels(item: Any, prepare: bool) -> torch.Tensor:
+    """One image -> the (28, 28) float32 tensor the network reads (`prepare`: through `preprocess`)."""
+    from PIL import Image
+
+    if isinstance(item, str | os.PathLike):
+        return preprocess(load_image(item))
+    if isinstance(item, Image.Image):
+        return preprocess(decode(item))
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray | list | tuple):
+        raise ImageError(
+            f"{type(item).__name__} {item!r:.40} is not an image; give a path, a PIL image or an array"
+        )
+    try:
+        array = item if isinstance(item, np.ndarray) else np.asarray(item, dtype=np.float32)
+    except (TypeError, ValueError):  # words, a ragged list
+        raise ImageError(f"not an image: a {type(item).__name__} that is no array of numbers") from None
+    if array.size == 0 or array.ndim < 2:
+        raise ImageError(f"an array of shape {array.shape} is not an image; give {SHAPES}")
+    if not prepare:
+        return preprocess_pixels(array)
+    if array.dtype == np.uint8 and (array.ndim == 2 or array.shape[-1] in (3, 4)):  # as np.asarray(PIL image)
+        return preprocess(Image.fromarray(array))
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise ImageError(f"an array of {array.dtype} {array.shape} is not an image: numbers in (H, W) for "
+                         "gray, uint8 for (H, W, 3) RGB or (H, W, 4) RGBA")  # fmt: skip
+    return preprocess(Image.fromarray(array.astype(np.float32), mode="F"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lenet.errors import LenetError
 from lenet.model import SHAPE, LeNet
 from lenet.runs import RunError, load_model, one_line
 
@@ -43,7 +43,7 @@ BOX_INK = 0.1  # the bounding box is that of ink at >= 10% strength: JPEG ringin
 TOP_K = 3
 
 
-class ImageError(ValueError):
+class ImageError(LenetError):
     """An image cannot be used: not an image, damaged, too large, or blank. The message is one line."""
 
 
@@ -60,9 +60,9 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_FILE_PIXELS) ->
     from PIL import Image, UnidentifiedImageError
 
     name = source_name(source)
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise ImageError(f"{name}: no such file")
-    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+    if not isinstance(source, bytes):
+        check_file(Path(source))
+    elif not source:
         raise ImageError(f"{name}: empty file (0 bytes)")
     file = io.BytesIO(source) if isinstance(source, bytes) else source
     with warnings.catch_warnings():
@@ -83,6 +83,18 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_FILE_PIXELS) ->
     if width == 0 or height == 0:
         raise ImageError(f"{name}: blank image (it has no pixels)")
     return image
+
+
+def check_file(path: Path) -> None:
+    """ImageError unless `path` is a regular file that holds bytes; the message says what it is instead."""
+    if path.is_dir():
+        raise ImageError(f"{path}: a folder, not an image file")
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file (a device, pipe or socket); give an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
 
 
 def unread_format(file: str | Path | io.BytesIO) -> str:
@@ -187,8 +199,10 @@ def ink_map(gray: np.ndarray) -> np.ndarray:
     paper = float(np.median(border))
     floor = paper + NOISE_MADS * 1.4826 * float(np.median(np.abs(border - paper)))
     top = float(gray.max())
-    if top - paper < MIN_CONTRAST or top <= floor:
+    if top - paper < MIN_CONTRAST:
         raise ImageError("blank image: no ink found (the picture is one uniform colour)")
+    if top <= floor:  # the paper varies as much as the brightest mark: noise, or ink lost in it
+        raise ImageError("no digit found: nothing stands out from the background's noise (random pixels?)")
     return np.clip((gray - floor) / (top - floor), 0, 1)
 
 
@@ -301,7 +315,7 @@ def predict_files(model: LeNet, paths: list[str], save_input: Path | None = None
         try:
             pixels = preprocess(load_image(path))
         except ImageError as e:
-            results.append(Failure(path, str(e) if str(e).startswith(path) else f"{path}: {e}"))
+            results.append(Failure(path, named(path, e)))
             continue
         if save_input is not None:
             name = f"{Path(path).stem}.{FRAME}x{FRAME}.png"
@@ -325,56 +339,6 @@ def save_input_image(pixels: torch.Tensor, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-# ---------------------------------------------------------------- images from Python (lenet.predict)
-
-
-def predict_images(image: Any, net: LeNet, preprocess: bool = True) -> Prediction | list[Prediction]:
-    """`lenet.predict`'s work: one Prediction for one image, a list for a batch (see there)."""
-    single, items = as_items(image)
-    names = [item_name(x, i, single) for i, x in enumerate(items)]
-    pixels = torch.stack([as_pixels(x, preprocess) for x in items])  # (N, 28, 28)
-    probs = predict(net, pixels)
-    predictions = [Prediction(n, [float(p) for p in row]) for n, row in zip(names, probs, strict=True)]
-    return predictions[0] if single else predictions
-
-
-def as_items(image: Any) -> tuple[bool, list[Any]]:
-    """(whether `image` is one image, the images)."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4)):  # gray, or RGB(A)
-            return True, [image]
-        if image.ndim == 4 and image.shape[1] == 1:  # (N, 1, H, W)
-            image = image[:, 0]
-        if image.ndim != 3:
-            raise ValueError(f"an image array must be (H, W), (H, W, 3|4) or a batch (got {image.shape})")
-        return False, list(image)
-    if isinstance(image, list | tuple):
-        return False, list(image)
-    return True, [image]
-
-
-def item_name(item: Any, index: int, single: bool) -> str:
-    if isinstance(item, str | os.PathLike):
-        return str(item)
-    return "image" if single else f"image {index}"
-
-
-def as_pixels(item: Any, prepare: bool) -> torch.Tensor:
-    """One image -> the (28, 28) float32 tensor the network reads (`prepare`: through `preprocess`)."""
-    from PIL import Image
-
-    mnist_form = preprocess
-    if isinstance(item, str | os.PathLike):
-        return mnist_form(load_image(item))
-    if isinstance(item, Image.Image):
-        return mnist_form(decode(item))
-    array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
-    if not prepare:
-        return preprocess_pixels(array)
-    if array.dtype == np.uint8:  # 8-bit gray, RGB or RGBA, as np.asarray(PIL image) gives
-        return mnist_form(Image.fromarray(array))
-    if array.ndim != 2:
-        raise ValueError(f"a float image must be (H, W), gray in [0, 1] or [0, 255] (got {array.shape})")
-    return mnist_form(Image.fromarray(array.astype(np.float32), mode="F"))
+def named(name: str, error: ImageError) -> str:
+    """An image's error as one line that starts with the image's name (a path, or "image 3")."""
+    return str(error) if str(error).startswith(name) else f"{name}: {error}"

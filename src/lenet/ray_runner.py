@@ -10,7 +10,9 @@ each file it receives atomically into OUT/runs/NAME, the same files a local swee
 
 Faults: a run whose worker process or node dies is submitted again (up to `max_retries` times) with the
 files that landed last, so it resumes from its last checkpoint on whichever node Ray picks. A driver that
-dies leaves finished runs and the last checkpoints of the others; the same command again resumes them.
+dies leaves finished runs and the last checkpoints of the others; the same command again resumes them. A
+head that stops answering ends the sweep in one line within seconds (Ray alone would wait a minute, then
+end the process with a log line of its own). A new local cluster listens on 127.0.0.1 only.
 
 Ray is the optional extra `lenet[ray]`, imported only here and only when this backend is chosen.
 """
@@ -20,14 +22,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lenet.atomic import write_atomic
 from lenet.config import ConfigError, TrainConfig
+from lenet.errors import one_line
+from lenet.options import count, keyword, ray_address
 from lenet.results import RunResult, RunSpec
 from lenet.runners import Results
 from lenet.runs import RunError
@@ -42,6 +49,9 @@ RUN_FILES = (
     "result.json",
 )
 RESUME_FILES = RUN_FILES[:4]  # what an unfinished run continues from
+HEAD_CHECK_S = 2.0  # how often a driver with nothing to land makes sure the cluster's head still answers
+HEAD_GONE_AFTER = 3  # checks in a row that get no answer: the head is gone
+LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch: 0 puts a node's servers on 127.0.0.1
 
 
 def import_ray():
@@ -71,10 +81,11 @@ class RayRunner:
         already joined a cluster (`ray.init`) runs there. `command`: the command line that asked for the
         sweep, recorded in every run's config.json."""
         import_ray()  # fail before any training when the extra is missing
-        if cpus_per_run < 1:
-            raise ConfigError(f"--cpus-per-run must be >= 1 (got {cpus_per_run})")
-        self.address, self.cpus_per_run, self.data_dir = address, cpus_per_run, data_dir
-        self.command, self.max_retries = command, max_retries
+        self.address = None if address is None else keyword("--address", address, ray_address)
+        self.cpus_per_run = keyword("--cpus-per-run", cpus_per_run, count)
+        self.data_dir, self.command, self.max_retries = data_dir, command, max_retries
+        self.head: str | None = None  # the cluster head's address (its GCS), once connected
+        self.missed = 0  # head checks in a row that got no answer
 
     def run(
         self,
@@ -93,23 +104,46 @@ class RayRunner:
             try:
                 RaySweep(self, specs, results.done, on_epoch).run(todo)
             finally:
-                if started:
+                if started:  # with the head gone this waits ~10 s for it, then lets go
                     import_ray().shutdown()
         return results.in_order()
 
     def connect(self) -> bool:
         """Join (or start) the cluster unless this process already has; True when this call did."""
         ray = import_ray()
-        if ray.is_initialized():
-            return False
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        check_reachable(self.address)
+        started = not ray.is_initialized()
+        if started:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            check_reachable(self.address)
+            new = starts_a_cluster(self.address)
+            try:
+                with loopback_only(new):
+                    address = "local" if new else self.address
+                    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            except ConnectionError as e:
+                where = self.address or "(a local cluster)"
+                raise ConfigError(f"--address {where}: cannot connect to a Ray cluster ({e})") from None
         try:
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
-        except ConnectionError as e:
-            where = self.address or "(a local cluster)"
-            raise ConfigError(f"--address {where}: cannot connect to a Ray cluster ({e})") from None
-        return True
+            self.head, self.missed = ray.get_runtime_context().gcs_address, 0
+        except Exception:  # a Ray client (ray://) does not see the head: it is not checked then
+            self.head = None
+        return started
+
+    def check_head(self) -> None:
+        """RunError once the cluster's head has not answered HEAD_GONE_AFTER checks in a row."""
+        if self.head is None:
+            return
+        host, _, port = self.head.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=HEAD_CHECK_S).close()
+            self.missed = 0
+        except (OSError, ValueError):
+            self.missed += 1
+        if self.missed >= HEAD_GONE_AFTER:
+            raise RunError(
+                f"the Ray cluster's head at {self.head} stopped answering; finished runs are kept: rerun the "
+                "command to resume the others once the cluster is back (or with another --backend)"
+            )
 
     def ship_data(self, datasets: list[str]) -> dict[str, Any]:
         """Read and verify each dataset once, here, and put its arrays in the object store: {name: ref}."""
@@ -120,15 +154,49 @@ class RayRunner:
         return {d: ray.put(load_arrays(DATASETS[d], ensure_files(d, self.data_dir))) for d in datasets}
 
 
+def starts_a_cluster(address: str | None) -> bool:
+    """Whether `ray.init(address)` starts a new local cluster, by Ray's own rule: "local", or no address
+    and no cluster named by $RAY_ADDRESS or by the file `ray start` leaves."""
+    if address not in (None, "local"):
+        return False
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return address == "local" or canonicalize_bootstrap_address(None) is None
+    except ValueError as e:  # $RAY_ADDRESS, or that file, holds no HOST:PORT
+        raise ConfigError(f"Ray found no usable cluster address ({one_line(e)}): check $RAY_ADDRESS, or pass "
+                          "--address HOST:PORT or local") from None  # fmt: skip
+
+
+@contextmanager
+def loopback_only(on: bool) -> Iterator[None]:
+    """While `on`, a node Ray starts listens on 127.0.0.1 only. On Linux Ray puts a node's servers on every
+    interface, for other machines to join; a cluster of this machine alone needs none of them (Ray's rule on
+    macOS and Windows). The switch is read by Ray's processes at start, so it is set for them too."""
+    if not on:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(LOOPBACK)
+    ray_constants.ENABLE_RAY_CLUSTER, os.environ[LOOPBACK] = False, "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(LOOPBACK, None)
+        else:
+            os.environ[LOOPBACK] = saved[1]
+
+
 def check_reachable(address: str | None) -> None:
     """A HOST:PORT where nothing answers fails here in one line (Ray itself would retry for minutes)."""
     if address is None or address in ("auto", "local") or "://" in address or ":" not in address:
         return
-    import socket
-
     host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=10).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except (OSError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise ConfigError(
@@ -159,7 +227,9 @@ class RaySweep:
             self.epochs[i], self.tries[i] = finished_epochs(self.specs[i].out), 0
             pending[self.submit(i, data)] = i
         while pending:
-            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=HEAD_CHECK_S)
+            if not ready:  # a quiet while: training, or the head is gone
+                self.runner.check_head()
             for gen in ready:
                 i = pending.pop(gen)
                 try:
@@ -169,7 +239,8 @@ class RaySweep:
                     continue
                 except self.ray.exceptions.RayTaskError as e:  # the training failed: so it would anywhere
                     raise (e.cause if isinstance(e.cause, Exception) else e) from e  # as it would locally
-                except self.ray.exceptions.RayError as e:  # the worker or its node died
+                except self.ray.exceptions.RayError as e:  # the worker or its node died, or the head
+                    self.head_answers()
                     self.tries[i] += 1
                     if self.tries[i] > self.runner.max_retries:
                         raise RunError(
@@ -180,6 +251,14 @@ class RaySweep:
                 else:
                     self.land(i, message)
                 pending[gen] = i
+
+    def head_answers(self) -> None:
+        """Wait until the head answers a check, or raise RunError once it has not for HEAD_GONE_AFTER."""
+        self.runner.missed = 0
+        self.runner.check_head()
+        while self.runner.missed:
+            time.sleep(HEAD_CHECK_S)
+            self.runner.check_head()
 
     def submit(self, i: int, data: dict[str, Any]):
         spec = self.specs[i]

@@ -156,10 +156,7 @@ def seed_section(seed_runs: list[RunResult], table: list[dict], accuracy_plot: P
 def summary_section(verdicts: list[Verdict], seed_runs: list[RunResult]) -> Section:
     """The report's first section: the three verdicts and where the original's run falls among ours."""
     acc, loss = placements(seed_runs)
-    bullets = [
-        f"Claim {k}: **{v.word}** ({v.holds} of {v.n} seeds, {v.interval}). {v.claim}"
-        for k, v in zip("ABC", verdicts, strict=True)
-    ]
+    bullets = [f"Claim {k}: **{v.word}**{v.tally}. {v.claim}" for k, v in zip("ABC", verdicts, strict=True)]
     bullets += [f"Claim C per init std: {part}." for part in verdicts[2].parts]
     bullets.append(
         f"The original's run (test accuracy {ORIGINAL_TEST['accuracy']:.2f}%, final training loss "
@@ -233,7 +230,7 @@ def claim_sections(
             f"The original says: {v.claim}",
             f"The original's numbers: {v.original}",
             f"Ours: {v.ours}",
-            f"Verdict: **{v.word}**. It holds in {v.share}.",
+            f"Verdict: **{v.word}**." + ("" if v.untested else f" It holds in {v.share}."),
         ]
         if letter in mechanism:
             lines += [MECHANISM if letter == "B" else "Which runs died (see claim B for what that means):"]

@@ -5,7 +5,6 @@ rule, and the per-configuration summary that sweeps, reproduce and ablate report
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet.config import PLACEMENT, RUN_SETTINGS, TrainConfig, field_named, flag_name
-from lenet.runs import RunDir, RunError, read_jsonl
+from lenet.runs import RunDir, damaged, read_jsonl
 from lenet.stats import NON_NEGATIVE, PERCENT, death_epoch, mean_interval, recorded_deaths, wilson
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
@@ -72,15 +71,12 @@ class RunResult:
 
 
 def load_result(spec: RunSpec) -> RunResult:
-    """A finished run's result.json and metrics rows; RunError (one line) if either is unreadable."""
+    """A finished run's result.json and metrics rows, read by lenet.runs' checked readers: RunError (one
+    line) naming a damaged file and the fix."""
     run = RunDir(spec.out)
-    try:
-        summary, rows = json.loads(run.result.read_bytes().decode()), read_jsonl(run.metrics)
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON or UTF-8
-        raise RunError(f"{run.path}: unreadable result ({type(e).__name__}); delete {run.result.name} "
-                       "and rerun the command to train the run again") from None  # fmt: skip
-    if not isinstance(summary, dict) or not rows or "test_accuracy" not in summary:
-        raise RunError(f"{run.path}: incomplete result; delete {run.result.name} and rerun the command")
+    summary, rows = run.read_result(), read_jsonl(run.metrics)
+    if not rows:
+        raise damaged(run.metrics, "it holds no epochs")
     return RunResult(spec, summary, rows)
 
 

@@ -168,7 +168,8 @@ def warm_start(cfg: TrainConfig, source: RunDir, state: State, log: Callable[[st
     """
     why = None
     try:
-        stored = previous_record(source).get("config") if source.result.is_file() else None
+        finished = source.result.exists() and source.read_result()  # checked: a damaged file is named
+        stored = previous_record(source).get("config") if finished else None
         if not isinstance(stored, dict) or not isinstance(stored.get("epochs"), int):
             why = "it holds no finished run"
         elif differ := [

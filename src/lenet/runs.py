@@ -28,10 +28,11 @@ from safetensors.torch import save as st_save
 
 from lenet.atomic import finite_or_none, write_atomic
 from lenet.config import PLACEMENT, ConfigError, TrainConfig
+from lenet.errors import LenetError, one_line
 from lenet.model import ARCHITECTURE, SHAPE, LeNet
 
 
-class RunError(Exception):
+class RunError(LenetError):
     """A run directory or model file is missing or unusable; the message says which and why."""
 
 
@@ -39,8 +40,49 @@ FLOAT_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "lr", "seconds")  # o
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a metrics file (nulls in float columns read as NaN: see `nan_for_null`)."""
-    return nan_for_null([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    """The rows of a metrics file (nulls in float columns read as NaN), or RunError naming the file and a fix.
+    A last row cut short (a copy cut off, a full disk) is dropped as resuming drops it, unless the run is
+    finished: then the file must be whole."""
+    text = read_text(path)
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except (ValueError, RecursionError):
+            cut = number == len(lines) and not text.endswith("\n")
+            if cut and not RunDir(path.parent).finished():
+                break  # an epoch whose row was being written: resuming trains it again
+            raise damaged(path, f"line {number} is {'cut short' if cut else 'not JSON'}") from None
+        if not isinstance(row, dict):
+            raise damaged(path, f"line {number} is not a JSON object")
+        if row:
+            rows.append(row)
+    return nan_for_null(rows)
+
+
+def read_text(path: Path) -> str:
+    """A run file's text, or RunError naming it: missing, a folder, unreadable, not UTF-8."""
+    try:
+        return path.read_bytes().decode()
+    except FileNotFoundError:
+        raise damaged(path, "missing", remove="") from None
+    except IsADirectoryError:
+        raise damaged(path, "a folder, not a file", "that folder") from None
+    except UnicodeDecodeError:
+        raise damaged(path, "not UTF-8 text") from None
+    except OSError as e:
+        raise RunError(f"{path}: {e.strerror or one_line(e)}; check its permissions") from None
+
+
+def damaged(path: Path, why: str, remove: str = "it") -> RunError:
+    """RunError for a damaged run file, with the fix that works: resuming writes it again from the last
+    checkpoint; a finished run's result.json must go too, or there is nothing left to resume."""
+    run = RunDir(path.parent)
+    gone = [remove] * bool(remove) + [run.result.name] * (path != run.result and run.finished())
+    first = f"delete {' and '.join(gone)}, then resume" if gone else "resume"
+    return RunError(f"{path}: {why}; {first} the run (`lenet train --resume {run.path}`, or rerun the "
+                    "sweep or reproduce command that made it) to write it again")  # fmt: skip
 
 
 def nan_for_null(rows: list) -> list:
@@ -87,28 +129,31 @@ class RunDir:
         try:
             values = json.loads(self.config.read_bytes().decode())["config"]
             return TrainConfig.from_dict(values)
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            RecursionError,
-        ) as e:  # JSON, UTF-8, ConfigError are ValueErrors
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # JSON, UTF-8, ConfigError
             why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {one_line(e)}"
-            raise RunError(
-                f"{self.config}: not a readable run config ({why}); restore it or start a new run"
-            ) from None
+            raise RunError(f"{self.config}: not a readable run config ({why}); restore it or start a new "
+                           "run") from None  # fmt: skip
 
     def finished(self) -> bool:
         """Trained to the end: a result and the model (a diverged run has none: its weights are NaN)."""
         if not self.result.is_file():
             return False
-        return self.model.is_file() or self.result_says("diverged_epoch")
-
-    def result_says(self, key: str) -> Any:
         try:
-            return json.loads(self.result.read_text()).get(key)
-        except (OSError, ValueError, AttributeError):
-            return None
+            return self.model.is_file() or self.read_result().get("diverged_epoch") is not None
+        except RunError:
+            return False
+
+    def read_result(self) -> dict[str, Any]:
+        """result.json, checked: a JSON object with the test accuracy; else RunError naming it and a fix."""
+        text = read_text(self.result)
+        try:
+            result = json.loads(text)
+        except (ValueError, RecursionError):
+            raise damaged(self.result, "not valid JSON (cut short?)") from None
+        accuracy = result.get("test_accuracy") if isinstance(result, dict) else None
+        if not isinstance(accuracy, int | float) or isinstance(accuracy, bool):
+            raise damaged(self.result, "it holds no test accuracy")
+        return result
 
 
 # ---------------------------------------------------------------- model files
@@ -131,10 +176,8 @@ def model_path(where: Path | str) -> Path:
     where = Path(where)
     path = where / "model.safetensors" if where.is_dir() else where
     if not path.is_file():
-        raise RunError(
-            f"no model at {path}: train one with `lenet train`, or pass a run directory "
-            "or a model.safetensors file"
-        )
+        raise RunError(f"no model at {path}: train one with `lenet train`, or pass a run directory or a "
+                       "model.safetensors file")  # fmt: skip
     check_size(path)
     return path
 
@@ -203,17 +246,12 @@ def load_model(where: Path | str, device: torch.device | str = "cpu") -> tuple[L
 
 # ---------------------------------------------------------------- checkpoints
 
+RESTART = "delete it to restart the run from epoch 0"
 
-def save_checkpoint(
-    path: Path,
-    model: LeNet,
-    optimizer: torch.optim.Optimizer | None,
-    epoch: int,
-    rows: list[dict],
-    ema: LeNet | None = None,
-    config: TrainConfig | None = None,
-    lr_changes: list[list] | None = None,
-) -> None:
+
+def save_checkpoint(path: Path, model: LeNet, optimizer: torch.optim.Optimizer | None, epoch: int,
+                    rows: list[dict], ema: LeNet | None = None, config: TrainConfig | None = None,
+                    lr_changes: list[list] | None = None) -> None:  # fmt: skip
     """Everything needed to continue bit-identically after `epoch` finished epochs, in one atomic file.
 
     `optimizer` is None for plain SGD, whose step keeps no state. `config` is stored so that a resume can
@@ -242,7 +280,7 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The checkpoint's parsed metadata and tensors; RunError (one line) for anything unreadable."""
-    fix = "delete it to restart the run from epoch 0"
+    fix = RESTART
     if not path.is_file():
         raise RunError(f"{path}: not a checkpoint file; {fix}")
     check_size(path)
@@ -271,7 +309,7 @@ def check_checkpoint(
 ) -> None:
     """RunError unless the checkpoint is one of `cfg`'s run: same settings, a sane epoch and rows, finite
     weights of the right shapes. Nothing has been written when this refuses."""
-    fix = "delete it to restart the run from epoch 0"
+    fix = RESTART
     stored = meta["config"]
     if stored is not None:
         differ = sorted(k for k, v in cfg.to_dict().items() if k not in PLACEMENT and stored.get(k) != v)
@@ -308,13 +346,9 @@ def is_lr_change(change: Any, cfg: TrainConfig) -> bool:
     return isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < cfg.epochs and ok_lr
 
 
-def load_checkpoint(
-    path: Path,
-    model: LeNet,
-    optimizer: torch.optim.Optimizer | None,
-    ema: LeNet | None = None,
-    config: TrainConfig | None = None,
-) -> tuple[int, list[dict], list[list]]:
+def load_checkpoint(path: Path, model: LeNet, optimizer: torch.optim.Optimizer | None,
+                    ema: LeNet | None = None, config: TrainConfig | None = None
+                    ) -> tuple[int, list[dict], list[list]]:  # fmt: skip
     """Restore `model`, `optimizer` (and `ema`) in place; returns (finished epochs, metric rows so far,
     the lrs set by hand so far).
 
@@ -335,17 +369,17 @@ def load_checkpoint(
         if optimizer is not None:  # plain SGD has none (checkpoints of older versions hold its lr only)
             optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise RunError(
-            f"{path}: does not fit this run ({one_line(e)}); delete it to restart the run"
-        ) from None
+        raise RunError(f"{path}: does not fit this run ({one_line(e)}); {RESTART}") from None
     return meta["epoch"], nan_for_null(meta["rows"]), meta["lr_changes"]
 
 
 @contextmanager
-def locked(run: RunDir) -> Iterator[None]:
-    """Hold an OS lock on the run folder while training in it: a second process is refused in one line."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+def locked(folder: RunDir | Path, doing: str = "training in this folder") -> Iterator[None]:
+    """Hold an OS lock on a folder (a run's, a sweep's) while writing in it: a second process is refused in
+    one line. The lock ends with its process, however it ends (kill -9 too): none is ever left stale."""
+    path = folder.path if isinstance(folder, RunDir) else Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
     try:
         try:
             import fcntl
@@ -354,16 +388,11 @@ def locked(run: RunDir) -> Iterator[None]:
         except ImportError:  # no fcntl (Windows): no lock
             pass
         except BlockingIOError:
-            raise RunError(f"{run.path}: another lenet process is training in this folder; wait for it to "
-                           "finish, or pick another --out") from None  # fmt: skip
+            raise RunError(f"{path}: another lenet process is {doing}; wait for it to finish, or pick "
+                           "another --out") from None  # fmt: skip
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (torch's and PIL's can span several), or its type's name."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def dumps(value: Any) -> str:

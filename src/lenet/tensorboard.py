@@ -9,6 +9,10 @@ filters/conv2 (one grey image per layer: a row of 5x5 kernels per output channel
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,41 +22,81 @@ import torch
 from torch import nn
 
 from lenet.config import ConfigError
+from lenet.errors import os_reason
+from lenet.runs import RunError
 
 SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/val": "val_accuracy", "lr": "lr"}
 
 
 class TensorBoardLog:
-    """An `on_epoch` observer for `lenet.training.train`: writes one epoch's row and weights to `folder`."""
+    """An `on_epoch` observer for `lenet.training.train`: writes one epoch's row and weights to `folder`.
+
+    The events are written here, in the training's thread (a few kB per epoch), not by SummaryWriter's
+    thread: a full disk or an unwritable folder then stops the run in one line that names the folder."""
 
     def __init__(self, folder: Path | str) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.summary.writer.record_writer import RecordWriter
+            from torch.utils.tensorboard import summary
         except ImportError:
             raise ConfigError(
                 "--tensorboard needs the tensorboard package: pip install 'lenet[tensorboard]'"
             ) from None
-        self.folder = Path(folder)
-        self.writer = SummaryWriter(log_dir=str(self.folder))
+        self.folder, self.event, self.summary, self.records = Path(folder), Event, summary, None
+        with self.writing():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.records = RecordWriter(open(self.folder / event_file_name(), "ab"))  # noqa: SIM115 (close())
+            self.write([self.event(file_version="brain.Event:2")])
 
     def __call__(self, row: dict[str, Any], model: nn.Module) -> None:
-        epoch = row["epoch"]
-        for tag, key in SCALARS.items():
-            self.writer.add_scalar(tag, row[key], epoch)
+        epoch, summaries = row["epoch"], [self.summary.scalar(t, row[k]) for t, k in SCALARS.items()]
         for name, p in model.named_parameters():
-            self.writer.add_histogram(f"weights/{name}", p.detach().cpu(), epoch)
+            summaries.append(self.summary.histogram(f"weights/{name}", p.detach().cpu(), "auto"))
             if name.startswith("conv") and name.endswith("weight"):
-                self.writer.add_image(f"filters/{name.split('.')[0]}", kernel_grid(p), epoch)
-        self.writer.flush()
+                grid = kernel_grid(p)
+                summaries.append(self.summary.image(f"filters/{name.split('.')[0]}", grid, dataformats="CHW"))
+        self.write([self.event(step=epoch, summary=s) for s in summaries])
+
+    def write(self, events: list) -> None:
+        with self.writing():
+            for event in events:
+                event.wall_time = time.time()
+                self.records.write(event.SerializeToString())
+            self.records.flush()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The file system's refusal (a full disk, a path under a file) as one line naming the folder."""
+        try:
+            yield
+        except OSError as e:
+            raise RunError(f"--tensorboard {self.folder}: cannot write its logs: {os_reason(e)}") from None
 
     def close(self) -> None:
-        self.writer.close()
+        if self.records is not None:
+            records, self.records = self.records, None
+            with self.writing():
+                records.close()
 
     def __enter__(self) -> TensorBoardLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        try:
+            self.close()
+        except RunError:
+            if kind is None:  # else the error already on its way says more
+                raise
+
+
+EVENT_FILES = itertools.count(1)  # this process's event files, numbered: two in one second never clash
+
+
+def event_file_name() -> str:
+    """TensorBoard's own pattern: events.out.tfevents.TIME.HOST.PID.N (a resumed run adds a file)."""
+    made = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(EVENT_FILES)}"
+    return f"events.out.tfevents.{made}"
 
 
 def kernel_grid(weight: torch.Tensor) -> torch.Tensor:

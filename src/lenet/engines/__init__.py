@@ -18,6 +18,7 @@ from torch import nn
 from lenet.config import TrainConfig
 from lenet.engines.fast_engine import EngineError, FastEngine
 from lenet.engines.torch_engine import TorchEngine
+from lenet.errors import LenetError
 
 __all__ = [
     "STEP_CHUNK",
@@ -37,7 +38,7 @@ Advance = Callable[
 ]  # told after each engine call: (steps just taken, their summed loss)
 
 
-class DeviceError(Exception):
+class DeviceError(LenetError):
     """The requested device is not available on this machine."""
 
 

@@ -1,6 +1,7 @@
 """The processes backend: one spawned worker process per core, each training whole runs with
 `lenet.training.train`. Workers tell the parent of every finished epoch through a queue (the training's
-`on_epoch` hook), so the progress display moves per epoch, not per run.
+`on_epoch` hook), so the progress display moves per epoch, not per run. A worker ends with its parent,
+however the parent ends (`kill -9` too): an orphan would train on for nobody and hold its run's lock.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import queue
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,9 @@ _splits: dict = {}  # a worker's splits, by (dataset, device), kept from run to 
 _epochs: Any = None  # a worker's end of the epochs queue
 
 
-def _init(threads: int, epochs: Any) -> None:
+def _init(threads: int, epochs: Any, parent: int) -> None:
     global _epochs
+    die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)  # one core per worker: no oversubscription
@@ -53,6 +58,31 @@ def _train(
         train(cfg, _splits[key], Path(out), None, True, command, hook, start_from=start)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal this process gets when its parent ends
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when the process `parent` ends. On Linux the kernel sends SIGKILL (prctl); elsewhere
+    a thread looks for the parent every second. Either way nothing is left behind: not the workers, and not
+    multiprocessing's resource tracker, which ends when the last process that holds its pipe is gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it ended before the call above: no signal will come
+                os._exit(1)
+            return
+    threading.Thread(target=watch_parent, args=(parent,), name="lenet-watch-parent", daemon=True).start()
+
+
+def watch_parent(parent: int, every_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)  # no clean-up: the parent that would want the results is gone
+
+
 def run_in_processes(
     jobs: list[tuple], workers: int, done: Callable[[int], None], on_epoch: Callable[[], None] | None
 ) -> None:
@@ -62,7 +92,7 @@ def run_in_processes(
     epochs = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
     with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(threads, epochs)
+        workers, mp_context=ctx, initializer=_init, initargs=(threads, epochs, os.getpid())
     ) as pool:
         futures = {pool.submit(_train, *job): k for k, job in enumerate(jobs)}
         pending = set(futures)

@@ -19,13 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lenet.errors import LenetError
 from lenet.options import ServeOptions
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-class ServeError(Exception):
+class ServeError(LenetError):
     """The server cannot start (e.g. its port is in use); the message is one line."""
 
 
