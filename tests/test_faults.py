@@ -69,7 +69,7 @@ def test_a_killed_processes_sweep_leaves_no_process_behind_and_its_rerun_finishe
     try:
         wait_for(lambda: any(out.glob("runs/*/checkpoint.safetensors")), 300, sweep)  # training, mid-run
         left = descendants(sweep.pid)
-        assert len(left) >= 3, left  # two workers and the resource tracker
+        assert len(left) >= 2, left  # the two workers (lenet.runners.worker_main processes)
     finally:
         sweep.kill()  # SIGKILL: no clean-up of any kind
         sweep.wait()

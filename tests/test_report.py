@@ -42,9 +42,11 @@ def test_markdown_table_shows_intervals_stalls_and_deaths(tmp_path):
     # equal values: a point interval; 3 of 3 stalled: Wilson [44%, 100%]; no run records the check
     assert "| lr=0.1, init-std=1.0 | 3 | 10.00 [10.00, 10.00] | 0.00 |" in table
     assert "| 3 of 3 [44-100%] | not recorded |" in table
-    assert rows[0]["test_acc_mean"] == pytest.approx(91.0)
-    half = 4.302653 * 1.0 / 3**0.5  # t(0.975, 2) x sd 1.0 / sqrt(3): accuracies 90, 91, 92
-    assert (rows[0]["test_acc_ci_low"], rows[0]["test_acc_ci_high"]) == pytest.approx((91 - half, 91 + half))
+    assert rows[0]["test_acc_mean"] == pytest.approx(0.91)  # a fraction; the table prints 91.00
+    half = 4.302653 * 0.01 / 3**0.5  # t(0.975, 2) x sd 0.01 / sqrt(3): accuracies 0.90, 0.91, 0.92
+    low, high = rows[0]["test_acc_ci_low"], rows[0]["test_acc_ci_high"]
+    assert (low, high) == pytest.approx((0.91 - half, 0.91 + half))
+    assert f"| lr=0.01, init-std=0.1 | 3 | 91.00 [{100 * low:.2f}, {100 * high:.2f}] | 1.00 |" in table
     assert "| 0 of 3 [0-56%] |" in table
 
 

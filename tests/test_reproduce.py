@@ -16,6 +16,7 @@ from lenet.claims import (
 )
 from lenet.cli import main
 from lenet.config import TrainConfig
+from lenet.report import markdown_table
 from lenet.report_pages import phase_section, seed_section
 from lenet.reproduction import PhaseGrid, plan, run_reproduce
 from lenet.results import RunResult, RunSpec, summarise
@@ -227,12 +228,14 @@ def test_a_caller_that_planned_already_is_not_planned_for_again(tmp_path, monkey
     assert "## Where runs stall" in (tmp_path / "report.md").read_text()
 
 
-def test_summary_intervals_are_in_percent_and_cut_at_100():
-    """Accuracies in % get a t interval cut at 100%, never at 1 (a fraction's bound)."""
+def test_summary_intervals_are_fractions_cut_at_1():
+    """Accuracies are fractions, as result.json holds them: their t interval is cut at 1 (100%)."""
     steady = summarise([result([1.0, 0.5], k, acc=0.95 + 0.001 * k) for k in range(5)])[0]
-    assert 95.0 < steady["test_acc_ci_low"] < steady["test_acc_mean"] < steady["test_acc_ci_high"] < 95.5
+    assert 0.95 < steady["test_acc_ci_low"] < steady["test_acc_mean"] < steady["test_acc_ci_high"] < 0.955
     split = summarise([result([1.0, 0.5], k, acc=0.1 if k % 2 else 0.97) for k in range(5)])[0]
-    assert split["test_acc_ci_high"] == 100.0 and split["test_acc_ci_low"] > 0
+    assert split["test_acc_ci_high"] == 1.0 and split["test_acc_ci_low"] > 0
+    table = markdown_table([split])  # in percent, the interval cut at 100
+    assert "| 5 | 62.20 [3.03, 100.00] | 47.65 | 10.00 | 97.00 |" in table
 
 
 def test_the_headline_numbers_are_recomputed_from_runs_csv_alone(tmp_path):
@@ -253,9 +256,11 @@ def test_the_headline_numbers_are_recomputed_from_runs_csv_alone(tmp_path):
     curve = {name: {s: [float(x) for x in r["train_losses"].split()] for s, r in runs.items()}
              for name, runs in by.items()}  # fmt: skip
 
-    accs = sorted(float(r["test_accuracy"]) for r in by["seed protocol"].values())
-    assert f"{statistics.fmean(accs):.2f} [" in md and f"median {statistics.median(accs):.2f}%" in md
-    below, above = sum(a < 95.49 for a in accs), sum(a > 95.49 for a in accs)
+    accs = sorted(float(r["test_accuracy"]) for r in by["seed protocol"].values())  # fractions
+    assert all(0 <= a <= 1 for a in accs)
+    percents = [100 * a for a in accs]
+    assert f"{statistics.fmean(percents):.2f} [" in md and f"median {statistics.median(percents):.2f}%" in md
+    below, above = sum(a < 0.9549 for a in accs), sum(a > 0.9549 for a in accs)
     p = min(1.0, 2 * (min(len(accs) - above, len(accs) - below) + 1) / (len(accs) + 1))
     assert f"({below} of 45 of ours below it), p = {p:.3f}" in md
 

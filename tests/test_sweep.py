@@ -62,8 +62,8 @@ def test_summary_statistics():
     ]
     rows = summarise(results)
     assert [r["config"] for r in rows] == ["lr=0.01", "lr=0.1"]
-    assert rows[0]["n"] == 2 and rows[0]["test_acc_mean"] == pytest.approx(96.0)
-    assert rows[0]["test_acc_sd"] == pytest.approx(math.sqrt(2))
+    assert rows[0]["n"] == 2 and rows[0]["test_acc_mean"] == pytest.approx(0.96)  # fractions, as result.json
+    assert rows[0]["test_acc_sd"] == pytest.approx(math.sqrt(2) / 100)
     assert rows[0]["final_loss_mean"] == pytest.approx(0.15) and rows[0]["stalled"] == 0
     assert rows[1]["stalled"] == 1 and rows[1]["test_acc_sd"] == 0.0
 

@@ -2,7 +2,8 @@
 
 Each step adds one group of settings to the previous step, so the accuracy each ingredient buys is
 the difference between consecutive rows. Test-time augmentation changes no training: its row is the
-last step's runs evaluated with it.
+last step's runs evaluated with it. The rows hold accuracies as fractions; ablation.md and its plot show
+them in percent.
 """
 
 from __future__ import annotations
@@ -67,15 +68,14 @@ def ablation_specs(
 
 
 def ablation_rows(steps: list[tuple[str, list[RunResult]]]) -> list[dict[str, Any]]:
-    """One row per step (and one for TTA when the last step has it): n, mean ± sd, gain over the previous."""
+    """One row per step (and one for TTA when the last step has it): n, test accuracy mean ± sd and every
+    seed's (`accs`), gain over the previous step: fractions."""
     rows: list[dict[str, Any]] = []
     for label, results in steps:
-        rows.append(row_of(label, [100 * r.summary["test_accuracy"] for r in results], results))
+        rows.append(row_of(label, [r.summary["test_accuracy"] for r in results], results))
     last = steps[-1][1]
     if all("test_accuracy_tta" in r.summary for r in last):
-        rows.append(
-            row_of("+ test-time shifts (TTA)", [100 * r.summary["test_accuracy_tta"] for r in last], last)
-        )
+        rows.append(row_of("+ test-time shifts (TTA)", [r.summary["test_accuracy_tta"] for r in last], last))
     for prev, row in zip([None, *rows], rows, strict=False):
         row["gain"] = None if prev is None else row["mean"] - prev["mean"]
     return rows
@@ -100,8 +100,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
-        lines.append(f"| {r['step']} | {r['n']} | {pm(r['mean'], r['sd'])} | {gain} | {r['seconds']:.0f} |")
+        gain = "" if r["gain"] is None else f"{100 * r['gain']:+.2f}"
+        accuracy = pm(100 * r["mean"], 100 * r["sd"])
+        lines.append(f"| {r['step']} | {r['n']} | {accuracy} | {gain} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -109,13 +110,11 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2.5, 4.5))
     xs = range(len(rows))
-    ax.errorbar(
-        xs, [r["mean"] for r in rows], yerr=[r["sd"] for r in rows], marker="o", capsize=4, label="mean ± sd"
-    )
+    means, sds = [100 * r["mean"] for r in rows], [100 * r["sd"] for r in rows]  # in percent, as the axis
+    ax.errorbar(xs, means, yerr=sds, marker="o", capsize=4, label="mean ± sd")
     for i, r in enumerate(rows):
-        ax.scatter(
-            [i] * len(r["accs"]), r["accs"], color="C1", s=12, zorder=3, label="one seed" if i == 0 else None
-        )
+        seeds = [100 * a for a in r["accs"]]
+        ax.scatter([i] * len(seeds), seeds, color="C1", s=12, zorder=3, label="one seed" if i == 0 else None)
     ax.set_xticks(list(xs), [r["step"].replace("+ ", "+\n").replace(" (", "\n(") for r in rows], fontsize=8)
     ax.set(ylabel="test accuracy (%, 10,000 images)", title=title)
     ax.legend(fontsize=8)

@@ -122,13 +122,17 @@ def run_sweep(options: SweepOptions, grid: dict[str, list[Any]], command: str, v
         specs = prepare_sweep(folder, cfgs, command)
         say(verbose, f"sweep: {len(cfgs) // len(seeds)} configurations x {len(seeds)} seeds = "
             f"{len(specs)} runs in {folder}")  # fmt: skip
+        if options.tensorboard is not None:
+            from lenet.tensorboard import where_line
+
+            say(verbose, where_line(options.tensorboard, len(specs)))
         results = train_all(runner, specs, "sweep")
         if options.out is not None:
             with own_plotting():
                 for path in write_sweep_report(folder, results):
                     say(verbose, f"wrote {path}")
             say(verbose, (folder / "summary.md").read_text().rstrip("\n"))
-    return Sweep(summarise(results), results, options.out)
+        return Sweep(summarise(results), results, options.out)  # its Runs load before a temporary folder goes
 
 
 def say(verbose: bool, line: str) -> None:

@@ -1,5 +1,7 @@
 """What the Python API gives back: a trained model (Run), a sweep (Sweep) and the reproduction (Report);
 and the forms of images it takes (lenet.predict, Run.predict: paths, PIL images, arrays, tensors, batches).
+
+Accuracies are fractions in [0, 1] here, as in every file a run writes; the reprs print them in percent.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lenet.prediction import (
     preprocess_pixels,
 )
 from lenet.results import RunResult
-from lenet.runs import RunDir, RunError
+from lenet.runs import RunDir, RunError, load_model
 
 if TYPE_CHECKING:  # optional extras, imported where they are used
     import pandas
@@ -40,20 +42,32 @@ class Run:
 
     config: TrainConfig
     history: list[dict[str, Any]]  # one row per epoch, as metrics.jsonl
-    model: LeNet
+    model: LeNet | None  # None: a diverged run, whose weights (not finite) are not kept
     test_loss: float | None = None  # None when unknown (a model file saved without a result)
-    test_accuracy: float | None = None  # percent
+    test_accuracy: float | None = None  # a fraction in [0, 1], as result.json (0.9549 is 95.49%)
     path: Path | None = None  # the run folder (or model file) it lives in; None: only in memory
     result: dict[str, Any] = field(default_factory=dict)  # result.json's numbers, when known
 
     def __repr__(self) -> str:
-        acc = "?" if self.test_accuracy is None else f"{self.test_accuracy:.2f}%"
+        acc = "?" if self.test_accuracy is None else f"{100 * self.test_accuracy:.2f}%"
         name = self.config.short_name()
         return f"Run({name}, {len(self.history)} epochs, test accuracy {acc}, path={self.path})"
 
     def predict(self, images: Any, *, preprocess: bool = True) -> Prediction | list[Prediction]:
         """`lenet.predict(images, model=self)`: one Prediction for one image, a list for a batch."""
-        return predict_images(images, self.model, preprocess)
+        return predict_images(images, self.weights(), preprocess)
+
+    def weights(self) -> LeNet:
+        """The model, or RunError saying why there is none (a diverged run keeps no weights)."""
+        if self.model is None:
+            epoch = self.result.get("diverged_epoch")
+            why = (
+                "none were given"
+                if epoch is None
+                else f"it diverged in epoch {epoch}; retrain with a smaller lr"
+            )
+            raise RunError(f"{self.path or 'this run'} has no weights: {why}")
+        return self.model
 
     def save(self, path: PathLike) -> Path:
         """Write a model file (a path ending in .safetensors) or a run folder that `lenet.load`,
@@ -62,18 +76,17 @@ class Run:
         from lenet.provenance import provenance
         from lenet.runs import save_model
 
-        path = Path(path)
-        accuracy = None if self.test_accuracy is None else self.test_accuracy / 100
-        extra = {"test_accuracy": accuracy, "test_loss": self.test_loss}
+        path, model = Path(path), self.weights()
+        extra = {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss}
         if path.suffix == ".safetensors":
-            save_model(path, self.model, self.config, extra)
+            save_model(path, model, self.config, extra)
             return path
         run = RunDir(path)
         if run.config.exists():
             raise RunError(f"{path} already holds a run; pick another folder")
         path.mkdir(parents=True, exist_ok=True)
-        save_model(run.model, self.model, self.config, extra)
-        device = next(self.model.parameters()).device
+        save_model(run.model, model, self.config, extra)
+        device = next(model.parameters()).device
         prov = provenance(device, self.config.engine)
         write_json(run.config, {"config": self.config.to_dict(), **prov, "command": "Run.save"})
         write_jsonl(run.metrics, self.history)
@@ -87,19 +100,45 @@ class Run:
         return frame.set_index("epoch") if "epoch" in frame.columns else frame
 
 
-@dataclass
+@dataclass(repr=False)
 class Sweep:
-    """A grid of settings times seeds: one summary row per configuration, and every run."""
+    """A grid of settings times seeds (lenet.sweep), or the steps of lenet.ablate: a summary row per
+    configuration (or step), and every run, as a Run (`runs`) and as its files' numbers (`results`)."""
 
-    rows: list[dict[str, Any]]  # as summary.csv: n, test accuracy mean/sd/min/max, final loss, stalled
-    runs: list[RunResult]  # each with .spec.config, .summary (result.json) and .rows (metrics.jsonl)
+    rows: list[dict[str, Any]]  # as summary.csv (ablate: n, mean, sd, gain per step); accuracies fractions
+    results: list[RunResult]  # each with .spec.config, .summary (result.json) and .rows (metrics.jsonl)
     path: Path | None  # where summary.md, plots and run folders were written; None: nothing kept
+
+    def __post_init__(self) -> None:
+        # Read now, while the run folders are there (a sweep without `out` trains in a temporary one).
+        kept = all(r.spec.out is not None and RunDir(r.spec.out).result.is_file() for r in self.results)
+        self._runs = [run_of(r, self.path is not None) for r in self.results] if kept else None
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every run as a Run (predict, save, to_pandas), in the order of `results`."""
+        if self._runs is None:
+            why = "its run folders were not kept (no `out`)"
+            raise RunError(f"this sweep has no Run objects: {why}; pass out=FOLDER (numbers: .results)")
+        return self._runs
+
+    def __repr__(self) -> str:
+        return f"Sweep({len(self.rows)} rows, {len(self.results)} runs, path={self.path})"
 
     def to_pandas(self) -> pandas.DataFrame:
         return dataframe(self.rows, "Sweep.to_pandas")
 
 
-@dataclass
+def run_of(result: RunResult, kept: bool = True) -> Run:
+    """A finished run of a sweep as a Run, its model read from its folder (a diverged run keeps none);
+    `kept`: the folder stays (else the Run's path is None, as a run trained in memory)."""
+    folder, numbers = Path(result.spec.out), result.summary
+    model = None if "diverged_epoch" in numbers else load_model(folder)[0]
+    accuracy, loss = numbers.get("test_accuracy"), numbers.get("test_loss")
+    return Run(result.spec.config, result.rows, model, loss, accuracy, folder if kept else None, numbers)
+
+
+@dataclass(repr=False)
 class Report:
     """`lenet reproduce` as data: a verdict per claim of the original, and the files written."""
 
@@ -110,6 +149,10 @@ class Report:
 
     def __str__(self) -> str:  # a claim not judged (C without longer runs) has no count of seeds to give
         return "\n".join(f"Claim {k}: {v.word}{v.tally}. {v.ours}" for k, v in self.verdicts.items())
+
+    def __repr__(self) -> str:  # the verdicts in a word or three ("not judged": str() says why)
+        words = ", ".join(f"{k} {v.word.split(' (')[0]}" for k, v in self.verdicts.items())
+        return f"Report({words}; html={self.html})"
 
 
 def dataframe(rows: list[dict[str, Any]], what: str) -> pandas.DataFrame:

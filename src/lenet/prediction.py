@@ -275,14 +275,23 @@ def predict(model: LeNet, images: torch.Tensor) -> torch.Tensor:
     return torch.softmax(model(images.to(device, torch.float32)), dim=1).cpu()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Prediction:
     image: str
-    probabilities: list[float]  # one per class 0-9
+    probabilities: list[float]  # one per class 0-9, fractions summing to 1
 
     @property
     def label(self) -> int:
         return int(np.argmax(self.probabilities))
+
+    @property
+    def confidence(self) -> float:
+        """The network's probability for `label` (a fraction): its own certainty, not a measured hit rate."""
+        return self.probabilities[self.label]
+
+    def __repr__(self) -> str:  # the answer and the runner-up, not ten raw floats (see .probabilities)
+        (label, p), (second, q) = self.top(2)
+        return f"Prediction({label} at {100 * p:.1f}%, runner-up {second} at {100 * q:.1f}%, {self.image!r})"
 
     def top(self, k: int = TOP_K) -> list[tuple[int, float]]:
         order = np.argsort(self.probabilities)[::-1][:k]

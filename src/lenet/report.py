@@ -1,6 +1,7 @@
 """Tables and plots (CSV, Markdown, PNG) built from finished runs, and the sweep report made of them.
 
-The reproduce report's pages, which use them too, are rendered in lenet.report_pages.
+The reproduce report's pages, which use them too, are rendered in lenet.report_pages. The rows hold accuracies
+as fractions (summary.csv too); the Markdown tables and the plots show them in percent.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def pm(mean: float, sd: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
+def pct(fraction: float, digits: int = 2) -> str:
+    """An accuracy (a fraction) as the tables print it: in percent, without the sign ('96.49')."""
+    return f"{100 * fraction:.{digits}f}"
+
+
+def pct_interval(low: float, high: float) -> str:
+    """'[95.36, 96.34]': a 95% interval of an accuracy (fractions) in percent."""
+    from lenet.stats import interval_text
+
+    return interval_text(100 * low, 100 * high)
+
+
 def died_text(r: dict[str, Any]) -> str:
     if not r.get("death_recorded"):
         return "not recorded"
@@ -52,14 +65,12 @@ def died_text(r: dict[str, Any]) -> str:
 
 def trained_text(r: dict[str, Any]) -> str:
     """The runs that did not stall, apart from the stalled ones: their mean means something."""
-    from lenet.stats import interval_text
-
     if not r.get("stalled"):
         return "all"
     if not r.get("trained"):
         return "none"
-    ci = interval_text(r["trained_acc_ci_low"], r["trained_acc_ci_high"])
-    return f"{r['trained']}: {r['trained_acc_mean']:.2f} {ci}"
+    ci = pct_interval(r["trained_acc_ci_low"], r["trained_acc_ci_high"])
+    return f"{r['trained']}: {pct(r['trained_acc_mean'])} {ci}"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -72,14 +83,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        acc_ci = interval_text(r["test_acc_ci_low"], r["test_acc_ci_high"])
+        acc_ci = pct_interval(r["test_acc_ci_low"], r["test_acc_ci_high"])
         loss_ci = interval_text(r["final_loss_ci_low"], r["final_loss_ci_high"], 4)
         stalled = (
             f"{r['stalled']} of {r['n']} [{100 * r['stalled_ci_low']:.0f}-{100 * r['stalled_ci_high']:.0f}%]"
         )
         lines.append(
-            f"| {r['config']} | {r['n']} | {r['test_acc_mean']:.2f} {acc_ci} | {r['test_acc_sd']:.2f} "
-            f"| {r['test_acc_min']:.2f} | {r['test_acc_max']:.2f} "
+            f"| {r['config']} | {r['n']} | {pct(r['test_acc_mean'])} {acc_ci} | {pct(r['test_acc_sd'])} "
+            f"| {pct(r['test_acc_min'])} | {pct(r['test_acc_max'])} "
             f"| {r['final_loss_mean']:.4f} {loss_ci} | {stalled} | {died_text(r)} | {trained_text(r)} |"
         )
     return "\n".join(lines) + "\n"
@@ -188,7 +199,8 @@ def plot_accuracy(
     original: dict[tuple, float] | None = None,
 ) -> Path:
     """Every seed as a point (stalled runs red), the mean of the runs that did not stall as a bar, per
-    configuration; `original`: a configuration's key (`config_key`) -> the original's accuracy, a star."""
+    configuration, in percent; `original`: a configuration's key (`config_key`) -> the original's accuracy
+    (a fraction), a star."""
     plt = pyplot()
     groups = list(by_config(results).values())
     varied = varied_settings([r.spec.config for r in results])
@@ -206,7 +218,7 @@ def plot_accuracy(
                        label=once(seen, "one seed, stalled" if stalled else "one seed"))  # fmt: skip
         key = config_key(group[0].spec.config)
         if original and key in original:
-            ax.scatter(i, original[key], marker="*", s=140, color="black", zorder=4,
+            ax.scatter(i, 100 * original[key], marker="*", s=140, color="black", zorder=4,
                        label=once(seen, "the original's one run"))  # fmt: skip
     labels = [config_label(g[0].spec.config, varied).replace(", ", "\n") for g in groups]
     ax.set_xticks(range(len(groups)), labels, fontsize=8)
@@ -224,7 +236,7 @@ def once(seen: set[str], label: str) -> str | None:
 
 
 def plot_heatmap(rows: list[dict[str, Any]], names: list[str], path: Path) -> Path:
-    """Mean test accuracy over a two-setting grid, each cell annotated with mean ± sd."""
+    """Mean test accuracy over a two-setting grid, each cell annotated with mean ± sd (in percent)."""
     plt = pyplot()
     a, b = names
     xs, ys = sorted({r[a] for r in rows}), sorted({r[b] for r in rows})
@@ -232,8 +244,8 @@ def plot_heatmap(rows: list[dict[str, Any]], names: list[str], path: Path) -> Pa
     text = [[""] * len(xs) for _ in ys]
     for r in rows:
         j, i = xs.index(r[a]), ys.index(r[b])
-        grid[i][j] = r["test_acc_mean"]
-        text[i][j] = f"{r['test_acc_mean']:.1f}\n± {r['test_acc_sd']:.1f}"
+        grid[i][j] = 100 * r["test_acc_mean"]
+        text[i][j] = f"{pct(r['test_acc_mean'], 1)}\n± {pct(r['test_acc_sd'], 1)}"
     fig, ax = plt.subplots(figsize=(1.4 * len(xs) + 2.5, 1.0 * len(ys) + 2))
     ax.grid(False)
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, origin="lower", aspect="auto")

@@ -1,6 +1,7 @@
 """The reproduce report's sections: the verdicts and the original's placement first, then the seed protocol,
 claims A-C, their sensitivity to the thresholds, the phase diagram, the recipe ablation, and how it was made.
 lenet.pages renders them; the verdicts are computed in lenet.claims, tables and plots drawn by lenet.report.
+Accuracies come as fractions (result.json, the summary rows); the text gives them in percent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from lenet.report import (
     TABLE_NOTE,
     log_scale_plain,
     markdown_table,
+    pct,
+    pct_interval,
     plot_accuracy,
     plot_loss_curves,
     plot_phase_diagram,
@@ -95,7 +98,7 @@ MATCH_RULE = (
 
 def placements(seed_runs: list[RunResult]) -> tuple[Placement, Placement]:
     """Where the original's test accuracy and final training loss fall among ours."""
-    accs = [100 * r.summary["test_accuracy"] for r in seed_runs]
+    accs = [r.summary["test_accuracy"] for r in seed_runs]
     return place(ORIGINAL_TEST["accuracy"], accs), place(
         ORIGINAL_LOSSES[-1], [r.final_train_loss for r in seed_runs]
     )
@@ -122,15 +125,16 @@ def power_text(values: list[float], unit: str, shift_unit: str, digits: int) -> 
 
 
 def seed_section(seed_runs: list[RunResult], table: list[dict], accuracy_plot: Path) -> Section:
-    seed_acc = [100 * r.summary["test_accuracy"] for r in seed_runs]
+    seed_acc = [100 * r.summary["test_accuracy"] for r in seed_runs]  # in percent: the text's numbers
     seed_loss = [r.final_train_loss for r in seed_runs]
     acc, loss = placements(seed_runs)
     low, high = bootstrap_median(seed_acc)
     median_ci = f" [{low:.2f}, {high:.2f}] (bootstrap)" if len(seed_acc) > 2 else ""
+    original = f"{100 * ORIGINAL_TEST['accuracy']:.2f}%"
     return Section(
         "The seed protocol: the original's one run vs ours",
         [
-            f"The original: test accuracy {ORIGINAL_TEST['accuracy']:.2f}% "
+            f"The original: test accuracy {original} "
             f"({ORIGINAL_TEST['correct']}/10000), "
             f"test loss {ORIGINAL_TEST['loss']}, final training loss {ORIGINAL_LOSSES[-1]}.",
             f"Ours over {len(seed_acc)} seeds: test accuracy mean [95% CI] "
@@ -141,7 +145,7 @@ def seed_section(seed_runs: list[RunResult], table: list[dict], accuracy_plot: P
             MATCH_RULE,
             f"Test accuracy: {power_text(seed_acc, '%', ' percentage points', 2)} "
             f"Final training loss: {power_text(seed_loss, '', '', 4)}",
-            f"Where the original falls among ours: its test accuracy {ORIGINAL_TEST['accuracy']:.2f}% is at "
+            f"Where the original falls among ours: its test accuracy {original} is at "
             f"percentile {acc.percentile:.0f} ({acc.below} of {acc.n} of ours below it), "
             f"p = {acc.p_value:.3f}; its final training loss {ORIGINAL_LOSSES[-1]} is at percentile "
             f"{loss.percentile:.0f} ({loss.below} of {loss.n} below it), p = {loss.p_value:.3f}. "
@@ -159,7 +163,7 @@ def summary_section(verdicts: list[Verdict], seed_runs: list[RunResult]) -> Sect
     bullets = [f"Claim {k}: **{v.word}**{v.tally}. {v.claim}" for k, v in zip("ABC", verdicts, strict=True)]
     bullets += [f"Claim C per init std: {part}." for part in verdicts[2].parts]
     bullets.append(
-        f"The original's run (test accuracy {ORIGINAL_TEST['accuracy']:.2f}%, final training loss "
+        f"The original's run (test accuracy {100 * ORIGINAL_TEST['accuracy']:.2f}%, final training loss "
         f"{ORIGINAL_LOSSES[-1]}) is **{placement_word(acc, loss)}**: percentiles {acc.percentile:.0f} and "
         f"{loss.percentile:.0f} of our {acc.n} seed-protocol runs (p = {acc.p_value:.3f} and "
         f"{loss.p_value:.3f}; what the rule can detect is under the seed protocol below)."
@@ -201,13 +205,12 @@ def seed_and_claim_sections(
 def mixture_line(row: dict[str, Any]) -> str:
     """A configuration whose runs split into stalled and trained ones, described as the two groups."""
     n, stalled = row["n"], row["stalled"]
-    trained = (
-        f"{row['trained_acc_mean']:.2f} [{row['trained_acc_ci_low']:.2f}, {row['trained_acc_ci_high']:.2f}]"
-    )
+    interval = pct_interval(row["trained_acc_ci_low"], row["trained_acc_ci_high"])
+    trained = f"{pct(row['trained_acc_mean'])} {interval}"
     return (
         f"{row['config']}: the runs split in two: {proportion_text(stalled, n)} stalled near chance (about "
         f"10% accuracy), {proportion_text(n - stalled, n)} trained, with test accuracy mean [95% CI] "
-        f"{trained}%. The mean of all {n} ({row['test_acc_mean']:.2f}%) describes neither group."
+        f"{trained}%. The mean of all {n} ({pct(row['test_acc_mean'])}%) describes neither group."
     )
 
 
@@ -332,7 +335,7 @@ def recipe_section(steps: list[tuple[str, list[RunResult]]], images: Path) -> Se
     n = len(steps[-1][1])
     last = [r for r in rows if not r["step"].startswith("+ test-time")][-1]
     tta = [r for r in rows if r["step"].startswith("+ test-time")]
-    with_tta = f"; with test-time shifts {tta[0]['mean']:.2f} ± {tta[0]['sd']:.2f}%" if tta else ""
+    with_tta = f"; with test-time shifts {pct(tta[0]['mean'])} ± {pct(tta[0]['sd'])}%" if tta else ""
     return Section(
         "Beyond the original: the same network, trained better",
         [
@@ -340,8 +343,8 @@ def recipe_section(steps: list[tuple[str, list[RunResult]]], images: Path) -> Se
             "improved`; chosen on the validation split only, see docs/recipes.md), starting from the "
             "seed protocol and adding one ingredient at a time. Each row adds its ingredient to the row "
             "above; the gain is the change of the mean test accuracy.",
-            f"The improved recipe over {n} seeds: **{last['mean']:.2f} ± {last['sd']:.2f}%**{with_tta} "
-            f"(the original's one run: {ORIGINAL_TEST['accuracy']:.2f}%).",
+            f"The improved recipe over {n} seeds: **{pct(last['mean'])} ± {pct(last['sd'])}%**{with_tta} "
+            f"(the original's one run: {100 * ORIGINAL_TEST['accuracy']:.2f}%).",
             markdown(rows).strip(),
         ],
         plot(

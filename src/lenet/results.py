@@ -1,5 +1,8 @@
 """The vocabulary of finished runs: what a run was asked to be (RunSpec), what it gave (RunResult), the stall
 rule, and the per-configuration summary that sweeps, reproduce and ablate report.
+
+Accuracies here are fractions in [0, 1], as in result.json and metrics.jsonl: only text for people (the
+Markdown and HTML tables, plots and report sentences) shows them in percent.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from typing import Any
 
 from lenet.config import PLACEMENT, RUN_SETTINGS, TrainConfig, field_named, flag_name
 from lenet.runs import RunDir, damaged, read_jsonl
-from lenet.stats import NON_NEGATIVE, PERCENT, death_epoch, mean_interval, recorded_deaths, wilson
+from lenet.stats import NON_NEGATIVE, death_epoch, mean_interval, recorded_deaths, wilson
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: 2.3026
 STALL_TOLERANCE = 0.05  # the stall band's half-width (the report's sensitivity table varies it)
+FRACTION = (0.0, 1.0)  # the range of an accuracy, which cuts its t interval
 
 
 def is_stalled(final_train_loss: float, band: float = STALL_TOLERANCE) -> bool:
@@ -85,7 +89,8 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
-    """One row per configuration: n, test accuracy mean/sd/min/max, final train loss mean/sd, stalled runs."""
+    """One row per configuration: n, test accuracy mean/sd/min/max (fractions), final train loss mean/sd,
+    stalled runs."""
     cfgs = [r.spec.config for r in results]
     varied = varied_settings(cfgs)
     by_config: dict[tuple, list[RunResult]] = {}
@@ -93,7 +98,7 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
         by_config.setdefault(config_key(r.spec.config), []).append(r)
     rows = []
     for group in by_config.values():
-        accs = [100 * r.summary["test_accuracy"] for r in group]
+        accs = [r.summary["test_accuracy"] for r in group]
         losses = [r.final_train_loss for r in group]
         acc_mean, acc_sd = mean_sd(accs)
         loss_mean, loss_sd = mean_sd(losses)
@@ -130,9 +135,9 @@ def finite_max(values: list[float]) -> float:
 
 def trained(accs: list[float], losses: list[float]) -> dict[str, Any]:
     """The runs that did not stall, apart: where a configuration's runs split into stalled ones (near 10%)
-    and trained ones (near 96%), the mean of all describes no run, the mean of these does."""
+    and trained ones (near 0.96), the mean of all describes no run, the mean of these does."""
     kept = [a for a, x in zip(accs, losses, strict=True) if not is_stalled(x)]
-    low, high = mean_interval(kept, bounds=PERCENT) if kept else (math.nan, math.nan)
+    low, high = mean_interval(kept, bounds=FRACTION) if kept else (math.nan, math.nan)
     mean = statistics.fmean(kept) if kept else math.nan
     return {
         "trained": len(kept),
@@ -143,11 +148,11 @@ def trained(accs: list[float], losses: list[float]) -> dict[str, Any]:
 
 
 def intervals(accs: list[float], losses: list[float]) -> dict[str, float]:
-    """95% intervals: t for the mean test accuracy (`accs` in %) and final loss, each cut at its range,
+    """95% intervals: t for the mean test accuracy (`accs`, fractions) and final loss, each cut at its range,
     and Wilson's for the share of stalled runs."""
 
     stalled_low, stalled_high = wilson(sum(is_stalled(x) for x in losses), len(losses))
-    acc_low, acc_high = mean_interval(accs, bounds=PERCENT)
+    acc_low, acc_high = mean_interval(accs, bounds=FRACTION)
     loss_low, loss_high = mean_interval(losses, bounds=NON_NEGATIVE)
     return {
         **{"test_acc_ci_low": acc_low, "test_acc_ci_high": acc_high},
@@ -181,7 +186,7 @@ RUN_COLUMNS = (
 
 def run_rows(named: dict[str, list[RunResult]], out: Path) -> list[dict[str, Any]]:
     """One row per run (runs.csv): every number a report gives can be recomputed from these alone.
-    `test_accuracy` in %, `train_losses` every epoch's average loss (space-separated, exact), `run` the
+    `test_accuracy` a fraction, `train_losses` every epoch's average loss (space-separated, exact), `run` the
     run folder relative to `out`. A run listed under two names (an ablation step that is the seed
     protocol) has a row under each."""
     rows = []
@@ -191,7 +196,7 @@ def run_rows(named: dict[str, list[RunResult]], out: Path) -> list[dict[str, Any
             rows.append({
                 "experiment": name, "lr": cfg.lr, "init_std": cfg.init_std, "epochs": len(r.rows),
                 "seed": cfg.seed, "final_train_loss": curve[-1], "test_loss": r.summary.get("test_loss"),
-                "test_accuracy": 100 * r.summary["test_accuracy"], "stalled": is_stalled(curve[-1]),
+                "test_accuracy": r.summary["test_accuracy"], "stalled": is_stalled(curve[-1]),
                 "dead": death_epoch(r.rows) is not None, "death_epoch": death_epoch(r.rows),
                 "run": relative(r.spec.out, out), "train_losses": " ".join(repr(x) for x in curve),
             })  # fmt: skip

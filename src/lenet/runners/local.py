@@ -84,10 +84,9 @@ class LocalRunner:
         for i in todo:
             cfg, out = specs[i].config, specs[i].out
             with run_log(self.tensorboard, out) as tb:
-                hook = observers(tb, ticker(on_epoch))
-                train(
-                    cfg, self.split(cfg), out, None, True, self.command, hook, start_from=specs[i].start_from
-                )
+                hook, steps = observers(tb, ticker(on_epoch)), None if tb is None else tb.on_steps
+                split, start = self.split(cfg), specs[i].start_from
+                train(cfg, split, out, None, True, self.command, hook, steps, start_from=start)
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
@@ -120,15 +119,15 @@ class LocalRunner:
             ensure_files(dataset, self.data_dir)  # once, here: not in every worker at the same time
         from lenet.runners.workers import run_in_processes
 
-        jobs = [
-            (
+        jobs = [  # the arguments of lenet.runners.worker_main.train_job, sent as JSON
+            [
                 specs[i].config.to_dict(),
                 str(specs[i].out),
                 None if self.data_dir is None else str(self.data_dir),
                 self.command,
                 None if self.tensorboard is None else str(self.tensorboard),
                 None if specs[i].start_from is None else str(specs[i].start_from),
-            )
+            ]
             for i in todo
         ]
         run_in_processes(jobs, min(self.workers, len(todo)), lambda k: done(todo[k]), on_epoch)

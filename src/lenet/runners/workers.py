@@ -1,116 +1,129 @@
-"""The processes backend: one spawned worker process per core, each training whole runs with
-`lenet.training.train`. Workers tell the parent of every finished epoch through a queue (the training's
-`on_epoch` hook), so the progress display moves per epoch, not per run. A worker ends with its parent,
-however the parent ends (`kill -9` too): an orphan would train on for nobody and hold its run's lock.
+"""The processes backend: one worker process per core, each training whole runs with `lenet.training.train`.
+
+A worker is a program of its own, `python -m lenet.runners.worker_main`, never a copy of the caller: the
+spawned workers of multiprocessing ran the caller's main script again first, so `lenet.sweep` in a script
+without the `if __name__ == "__main__":` guard trained in every worker and then broke (BrokenProcessPool),
+and `python - < script.py` had no script to run. Now a sweep runs the same from a script, stdin, the REPL or
+a notebook. The parent hands each worker one run at a time on its stdin and hears on its stdout of every
+finished epoch (the progress display moves per epoch), every finished run, and every error, raised here as
+the worker raised it. A worker ends with its parent, however the parent ends (`kill -9` too).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
+import base64
+import contextlib
+import json
 import os
+import pickle
 import queue
+import signal
+import subprocess
 import sys
 import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lenet.config import TrainConfig
+from lenet.runs import RunError
 
-POLL_SECONDS = 0.2  # how often the parent hands its workers' epochs on to the progress display
-
-_splits: dict = {}  # a worker's splits, by (dataset, device), kept from run to run
-_epochs: Any = None  # a worker's end of the epochs queue
-
-
-def _init(threads: int, epochs: Any, parent: int) -> None:
-    global _epochs
-    die_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(threads)  # one core per worker: no oversubscription
-    _epochs = epochs
-
-
-def _train(
-    config: dict[str, Any],
-    out: str,
-    data_dir: str | None,
-    command: str | None,
-    tensorboard: str | None,
-    start_from: str | None = None,
-) -> None:
-    from lenet.data import load_split
-    from lenet.engines import resolve_device
-    from lenet.runners import observers
-    from lenet.tensorboard import run_log
-    from lenet.training import train
-
-    cfg = TrainConfig.from_dict(config)
-    key = (cfg.dataset, cfg.device)  # the parent fetched missing files before starting the workers
-    if key not in _splits:
-        _splits[key] = load_split(cfg.dataset, data_dir, resolve_device(cfg.device))
-    with run_log(tensorboard, Path(out)) as tb:
-        hook = observers(tb, lambda row, model: _epochs.put(1))
-        start = None if start_from is None else Path(start_from)
-        train(cfg, _splits[key], Path(out), None, True, command, hook, start_from=start)
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal this process gets when its parent ends
-
-
-def die_with_parent(parent: int) -> None:
-    """End this process when the process `parent` ends. On Linux the kernel sends SIGKILL (prctl); elsewhere
-    a thread looks for the parent every second. Either way nothing is left behind: not the workers, and not
-    multiprocessing's resource tracker, which ends when the last process that holds its pipe is gone."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-            if os.getppid() != parent:  # it ended before the call above: no signal will come
-                os._exit(1)
-            return
-    threading.Thread(target=watch_parent, args=(parent,), name="lenet-watch-parent", daemon=True).start()
-
-
-def watch_parent(parent: int, every_s: float = 1.0) -> None:
-    while os.getppid() == parent:
-        time.sleep(every_s)
-    os._exit(1)  # no clean-up: the parent that would want the results is gone
+WORKER = "lenet.runners.worker_main"
+SRC = Path(__file__).resolve().parents[2]  # the folder this lenet was imported from
 
 
 def run_in_processes(
-    jobs: list[tuple], workers: int, done: Callable[[int], None], on_epoch: Callable[[], None] | None
+    jobs: list[list], workers: int, done: Callable[[int], None], on_epoch: Callable[[], None] | None
 ) -> None:
-    """Run each job (the arguments of `_train`) in a pool of `workers` spawned processes; `done(k)` as job k
-    ends, in the order they end; a worker's error is raised here."""
-    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    epochs = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(threads, epochs, os.getpid())
-    ) as pool:
-        futures = {pool.submit(_train, *job): k for k, job in enumerate(jobs)}
-        pending = set(futures)
-        while pending:
-            finished, pending = cf.wait(pending, timeout=POLL_SECONDS, return_when=cf.FIRST_COMPLETED)
-            hand_on(epochs, on_epoch)
-            for future in finished:
-                future.result()  # re-raise a worker's error here
-                done(futures[future])
-    hand_on(epochs, on_epoch)
+    """Run each job (the arguments of worker_main.train_job) in `workers` worker processes; `done(k)` as job k
+    ends, in the order they end. A worker's error is raised here, once every worker is stopped."""
+    threads = max(1, (os.cpu_count() or 1) // workers)  # one core per worker: no oversubscription
+    answers: queue.Queue = queue.Queue()
+    todo = deque(enumerate(jobs))
+    pool: list[Worker] = []
+    finished = False
+    try:
+        for _ in range(workers):
+            pool.append(Worker(threads, answers))
+            pool[-1].hand(todo)
+        while any(w.job is not None for w in pool):
+            worker, answer = answers.get()
+            if "epoch" in answer:
+                if on_epoch is not None:
+                    on_epoch()
+            elif "done" in answer:
+                done(answer["done"])
+                worker.hand(todo)
+            elif "ended" in answer and worker.job is None:  # idle, so no job was left for it: no loss
+                continue
+            else:
+                raise worker.failure(answer, jobs)
+        finished = True
+    finally:
+        for worker in pool:
+            worker.stop(finished)
 
 
-def hand_on(epochs: Any, on_epoch: Callable[[], None] | None) -> None:
-    """Tell `on_epoch` of every epoch the workers have reported so far."""
-    while True:
+class Worker:
+    """One worker process, and a thread that puts each of its answers on the parent's queue."""
+
+    def __init__(self, threads: int, answers: queue.Queue) -> None:
+        self.job: int | None = None
+        env = dict(os.environ)
+        if SRC.name not in ("site-packages", "dist-packages"):  # a checkout: the worker imports this lenet
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-m", WORKER, str(os.getpid()), str(threads)],  # -P: not the cwd's modules
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self.listen, args=(answers,), name="lenet-worker", daemon=True).start()
+
+    def listen(self, answers: queue.Queue) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            answers.put((self, json.loads(line)))
+        answers.put((self, {"ended": self.process.wait()}))
+
+    def hand(self, todo: deque) -> None:
+        """Give the worker the next job, if any is left (else it is idle: `job` is None)."""
+        self.job = None
+        if todo:
+            self.job, job = todo.popleft()
+            assert self.process.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died: its "ended" answer says so
+                self.process.stdin.write(json.dumps({"k": self.job, "job": job}) + "\n")
+                self.process.stdin.flush()
+
+    def failure(self, answer: dict[str, Any], jobs: list[list]) -> BaseException:
+        """The error to raise for a worker's answer that is neither an epoch nor a finished run."""
+        out = "a run" if self.job is None else jobs[self.job][1]
+        if "ended" in answer:  # killed (out of memory?) or crashed: nothing could be sent
+            code = answer["ended"]
+            killer = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            how = f"was killed by {killer}" if code < 0 else f"exited with status {code}"
+            return RunError(f"{out}: its worker process {how}; run the same command again to resume it")
         try:
-            epochs.get_nowait()
-        except queue.Empty:
-            return
-        if on_epoch is not None:
-            on_epoch()
+            error = pickle.loads(base64.b64decode(answer["error"]))
+        except Exception:  # not picklable there, or not here: the worker's traceback says what it was
+            error = RuntimeError(f"{out}: a worker failed")
+        error.__cause__ = WorkerTraceback(answer["trace"])
+        return error
+
+    def stop(self, finished: bool) -> None:
+        """End the worker: when all is done, by closing its stdin; else (an error, Ctrl-C) at once."""
+        if finished:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()  # type: ignore[union-attr]
+        else:
+            self.process.kill()
+        self.process.wait()
+
+
+class WorkerTraceback(Exception):
+    """Where a worker's error came from: its traceback, shown as the cause of the error raised here."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
