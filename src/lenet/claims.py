@@ -172,10 +172,15 @@ def escapes(runs: list[RunResult], long_runs: list[RunResult]) -> str:
     out = sum(not is_stalled(curve[-1]) for curve in followed)
     horizon = len(next(iter(longer.values())))
     still = sum(at_chance(c) for c in longer.values())
+    alive_text = (
+        f"of the {len(alive)} runs stalled but alive at epoch {len(losses(runs[0]))}, {out} of "
+        f"{len(followed)} left the band"
+        if alive
+        else f"no run was stalled but alive at epoch {len(losses(runs[0]))}"
+    )
     return (
-        f"Followed to epoch {horizon}: of the {len(alive)} runs stalled but alive at epoch "
-        f"{len(losses(runs[0]))}, {out} of {len(followed)} left the band; {still} of {len(longer)} runs stay "
-        f"at chance from epoch 2 to epoch {horizon}."
+        f"Followed to epoch {horizon}: {alive_text}; {still} of {len(longer)} runs stay at chance from "
+        f"epoch 2 to epoch {horizon}."
     )
 
 
