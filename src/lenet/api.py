@@ -28,7 +28,8 @@ from lenet.options import folder, keyword
 from lenet.options import path as path_rule
 from lenet.outcomes import Report, Run, Sweep, predict_images
 from lenet.prediction import Prediction
-from lenet.runs import RunDir, RunError
+from lenet.run_state import refuse_existing
+from lenet.runs import RunDir
 
 __all__ = ["Prediction", "Report", "Run", "Sweep",
            "ablate", "load", "load_mnist", "predict", "reproduce", "sweep", "train"]  # fmt: skip
@@ -88,12 +89,6 @@ def load_mnist(data_dir: PathLike | None = None, dataset: str = "mnist", device:
 
 def to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def refuse_existing(out: Path, hint: str = "") -> None:
-    """The one check that a new run does not overwrite another: RunError naming the folder."""
-    if RunDir(out).config.exists():
-        raise RunError(f"{out} already holds a run; pick another folder{hint}")
 
 
 def train(

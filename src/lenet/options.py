@@ -27,32 +27,29 @@ from lenet.config import (
 MAX_COUNT = 100_000  # a sane bound on every count an option takes (seeds, epochs, workers)
 
 
-def count(value: Any) -> int:
-    """A whole number from 1 to MAX_COUNT."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer (got {value!r})")
-    if not 1 <= value <= MAX_COUNT:
-        raise ValueError(
-            f"must be >= 1 (got {value})" if value < 1 else f"must be <= {MAX_COUNT:,} (got {value})"
-        )
-    return value
-
-
-def whole(value: Any) -> int:
-    """A whole number from 0 to MAX_COUNT (0: none)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer (got {value!r})")
-    if not 0 <= value <= MAX_COUNT:
-        raise ValueError(
-            f"must be >= 0 (got {value})" if value < 0 else f"must be <= {MAX_COUNT:,} (got {value})"
-        )
-    return value
-
-
 def integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer (got {value!r})")
     return value
+
+
+def bounded(value: Any, low: int) -> int:
+    """A whole number from `low` to MAX_COUNT."""
+    if integer(value) < low:
+        raise ValueError(f"must be >= {low} (got {value})")
+    if value > MAX_COUNT:
+        raise ValueError(f"must be <= {MAX_COUNT:,} (got {value})")
+    return value
+
+
+def count(value: Any) -> int:
+    """A whole number from 1 to MAX_COUNT."""
+    return bounded(value, 1)
+
+
+def whole(value: Any) -> int:
+    """A whole number from 0 to MAX_COUNT (0: none)."""
+    return bounded(value, 0)
 
 
 def text(value: Any) -> str:

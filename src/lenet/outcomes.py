@@ -28,6 +28,7 @@ from lenet.prediction import (
     preprocess_pixels,
 )
 from lenet.results import RunResult
+from lenet.run_state import refuse_existing
 from lenet.runs import RunDir, RunError, load_model
 
 if TYPE_CHECKING:  # optional extras, imported where they are used
@@ -81,9 +82,8 @@ class Run:
         if path.suffix == ".safetensors":
             save_model(path, model, self.config, extra)
             return path
+        refuse_existing(path)
         run = RunDir(path)
-        if run.config.exists():
-            raise RunError(f"{path} already holds a run; pick another folder")
         path.mkdir(parents=True, exist_ok=True)
         save_model(run.model, model, self.config, extra)
         device = next(model.parameters()).device

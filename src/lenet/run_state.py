@@ -123,6 +123,12 @@ def new_state(cfg: TrainConfig, device: torch.device) -> State:
     return State(model, optimizer, Ema(model, cfg.ema) if cfg.ema > 0 else None, [], cfg)
 
 
+def refuse_existing(out: Path, hint: str = "") -> None:
+    """The one check that a new run does not overwrite another: RunError naming the folder."""
+    if RunDir(out).config.exists():
+        raise RunError(f"{out} already holds a run; pick another folder{hint}")
+
+
 def start_run(
     cfg: TrainConfig,
     run: RunDir | None,
@@ -140,8 +146,8 @@ def start_run(
     same settings ended, when it can (`warm_start`)."""
     if run is None:
         return 0
-    if not resume and run.config.exists():
-        raise RunError(f"{run.path} already holds a run; pick another folder, or resume it")
+    if not resume:
+        refuse_existing(run.path, ", or resume it")
     start_epoch, started = 0, {}
     if start_from is not None and not (resume and run.checkpoint.exists()):
         start_epoch = warm_start(cfg, RunDir(start_from), state, log)

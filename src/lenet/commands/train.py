@@ -58,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 def plan_run(args: argparse.Namespace):
     """(config, run directory) of a new run or of the one to resume; None when there is nothing to do."""
-    from lenet.api import refuse_existing
     from lenet.recipe import recipe_config
-    from lenet.run_state import default_run_dir
+    from lenet.run_state import default_run_dir, refuse_existing
     from lenet.runs import RunDir
 
     given = given_settings(args)
