@@ -22,7 +22,14 @@ class Results:
     def __init__(self, specs: list[RunSpec], on_result: Callable[[RunResult], None]) -> None:
         self.specs, self.on_result, self.found = specs, on_result, {}
 
-        files = ("config.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors", "result.json")
+        files = (
+            "config.json",
+            "metrics.jsonl",
+            "checkpoint.safetensors",
+            "model.safetensors",
+            "result.json",
+            "train.log",
+        )  # the Ray driver lands train.log atomically too
         for spec in specs:  # what a killed runner (a driver, a worker) was writing when it died
             remove_stale_temps(spec.out, files)
         self.todo = [i for i, spec in enumerate(specs) if not RunDir(spec.out).finished()]
