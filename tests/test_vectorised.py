@@ -1,13 +1,21 @@
 """lenet.vectorised: M plain-SGD runs as one group. (Whole groups against runs alone: tests/test_sweep.py.)"""
 
+import json
+import shutil
+from dataclasses import replace
+
 import pytest
 import torch
 
 from lenet.config import TrainConfig
 from lenet.data import epoch_batches
+from lenet.dead import death_check
 from lenet.engines import TorchEngine
+from lenet.engines.torch_engine import evaluate
 from lenet.model import make_model
-from lenet.vectorised import StackedModels
+from lenet.run_state import State
+from lenet.training import train
+from lenet.vectorised import StackedModels, death_checks, train_group
 
 
 @pytest.mark.parametrize("m", [1, 2])
@@ -26,3 +34,124 @@ def test_a_group_of_one_steps_like_its_model_alone(small_split, m):
         grouped = stack.copy_into(i, make_model(cfg))
         for p, q in zip(grouped.parameters(), alone.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the group's bookkeeping, batched
+
+
+def quiet_train(cfg, split, out=None, start_from=None):
+    return train(cfg, split, out, log=lambda s: None, start_from=start_from)
+
+
+TAME = dict(
+    fc_init_std=0.1, engine="torch"
+)  # configs whose runs agree past a few steps (tests/test_sweep.py)
+
+
+def test_runs_of_different_lengths_and_a_continuation_share_one_group(small_split, tmp_path):
+    """A 1-epoch run, the 2-epoch run that continues it, and a 2-epoch run of another seed train as one group:
+    each ends as the same run trained alone (losses to 1e-4, weights to 3e-3), and the continuation takes
+    its first epoch from the shorter run, as a warm start alone does."""
+    short = TrainConfig(epochs=1, lr=0.02, seed=0, **TAME)
+    cfgs = [short, replace(short, epochs=2), TrainConfig(epochs=2, lr=0.05, seed=1, **TAME)]
+    outs = [tmp_path / "short", tmp_path / "long", tmp_path / "other"]
+    group = train_group(cfgs, small_split, outs, start_from=[None, outs[0], None])
+    alone = quiet_train(cfgs[0], small_split, tmp_path / "a-short")
+    alone = [alone, quiet_train(cfgs[1], small_split, tmp_path / "a-long", tmp_path / "a-short")]
+    alone.append(quiet_train(cfgs[2], small_split))
+    for got, want in zip(group, alone, strict=True):
+        assert [r["epoch"] for r in got.rows] == [r["epoch"] for r in want.rows]
+        for a, b in zip(got.rows, want.rows, strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+            assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+        for p, q in zip(got.model.parameters(), want.model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=3e-3)
+        assert got.test_loss == pytest.approx(want.test_loss, abs=1e-3)
+    assert group[1].rows[0] == group[0].rows[0]  # taken over, not trained again
+    assert json.loads((outs[1] / "config.json").read_text())["started_from"] == str(outs[0])
+    assert "starting from" in (outs[1] / "train.log").read_text()
+    for out in outs:
+        assert json.loads((out / "result.json").read_text())["test_accuracy"] <= 1
+        assert (
+            len((out / "metrics.jsonl").read_text().splitlines())
+            == json.loads((out / "config.json").read_text())["config"]["epochs"]
+        )
+
+
+def test_a_group_resumes_runs_that_stopped_at_different_epochs(small_split, tmp_path):
+    """One run has a checkpoint after epoch 1 of 2, the other none: the group trains the second alone for
+    an epoch, then both together, and each ends as trained alone without a break."""
+    cfgs = [TrainConfig(epochs=2, lr=0.02, seed=k, **TAME) for k in range(2)]
+    outs = [tmp_path / "ahead", tmp_path / "behind"]
+    quiet_train(replace(cfgs[0], epochs=1), small_split, tmp_path / "once")
+    shutil.copytree(tmp_path / "once", outs[0])
+    (outs[0] / "result.json").unlink()
+    (outs[0] / "config.json").write_text(
+        json.dumps({**json.loads((outs[0] / "config.json").read_text()), "config": cfgs[0].to_dict()})
+    )
+    rewrite_checkpoint_config(outs[0] / "checkpoint.safetensors", cfgs[0])
+    group = train_group(cfgs, small_split, outs, resume=True)
+    for cfg, got in zip(cfgs, group, strict=True):
+        want = quiet_train(cfg, small_split)
+        for a, b in zip(got.rows, want.rows, strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+    assert "resuming" in (outs[0] / "train.log").read_text()
+
+
+def rewrite_checkpoint_config(path, cfg):
+    """A checkpoint of a 1-epoch run, relabelled as epoch 1 of `cfg` (a run stopped there)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    meta["config"] = json.dumps(cfg.to_dict())
+    save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+def test_batched_validation_equals_each_model_evaluated_alone(small_split):
+    cfgs = [TrainConfig(seed=k, init_std=std) for k, std in enumerate([0.1, 0.5, 1.0])]
+    models = [make_model(c) for c in cfgs]
+    stack = StackedModels(models, [0.01] * 3, "cpu")
+    for batch in (7, 1000):
+        loss, correct = stack.evaluate(small_split.val_x, small_split.val_y, batch)
+        for i, model in enumerate(models):
+            want_loss, want_correct = evaluate(model, small_split.val_x, small_split.val_y)
+            assert loss[i].item() == pytest.approx(want_loss, rel=1e-5)
+            assert correct[i].item() == want_correct
+
+
+def dead_model(cfg, layer):
+    """A model with every channel of `layer` off on every image (negative bias far beyond any input)."""
+    model = make_model(cfg)
+    with torch.no_grad():
+        getattr(model, layer).bias.fill_(-1e4)
+    return model
+
+
+def test_the_batched_death_check_equals_each_model_checked_alone(small_split):
+    """Alive, nearly dead (one conv1 channel fires on a single image late in the data), dead in conv1 and
+    dead in conv2 models in one stack: the same rows, unit counts and next chunks as `death_check` alone."""
+    x = small_split.train_x
+    cfgs = [TrainConfig(seed=k) for k in range(5)]
+    models = [make_model(cfgs[0]), dead_model(cfgs[1], "conv1"), dead_model(cfgs[2], "conv2")]
+    nearly = make_model(cfgs[3])
+    with torch.no_grad():  # conv1's output at image 3000 decides: only there is channel 0 positive
+        nearly.conv1.weight.zero_()
+        nearly.conv1.bias.fill_(-1.0)
+        nearly.conv1.weight[0, 0, 2, 2] = 2.0 / x[3000, 0, 2:26, 2:26].max()
+        x = x.clone()
+        x[:, 0, 2:26, 2:26].clamp_(max=0.49 * x[3000, 0, 2:26, 2:26].max())
+        x[3000] = small_split.train_x[3000]
+        nearly.conv1.weight[1:] = 0
+    models += [nearly, make_model(cfgs[4])]
+    states = [State(m, None, None, [], c) for m, c in zip(models, cfgs, strict=True)]
+    states[4].alive_chunk = 7
+    stack = StackedModels(models, [0.01] * 5, "cpu")
+    got = death_checks(stack, states, x)
+    for i, model in enumerate(models):
+        want, chunk = death_check(model, {}, True, x, 7 if i == 4 else 0)
+        assert got[i] == want, i
+        assert states[i].alive_chunk == chunk, i
+    assert [r["dead"] for r in got] == [False, True, True, False, False]
+    assert states[3].alive_chunk == 3000 // 128

@@ -270,8 +270,23 @@ def finish_run(
     cfg: TrainConfig, run: RunDir | None, state: State, split: Split, log: Callable[[str], None]
 ) -> TrainResult:
     """Evaluate the test set once (on the torch reference), print the test line, save the model and result."""
+    result = run_result(cfg, state, split, log)
+    if run is not None:
+        save_result(run, cfg, result)
+    return result
+
+
+def run_result(
+    cfg: TrainConfig,
+    state: State,
+    split: Split,
+    log: Callable[[str], None],
+    test: tuple[float, int] | None = None,
+) -> TrainResult:
+    """The test line and the run's result; `test`: its (test loss, correct) when already evaluated (the
+    vectorised backend tests a whole group at once), else evaluated here."""
     model = state.evaluated
-    test_loss, test_correct = evaluate(model, split.test_x, split.test_y)
+    test_loss, test_correct = test if test is not None else evaluate(model, split.test_x, split.test_y)
     log(evaluation_line(test_loss, test_correct, len(split.test_x)))
     tta = evaluate_tta(model, split.test_x, split.test_y) if cfg.tta != "off" else None
     if tta is not None:
@@ -289,8 +304,13 @@ def finish_run(
         tta,
         diverged,
     )
-    if run is not None:
-        if diverged is None:  # a diverged run's weights are not finite: no model file is kept
-            save_model(run.model, model, cfg, {"test_accuracy": result.test_accuracy, "test_loss": test_loss})
-        write_json(run.result, result.summary())
     return result
+
+
+def save_result(run: RunDir, cfg: TrainConfig, result: TrainResult) -> None:
+    """The model file (none for a diverged run: its weights are not finite), then result.json, the mark
+    of a finished run."""
+    if result.diverged_epoch is None:
+        metrics = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss}
+        save_model(run.model, result.model, cfg, metrics)
+    write_json(run.result, result.summary())

@@ -1,83 +1,105 @@
-"""The vectorised sweep backend: M plain-SGD runs trained as one group, in one step per batch.
+"""The vectorised sweep backend: many plain-SGD runs trained as one group, in one step per batch.
 
-Model m's parameters are slice m of stacked tensors; its batch is channel m of the input, so one
-grouped conv (groups=M) runs all M networks and autograd keeps their gradients apart. Each model
-has its own learning rate, init scale, seed and batch order; each run ends as if trained alone (to
-float tolerance) and writes an ordinary run directory. Plain SGD only. Measured fastest on a GPU
-(docs/speed.md); `lenet.runners.local.LocalRunner` uses it for `--backend vectorised`.
+The group's models live in `lenet.stacked.StackedModels` (the fused Triton step on a GPU, the torch
+reference elsewhere); each model has its own learning rate, init, seed and batch order, and each run ends
+as if trained alone (to float tolerance) and writes an ordinary run directory.
+
+The end of an epoch is batched over the group: validation, the dead-network check and, at a run's end,
+the test are each one pass of all models over the same images; the checkpoints are copied off the device
+once and written by background threads while the next epoch trains. Runs of different lengths share a
+group: a run leaves when its epochs are done, and a longer run that continues a shorter one of the group
+(`start_from`, as `lenet.run_state.warm_start` does alone) takes over its weights when it ends.
+`lenet.runners.local.LocalRunner` uses this for `--backend vectorised`.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from lenet.atomic import write_jsonl
 from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
+from lenet.dead import DEAD_CHUNK, death_check
 from lenet.engines import STEP_CHUNK
-from lenet.engines.torch_engine import evaluate
-from lenet.model import SHAPE, LeNet
-from lenet.run_state import Log, RunLog, TrainResult, end_epoch, finish_run, new_state, start_run
-from lenet.runs import RunDir
+from lenet.run_state import (
+    Log,
+    RunLog,
+    State,
+    TrainResult,
+    new_state,
+    row_line,
+    run_result,
+    save_result,
+    start_run,
+)
+from lenet.runs import RunDir, save_checkpoint
+from lenet.stacked import ACTIVATION_BYTES, PARAM_NAMES, StackedModels, eval_batch, free_bytes
 from lenet.training import OnEpoch
 
-PARAM_NAMES = tuple(SHAPE.param_shapes())  # conv1.weight, conv1.bias, conv2.weight, ... (the model's order)
+__all__ = ["PARAM_NAMES", "StackedModels", "train_group"]
+WRITERS = 8  # background threads writing checkpoints (each fsyncs); a run always goes to the same one
 
 
-class StackedModels:
-    """M LeNets as six stacked tensors, each with a leading model axis."""
+@dataclass
+class Member:
+    """One run of the group."""
 
-    def __init__(self, models: list[LeNet], lrs: list[float], device: torch.device | str) -> None:
-        self.m = len(models)
-        self.params = [
-            torch.stack([dict(mod.named_parameters())[n].detach() for mod in models])
-            .to(device)
-            .requires_grad_()
-            for n in PARAM_NAMES
-        ]
-        self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
+    key: int  # its place in the group: which writer thread takes its files
+    cfg: TrainConfig
+    run: RunDir | None
+    log: RunLog
+    on_epoch: OnEpoch | None
+    start_from: Path | None
+    state: State | None = None  # None until it joins
+    result: TrainResult | None = None  # set when its epochs are done
+    waits_for: Member | None = None  # the shorter run of the group it continues
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, M, 28, 28), channel m is model m's batch -> logits (B, M, 10)."""
-        w1, b1, w2, b2, wf, bf = self.params
-        s, m, b = SHAPE, self.m, x.shape[0]
-        c1, c2, k, side = s.conv1, s.conv2, s.kernel, s.conv2_side
-        h = F.conv2d(x, w1.view(m * c1, 1, k, k), b1.view(-1), groups=m)  # (B, M*4, 24, 24)
-        h = F.max_pool2d(F.relu(h), s.pool)  # (B, M*4, 12, 12)
-        # conv2 as im2col + one batched matmul over models: a grouped conv here runs one tiny kernel per
-        # model on cuDNN (1,000 launches a step for 1,000 models) and a slow reference loop on the CPU.
-        cols = F.unfold(h, k).view(b, m, c1 * k * k, side * side)  # (B, M, 100, 8*8)
-        h = torch.einsum("bmkp,mck->bmcp", cols, w2.view(m, c2, c1 * k * k)) + b2.view(1, m, c2, 1)
-        h = F.relu(h).reshape(b, m * c2, side, side)  # (B, M*12, 8, 8)
-        h = F.max_pool2d(h, s.pool).reshape(b, m, s.features)  # (B, M, 192), per model channel-major
-        return torch.einsum("bmk,mjk->bmj", h, wf) + bf  # (B, M, 10)
+    @property
+    def epochs_done(self) -> int:
+        return len(self.state.rows) if self.state is not None else 0
 
-    def train_steps(self, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
-        """batches: (M, k, B) indices, model m's k batches. Returns each model's summed losses, (M,)."""
-        batches = batches.to(x.device)
-        total = torch.zeros(self.m, device=x.device)
-        for step in range(batches.shape[1]):
-            idx = batches[:, step]  # (M, B)
-            xb = x[idx.T, 0]  # (B, M, 28, 28)
-            yb = y[idx.T]  # (B, M)
-            logits = self.forward(xb)
-            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view_as(yb).mean(0)
-            grads = torch.autograd.grad(losses.sum(), self.params)  # model m's loss only reaches slice m
-            with torch.no_grad():
-                for p, g in zip(self.params, grads, strict=True):
-                    p -= self.lrs.view(-1, *[1] * (p.dim() - 1)) * g
-            total += losses.detach()
-        return total
+    @property
+    def training(self) -> bool:
+        return self.state is not None and self.result is None
 
-    @torch.no_grad()
-    def copy_into(self, i: int, model: LeNet) -> LeNet:
-        """Write model i's weights into `model` (an ordinary LeNet, for validation and checkpoints)."""
-        for p, stacked in zip(model.parameters(), self.params, strict=True):
-            p.copy_(stacked[i])
-        return model
+
+class Snapshot:
+    """A model's weights copied off the device, shaped like a LeNet's state_dict for `save_checkpoint`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors
+
+
+class Writers:
+    """Background threads that write the runs' files in order per run, while the device trains on."""
+
+    def __init__(self, threads: int = WRITERS) -> None:
+        self.pools = [ThreadPoolExecutor(1, thread_name_prefix="lenet-writer") for _ in range(threads)]
+        self.pending: list[Future] = []
+
+    def submit(self, key: int, fn, *args) -> None:
+        self.pending.append(self.pools[key % len(self.pools)].submit(fn, *args))
+
+    def drain(self) -> None:
+        """Wait for every write so far; the first one that failed is raised here."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            for pool in self.pools:
+                pool.shutdown(wait=True)
 
 
 def train_group(
@@ -88,54 +110,176 @@ def train_group(
     resume: bool = False,
     command: str | None = None,
     on_epochs: list[OnEpoch | None] | None = None,
+    start_from: list[Path | None] | None = None,
+    step: str = "auto",
 ) -> list[TrainResult]:
     """Train plain-SGD runs as one group; each writes its run directory as `lenet.training.train` does
     (`logs`: where each run's lines are shown besides its train.log; None: nowhere).
 
-    The runs must share epochs and batch size and, when resuming, have finished the same number of epochs.
+    The runs must share a batch size; their lengths and, when resuming, their finished epochs may differ.
+    `start_from[i]`: a shorter run of the same settings that run i begins where it ended (a run of this
+    group, or one finished before). `step`: "auto", "fused" or "torch" (`lenet.stacked.StackedModels`).
     """
-    if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
-        raise ValueError("a vectorised group needs one epochs and batch size")
+    if len({c.batch_size for c in cfgs}) > 1:
+        raise ValueError("a vectorised group needs one batch size")
     if not all(c.plain_sgd for c in cfgs):
         raise ValueError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
+    n = len(cfgs)
+    sources = start_from or [None] * n
     runs = [RunDir(o) if o is not None else None for o in outs]
-    lines = [RunLog(r, e) for r, e in zip(runs, logs or [None] * len(runs), strict=True)]
+    members = [
+        Member(key, cfg, run, RunLog(run, echo), hook, source)
+        for key, (cfg, run, echo, hook, source) in enumerate(
+            zip(cfgs, runs, logs or [None] * n, on_epochs or [None] * n, sources, strict=True)
+        )
+    ]
+    writers = Writers()
     try:
-        return train_members(cfgs, split, runs, lines, resume, command, on_epochs)
+        Group(members, split, writers, resume, command, step).train()
+        writers.drain()
+        return [m.result for m in members]
     finally:
-        for line in lines:
-            line.close()
+        try:
+            writers.close()
+        finally:
+            for m in members:
+                m.log.close()
 
 
-def train_members(
-    cfgs: list[TrainConfig],
-    split: Split,
-    runs: list[RunDir | None],
-    logs: list[RunLog],
-    resume: bool,
-    command: str | None,
-    on_epochs: list[OnEpoch | None] | None,
-) -> list[TrainResult]:
-    """`train_group`, once each run's log is open."""
-    device = split.train_x.device
-    states = [new_state(c, device) for c in cfgs]
-    members = list(zip(cfgs, runs, states, logs, strict=True))
-    starts = {start_run(c, r, s, "vectorised", resume, lg, command) for c, r, s, lg in members}
-    if len(starts) != 1:
-        raise ValueError("a vectorised group must resume from one epoch")
-    stack = StackedModels([s.model for s in states], [c.lr for c in cfgs], device)  # kept across epochs
-    for epoch in range(starts.pop(), cfgs[0].epochs):
+class Group:
+    """The members' life: join, train epoch by epoch in one stack, leave, hand over to a continuation."""
+
+    def __init__(self, members, split, writers, resume, command, step) -> None:
+        self.members, self.split, self.writers = members, split, writers
+        self.resume, self.command, self.step = resume, command, step
+        self.device = split.train_x.device
+        self.stack: StackedModels | None = None
+        self.stacked: list[Member] = []
+        by_out = {m.run.path.resolve(): m for m in members if m.run is not None}
+        for m in members:
+            source = by_out.get(Path(m.start_from).resolve()) if m.start_from is not None else None
+            own_checkpoint = resume and m.run is not None and m.run.checkpoint.exists()
+            if source is not None and source is not m and not own_checkpoint:
+                m.waits_for = source
+
+    def train(self) -> None:
+        self.join([m for m in self.members if m.waits_for is None])
+        while training := [m for m in self.members if m.training]:
+            epoch = min(m.epochs_done for m in training)
+            self.train_epoch(epoch, [m for m in training if m.epochs_done == epoch])
+
+    def join(self, members: list[Member]) -> None:
+        """Start (or resume, or warm-start) each run; one that has nothing left to train ends at once."""
+        for m in members:
+            m.state = new_state(m.cfg, self.device)
+            start_run(m.cfg, m.run, m.state, "vectorised", self.resume, m.log, self.command, m.start_from)
+        self.finish([m for m in members if m.epochs_done >= m.cfg.epochs])
+
+    def stack_of(self, active: list[Member]) -> StackedModels:
+        """The stack of `active`'s weights: kept while the same runs train, else built anew."""
+        if self.stack is None or self.stacked != active:
+            models = [m.state.model for m in active]
+            self.stack = StackedModels(models, [m.cfg.lr for m in active], self.device, self.step)
+            self.stack.attach(models)
+            self.stacked = active
+        return self.stack
+
+    def train_epoch(self, epoch: int, active: list[Member]) -> None:
+        stack, split = self.stack_of(active), self.split
         t0 = time.perf_counter()
         n = len(split.train_x)
-        batches = torch.stack([epoch_batches(n, c.batch_size, c.seed, epoch) for c in cfgs])  # (M, steps, B)
-        total = torch.zeros(len(cfgs), device=device)
+        batches = torch.stack([epoch_batches(n, m.cfg.batch_size, m.cfg.seed, epoch) for m in active])
+        total = torch.zeros(len(active), device=self.device)
         for chunk in batches.split(STEP_CHUNK, dim=1):
             total += stack.train_steps(split.train_x, split.train_y, chunk)
-        losses = (total / batches.shape[1]).tolist()
-        seconds = (time.perf_counter() - t0) / len(cfgs)  # each model's share of the group's time
-        for i, (cfg, state) in enumerate(zip(cfgs, states, strict=True)):
-            stack.copy_into(i, state.model)
-            end_epoch(runs[i], state, evaluate, split, losses[i], cfg.lr, seconds, logs[i])
-            if on_epochs is not None and on_epochs[i] is not None:
-                on_epochs[i](state.rows[-1], state.model)
-    return [finish_run(c, r, s, split, lg) for c, r, s, lg in members]
+        losses = (total / batches.shape[1]).tolist()  # the epoch's one host sync
+        seconds = (time.perf_counter() - t0) / len(active)  # each model's share of the group's time
+        self.end_epoch(stack, active, losses, seconds)
+        self.finish([m for m in active if m.epochs_done >= m.cfg.epochs])
+
+    def end_epoch(self, stack: StackedModels, active: list[Member], losses: list[float], seconds: float):
+        """Validation and the death check of all `active` at once, then each run's row, line, checkpoint."""
+        split = self.split
+        val_loss, val_correct = stack.evaluate(split.val_x, split.val_y, eval_batch(stack.m, self.device))
+        deaths = death_checks(stack, [m.state for m in active], split.train_x)
+        weights = [p.detach().cpu() for p in stack.params]  # one copy off the device per tensor
+        for i, (m, loss, vl, vc, dead) in enumerate(
+            zip(active, losses, val_loss.tolist(), val_correct.tolist(), deaths, strict=True)
+        ):
+            row = {
+                "epoch": m.epochs_done + 1,
+                "train_loss": loss,
+                "val_loss": vl,
+                "val_accuracy": vc / len(split.val_x),
+                "lr": m.cfg.lr,
+                "seconds": seconds,
+                **dead,
+            }
+            m.state.rows.append(row)
+            m.log(row_line(row))
+            if m.run is not None:
+                snapshot = Snapshot(
+                    {name: w[i].clone() for name, w in zip(PARAM_NAMES, weights, strict=True)}
+                )
+                self.writers.submit(m.key, write_epoch, m.run, snapshot, list(m.state.rows), m.state)
+            if m.on_epoch is not None:
+                m.on_epoch(row, m.state.model)
+
+    def finish(self, done: list[Member]) -> None:
+        """Test the runs whose epochs are done, all at once, write their model and result, and let the runs
+        that continue them join."""
+        if not done:
+            return
+        stack = StackedModels([m.state.model for m in done], [m.cfg.lr for m in done], self.device, "torch")
+        split = self.split
+        test = stack.evaluate(split.test_x, split.test_y, eval_batch(stack.m, self.device))
+        for m, loss, correct in zip(done, *(t.tolist() for t in test), strict=True):
+            m.result = run_result(m.cfg, m.state, split, m.log, (loss, correct))
+            if m.run is not None:  # after its checkpoints (the same writer): result.json marks it finished
+                self.writers.submit(m.key, save_result, m.run, m.cfg, m.result)
+        if continuations := [m for m in self.members if m.waits_for in done]:
+            self.writers.drain()  # a warm start reads the finished run's files
+            self.join(continuations)
+
+
+def write_epoch(run: RunDir, snapshot: Snapshot, rows: list[dict], state: State) -> None:
+    """A run's checkpoint and metrics after an epoch, as `lenet.run_state.end_epoch` writes them."""
+    save_checkpoint(run.checkpoint, snapshot, None, len(rows), rows, None, state.config, state.lr_changes)
+    write_jsonl(run.metrics, rows)
+
+
+def death_checks(stack: StackedModels, states: list[State], train_x: torch.Tensor) -> list[dict]:
+    """`lenet.dead.death_check` for every model of the stack, scanning the training images for all of them
+    at once: each starts at the chunk where it was last seen alive, and leaves once both its layers fired."""
+    rows: list[dict | None] = [None] * len(states)
+    todo = []
+    for i, state in enumerate(states):
+        last = state.rows[-1] if state.rows else {}
+        if last.get("dead"):  # plain SGD: a dead network stays dead (no scan)
+            rows[i], _ = death_check(state.model, last, True, train_x, state.alive_chunk)
+        else:
+            todo.append(i)
+    chunks = train_x.split(DEAD_CHUNK)
+    seen1 = torch.zeros(len(states), stack.params[0].shape[1], dtype=torch.bool, device=train_x.device)
+    seen2 = torch.zeros(len(states), stack.params[2].shape[1], dtype=torch.bool, device=train_x.device)
+    per_call = max(1, free_bytes(train_x.device) // (DEAD_CHUNK * ACTIVATION_BYTES))
+    for k in range(len(chunks)):
+        if not todo:
+            break
+        by_chunk: dict[int, list[int]] = {}
+        for i in todo:
+            by_chunk.setdefault((states[i].alive_chunk + k) % len(chunks), []).append(i)
+        for c, ids in by_chunk.items():
+            for part in range(0, len(ids), per_call):
+                index = torch.tensor(ids[part : part + per_call], device=train_x.device)
+                fired1, fired2 = stack.fired(chunks[c], index)
+                seen1[index] |= fired1
+                seen2[index] |= fired2
+        alive = (seen1.any(1) & seen2.any(1)).tolist()
+        for i in [i for i in todo if alive[i]]:
+            rows[i], states[i].alive_chunk = {"dead": False}, (states[i].alive_chunk + k) % len(chunks)
+        todo = [i for i in todo if not alive[i]]
+    dead1, dead2 = (~seen1).sum(1).tolist(), (~seen2).sum(1).tolist()
+    for i in todo:
+        rows[i] = {"dead": True, "dead_units": {"conv1": dead1[i], "conv2": dead2[i]}}
+    return rows

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from lenet.config import BACKENDS, ConfigError, TrainConfig
 from lenet.data import Split
-from lenet.progress import finished_epochs
 from lenet.results import RunResult, RunSpec
 from lenet.runners import OnRunEpoch, Results, default_backend, observers
 from lenet.training import OnEpoch
@@ -32,12 +31,13 @@ class LocalRunner:
         data_dir: Path | str | None = None,
         backend: str = "auto",
         workers: int | None = None,
-        group_size: int = 256,
+        group_size: int | None = None,
         command: str | None = None,
         tensorboard: Path | str | None = None,
     ) -> None:
         """`command`: the command line that asked for the sweep, recorded in every run's config.json;
-        `tensorboard`: a folder for TensorBoard logs, one subfolder per run."""
+        `tensorboard`: a folder for TensorBoard logs, one subfolder per run; `group_size`: the most runs in
+        one vectorised group (None: as many as half the device's free memory holds)."""
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
         if backend == "ray":  # a runner of its own: lenet.ray_runner.RayRunner (lenet.multirun.make_runner)
@@ -90,6 +90,7 @@ class LocalRunner:
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
+        from lenet.stacked import free_bytes, per_model_bytes
         from lenet.tensorboard import run_log
         from lenet.vectorised import train_group
 
@@ -97,18 +98,22 @@ class LocalRunner:
         if recipes:  # the vectorised step is plain SGD only: the rest run one after another
             self._run_sequential(specs, recipes, done, on_epoch)
         groups: dict[tuple, list[int]] = {}
-        for i in (i for i in todo if i not in recipes):  # grouped by data, length, batch size, progress
+        for i in (i for i in todo if i not in recipes):  # any lengths and progress share a group
             cfg = specs[i].config
-            key = (cfg.dataset, cfg.device, cfg.epochs, cfg.batch_size, finished_epochs(specs[i].out))
-            groups.setdefault(key, []).append(i)
-        for members in groups.values():
-            for start in range(0, len(members), self.group_size):
-                chunk = members[start : start + self.group_size]
+            groups.setdefault((cfg.dataset, cfg.device, cfg.batch_size), []).append(i)
+        for members in groups.values():  # in the specs' order: a shorter run before the one continuing it
+            first = specs[members[0]].config
+            split = self.split(first)
+            fits = free_bytes(split.train_x.device) // per_model_bytes(first.batch_size)
+            size = self.group_size or max(1, fits)
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
                 cfgs, outs = [specs[i].config for i in chunk], [specs[i].out for i in chunk]
                 with ExitStack() as stack:
                     tbs = [stack.enter_context(run_log(self.tensorboard, o)) for o in outs]
                     hooks = [observers(tb, ticker(on_epoch)) for tb in tbs]
-                    train_group(cfgs, self.split(cfgs[0]), outs, None, True, self.command, on_epochs=hooks)
+                    sources = [specs[i].start_from for i in chunk]
+                    train_group(cfgs, split, outs, None, True, self.command, hooks, sources)
                 for i in chunk:
                     done(i)
 
