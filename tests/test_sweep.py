@@ -111,7 +111,9 @@ def test_vectorised_runs_end_like_runs_alone(small_split, tmp_path):
         TrainConfig(epochs=2, lr=0.02, fc_init_std=0.05, seed=2, engine="torch"),
     ]
     outs = [tmp_path / f"run{i}" for i in range(3)]
-    many = train_group(cfgs, small_split, outs, [lambda s: None] * 3, command="lenet sweep --test")
+    many = train_group(
+        cfgs, small_split, outs, [lambda s: None] * 3, command="lenet sweep --test", step="torch"
+    )
     for cfg, out, got in zip(cfgs, outs, many, strict=True):
         alone = train(cfg, small_split, log=lambda s: None)
         for a, b in zip(got.rows, alone.rows, strict=True):

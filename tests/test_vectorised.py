@@ -1,12 +1,14 @@
 """lenet.vectorised: M plain-SGD runs as one group. (Whole groups against runs alone: tests/test_sweep.py.)"""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
 import pytest
 import torch
 
+from lenet.cli import main
 from lenet.config import TrainConfig
 from lenet.data import epoch_batches
 from lenet.dead import death_check
@@ -48,14 +50,16 @@ TAME = dict(
 )  # configs whose runs agree past a few steps (tests/test_sweep.py)
 
 
-def test_runs_of_different_lengths_and_a_continuation_share_one_group(small_split, tmp_path):
+@pytest.mark.parametrize("step", ["each", "torch"])
+def test_runs_of_different_lengths_and_a_continuation_share_one_group(small_split, tmp_path, step):
     """A 1-epoch run, the 2-epoch run that continues it, and a 2-epoch run of another seed train as one group:
     each ends as the same run trained alone (losses to 1e-4, weights to 3e-3), and the continuation takes
-    its first epoch from the shorter run, as a warm start alone does."""
+    its first epoch from the shorter run, as a warm start alone does. Each model stepped alone ("each", the
+    CPU's choice) or all in one autograd graph ("torch", the reference of the fused GPU step)."""
     short = TrainConfig(epochs=1, lr=0.02, seed=0, **TAME)
     cfgs = [short, replace(short, epochs=2), TrainConfig(epochs=2, lr=0.05, seed=1, **TAME)]
     outs = [tmp_path / "short", tmp_path / "long", tmp_path / "other"]
-    group = train_group(cfgs, small_split, outs, start_from=[None, outs[0], None])
+    group = train_group(cfgs, small_split, outs, start_from=[None, outs[0], None], step=step)
     alone = quiet_train(cfgs[0], small_split, tmp_path / "a-short")
     alone = [alone, quiet_train(cfgs[1], small_split, tmp_path / "a-long", tmp_path / "a-short")]
     alone.append(quiet_train(cfgs[2], small_split))
@@ -155,3 +159,46 @@ def test_the_batched_death_check_equals_each_model_checked_alone(small_split):
         assert states[i].alive_chunk == chunk, i
     assert [r["dead"] for r in got] == [False, True, True, False, False]
     assert states[3].alive_chunk == 3000 // 128
+
+
+# ---------------------------------------------------------------- the commands, vectorised against processes
+
+
+def run_results(folder):
+    return {p.name: json.loads((p / "result.json").read_text()) for p in sorted((folder / "runs").iterdir())}
+
+
+@pytest.mark.slow
+def test_a_vectorised_sweep_ends_like_a_processes_sweep(tmp_path):
+    """`lenet sweep --seeds 2 --epochs 1` on the CPU: the same runs, to float tolerance (the processes
+    backend trains on the fused C++ engine, the group on the torch reference; measured here: test accuracy
+    within 3 images of 10,000, final losses within 3e-5)."""
+    for backend in ("vectorised", "processes"):
+        args = ["sweep", "--seeds", "2", "--epochs", "1", "--device", "cpu", "--backend", backend]
+        assert main([*args, "--out", str(tmp_path / backend)]) == 0
+    group, alone = run_results(tmp_path / "vectorised"), run_results(tmp_path / "processes")
+    assert list(group) == list(alone) == ["seed0", "seed1"]
+    for name in group:
+        assert group[name]["test_accuracy"] == pytest.approx(alone[name]["test_accuracy"], abs=0.002)
+        assert group[name]["final_train_loss"] == pytest.approx(alone[name]["final_train_loss"], abs=1e-3)
+
+
+def verdicts(text: str) -> list[str]:
+    """The report's claim lines, numbers of 3 or more decimals masked (they differ in the last digits)."""
+    return [re.sub(r"\d+\.\d{3,}", "#", line) for line in text.splitlines() if line.startswith("Claim ")]
+
+
+@pytest.mark.slow
+def test_vectorised_and_processes_reproductions_reach_the_same_verdicts(tmp_path, capsys):
+    """`lenet reproduce --seeds 1 --epochs 1 --long-epochs 2`: the group trains the 1- and 2-epoch runs
+    together, the longer continuing the shorter; the verdicts equal those of the processes backend."""
+    said = {}
+    for backend in ("vectorised", "processes"):
+        args = ["reproduce", "--seeds", "1", "--epochs", "1", "--long-epochs", "2", "--device", "cpu"]
+        assert main([*args, "--backend", backend, "--out", str(tmp_path / backend)]) == 0
+        said[backend] = verdicts(capsys.readouterr().out)
+    assert len(said["vectorised"]) == 3 and said["vectorised"] == said["processes"]
+    longer = sorted((tmp_path / "vectorised" / "runs").glob("*-epochs2-*"))
+    assert len(longer) == 3  # init std 0.5 and 1.0, lr 0.1: each continued its 1-epoch run in the group
+    for run in longer:
+        assert "started_from" in json.loads((run / "config.json").read_text()), run.name

@@ -4,6 +4,7 @@ engine, and the git commit. Recorded in every run's config.json and named in eve
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 
+@functools.cache  # once per process: a group of 1,000 runs would start git 1,000 times
 def git_commit() -> str | None:
     """The commit of the source tree lenet runs from, if it is a git checkout."""
     try:
@@ -24,6 +26,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+@functools.cache
 def cpu_name() -> str:
     """The processor's model name ("AMD EPYC"): results differ slightly between CPUs, so figures name it."""
     try:
@@ -49,6 +52,13 @@ def provenance(device: torch.device, engine: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        **({"gpu": gpu_name(device)} if device.type == "cuda" else {}),
         "engine": engine,
         "git_commit": git_commit(),
     }
+
+
+@functools.cache
+def gpu_name(device: torch.device) -> str:
+    """The GPU's model name ("NVIDIA H200"): figures name the device they were measured on."""
+    return torch.cuda.get_device_name(device)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lenet.engines import EngineError
+from lenet.engines import Engine, EngineError
 from lenet.model import SHAPE, LeNet
 
 PARAM_NAMES = tuple(SHAPE.param_shapes())  # conv1.weight, conv1.bias, conv2.weight, ... (the model's order)
-STEPS = ("auto", "fused", "torch")  # the training step: fused Triton where it runs, else the torch reference
+STEPS = ("auto", "fused", "torch", "each")  # the training step (StackedModels)
 ACTIVATION_BYTES = 4 * (3 * SHAPE.conv1 * SHAPE.conv1_side**2 + 3 * SHAPE.conv2 * SHAPE.conv2_side**2)
 
 
@@ -33,10 +33,17 @@ class StackedModels:
     """M LeNets as six stacked tensors, each with a leading model axis."""
 
     def __init__(
-        self, models: list[LeNet], lrs: list[float], device: torch.device | str, step: str = "torch"
+        self,
+        models: list[LeNet],
+        lrs: list[float],
+        device: torch.device | str,
+        step: str = "torch",
+        engines: list[Engine] | None = None,
     ) -> None:
-        """`step`: "torch" (the reference), "fused" (the Triton step; EngineError where it cannot run) or
-        "auto" (fused where it runs)."""
+        """`step`: "torch" (all models in one autograd graph: the reference), "fused" (the Triton step;
+        EngineError where it cannot run), "each" (each model on its own `engines[m]`, e.g. the CPU's fused
+        C++ kernel: on a CPU, M models cost M runs' steps either way, and this is the fastest), or "auto"
+        (fused on a GPU where it runs, each on the CPU, else torch)."""
         if step not in STEPS:
             raise EngineError(f"the vectorised step must be one of {', '.join(STEPS)} (got {step!r})")
         self.m, device = len(models), torch.device(device)
@@ -47,10 +54,13 @@ class StackedModels:
             for n in PARAM_NAMES
         ]
         self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
-        fused = step == "fused" or (step == "auto" and fused_available(device))
         if step == "fused" and not fused_available(device):
             raise EngineError(f"the fused step needs triton and a CUDA device (got {device.type})")
-        self.step = "fused" if fused else "torch"
+        if step == "auto":
+            step = "fused" if fused_available(device) else "each" if device.type == "cpu" else "torch"
+        if step == "each" and (engines is None or len(engines) != self.m):
+            raise EngineError("the step 'each' needs one engine per model")
+        self.step, self.engines, self.models = step, engines, models
 
     def attach(self, models: list[LeNet]) -> None:
         """Make each model's parameters views of its slice: the models then always read the group's weights,
@@ -112,6 +122,13 @@ class StackedModels:
 
             with torch.no_grad():
                 return triton_step.train_steps(self.params, self.lrs, x, y, batches.contiguous())
+        if self.step == "each":  # the models are views of the stack (`attach`): their steps move it
+            lrs = self.lrs.tolist()
+            losses = [
+                e.sgd_steps(mod, lr, x, y, b)
+                for e, mod, lr, b in zip(self.engines, self.models, lrs, batches, strict=True)
+            ]
+            return torch.stack([loss.to(x.device) for loss in losses])
         total = torch.zeros(self.m, device=x.device)
         for step in range(batches.shape[1]):
             idx = batches[:, step]  # (M, B)

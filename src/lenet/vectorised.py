@@ -25,7 +25,7 @@ from lenet.atomic import write_jsonl
 from lenet.config import TrainConfig
 from lenet.data import Split, epoch_batches
 from lenet.dead import DEAD_CHUNK, death_check
-from lenet.engines import STEP_CHUNK
+from lenet.engines import STEP_CHUNK, select_engine
 from lenet.run_state import (
     Log,
     RunLog,
@@ -178,8 +178,11 @@ class Group:
     def stack_of(self, active: list[Member]) -> StackedModels:
         """The stack of `active`'s weights: kept while the same runs train, else built anew."""
         if self.stack is None or self.stacked != active:
-            models = [m.state.model for m in active]
-            self.stack = StackedModels(models, [m.cfg.lr for m in active], self.device, self.step)
+            models, lrs = [m.state.model for m in active], [m.cfg.lr for m in active]
+            engines = (
+                [select_engine(m.cfg, self.device) for m in active] if self.step in ("auto", "each") else None
+            )
+            self.stack = StackedModels(models, lrs, self.device, self.step, engines)
             self.stack.attach(models)
             self.stacked = active
         return self.stack
