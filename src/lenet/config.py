@@ -14,7 +14,7 @@ from typing import Any
 from lenet.errors import LenetError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-ENGINES = ("auto", "torch", "fast")
+ENGINES = ("auto", "torch", "fast", "triton")
 DATASETS = ("mnist", "fashion-mnist")
 INITS = ("seed", "kaiming")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
@@ -66,7 +66,9 @@ class TrainConfig:
     seed: int = setting(0, "seed of the init and of the per-epoch batch order", low=0, high=2**63 - 1)
     device: str = setting("auto", "where to train (auto: cuda, then mps, then cpu)", choices=DEVICES)
     engine: str = setting(
-        "auto", "how a training step runs (auto: the fastest that applies)", choices=ENGINES
+        "auto",
+        "how a training step runs (auto: the fastest that applies; triton: the fused GPU step, plain SGD)",
+        choices=ENGINES,
     )
     dataset: str = setting("mnist", "which IDX dataset to train on", choices=DATASETS)
     # ---- beyond the original: the defaults are the seed protocol, so old runs load unchanged

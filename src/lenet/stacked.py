@@ -22,10 +22,8 @@ ACTIVATION_BYTES = 4 * (3 * SHAPE.conv1 * SHAPE.conv1_side**2 + 3 * SHAPE.conv2 
 
 
 def fused_available(device: torch.device) -> bool:
-    try:  # TEMP until triton_step lands
-        from lenet.engines import triton_step
-    except ImportError:
-        return False
+    from lenet.engines import triton_step
+
     return triton_step.available(device)
 
 

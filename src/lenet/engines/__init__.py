@@ -3,7 +3,8 @@ one place that chooses.
 
 `torch` is the reference (autograd). `fast` is a fused C++ kernel for exactly the seed network on the
 CPU (`csrc/lenet_fast.cpp`): whole plain-SGD steps, a recipe's gradient, and the forward pass for
-evaluation. `cuda-graph` replays captured plain-SGD steps of the torch engine on an NVIDIA GPU.
+evaluation. `cuda-graph` replays captured plain-SGD steps of the torch engine on an NVIDIA GPU. `triton`
+replays captured steps of the vectorised backend's fused Triton kernels for one model (plain SGD).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def select_engine(
     plain = cfg.plain_sgd
     if cfg.engine == "torch":
         return TorchEngine()
+    if cfg.engine == "triton":
+        return select_triton(cfg, device)
     if cfg.engine == "fast":
         if kind != "cpu":
             raise EngineError(
@@ -117,3 +120,18 @@ def select_engine(
     except EngineError as e:  # no compiler, or a network of another shape than the kernel's
         notice(f"{e}; using the torch engine")
         return TorchEngine()
+
+
+def select_triton(cfg: TrainConfig, device: torch.device | str) -> Engine:
+    """The fused Triton step for one model (`lenet.engines.triton_engine`), where it can run."""
+    from lenet.engines import triton_step
+    from lenet.engines.triton_engine import TritonEngine
+
+    if not cfg.plain_sgd:
+        extras = ", ".join(cfg.step_extras())
+        raise EngineError(f"--engine triton trains plain SGD only (this run has {extras}); use --engine auto")
+    if not triton_step.available(torch.device(device)):
+        raise EngineError(
+            "--engine triton needs triton and a CUDA device (pip install triton); use --engine auto"
+        )
+    return TritonEngine()
