@@ -31,21 +31,20 @@ class RunLog:
     """Where a run's lines go: appended to its train.log (the file's one writer) and shown by `echo`."""
 
     def __init__(self, run: RunDir | None, echo: Log | None = None) -> None:
-        self.echo, self.file = echo, None
+        self.echo, self.path = echo, None if run is None else run.log
         if run is not None:
             run.path.mkdir(parents=True, exist_ok=True)
-            self.file = open(run.log, "a")  # noqa: SIM115 (closed by close())
+            run.log.touch()
 
     def __call__(self, line: str) -> None:
-        if self.file is not None:
-            self.file.write(line + "\n")
-            self.file.flush()
+        if self.path is not None:  # opened per line: a group of 1,000 runs holds no 1,000 open files
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
         if self.echo is not None:
             self.echo(line)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        """Nothing is held open between lines; kept for the callers' try/finally."""
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
