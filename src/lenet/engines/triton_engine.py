@@ -21,6 +21,7 @@ class Captured:
     graph: torch.cuda.CUDAGraph
     batches: torch.Tensor  # (1, k, B) int64 on the device, refilled before every replay
     total: torch.Tensor  # (1,), the summed losses of the last replay
+    lrs: torch.Tensor  # (1,): read by the graph at every replay, so it must live as long as the graph
 
 
 def stacked(model: nn.Module) -> list[torch.Tensor]:
@@ -73,4 +74,4 @@ def capture(model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, shape
     with torch.no_grad():
         for p, s in zip(params, saved, strict=True):
             p.copy_(s)
-    return Captured(graph, batches, total)
+    return Captured(graph, batches, total, lrs)
