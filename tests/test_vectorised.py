@@ -202,3 +202,21 @@ def test_vectorised_and_processes_reproductions_reach_the_same_verdicts(tmp_path
     assert len(longer) == 3  # init std 0.5 and 1.0, lr 0.1: each continued its 1-epoch run in the group
     for run in longer:
         assert "started_from" in json.loads((run / "config.json").read_text()), run.name
+
+
+def test_an_interrupted_group_resumes_to_the_same_runs(small_split, tmp_path, interrupt_at_epoch):
+    """Ctrl-C while a group prints epoch 2: the background writers still land every epoch-1 checkpoint
+    (whole), nothing is marked finished, and resuming ends both runs bit-identical to an unbroken group."""
+    cfgs = [TrainConfig(epochs=3, lr=0.02, seed=k) for k in range(2)]
+    outs = [tmp_path / "broken" / f"run{k}" for k in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, small_split, outs, [interrupt_at_epoch(2), None])
+    assert [len((o / "metrics.jsonl").read_text().splitlines()) for o in outs] == [1, 1]
+    assert not any((o / "result.json").exists() for o in outs)
+    assert not list((tmp_path / "broken").glob("*/*.tmp"))
+    resumed = train_group(cfgs, small_split, outs, resume=True)
+    whole = train_group(cfgs, small_split, [tmp_path / "whole" / f"run{k}" for k in range(2)])
+    for a, b in zip(resumed, whole, strict=True):
+        assert [r["train_loss"] for r in a.rows] == [r["train_loss"] for r in b.rows]
+        for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+            assert torch.equal(p, q)
