@@ -151,6 +151,9 @@ def verdict_b(lr_runs: list[RunResult], long_runs: list[RunResult] | None = None
     ours = (
         f"At lr 0.1 the loss stays within {STALL_TOLERANCE:g} of ln 10 = {CHANCE_LOSS:.4f} from epoch 2 to "
         f"epoch {epochs} in {sum(stuck)} of {len(stuck)} seeds (final losses: {finals})."
+        if epochs >= 2
+        else f"At lr 0.1 the runs have one epoch: there is no epoch 2 to stay at chance from (final "
+        f"losses: {finals})."
     )
     return Verdict(
         claim="Raising the learning rate from 0.01 to 0.1 makes the loss stall around 2.3 and never improve.",
