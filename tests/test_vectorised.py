@@ -204,14 +204,20 @@ def test_vectorised_and_processes_reproductions_reach_the_same_verdicts(tmp_path
         assert "started_from" in json.loads((run / "config.json").read_text()), run.name
 
 
-def test_an_interrupted_group_resumes_to_the_same_runs(small_split, tmp_path, interrupt_at_epoch):
-    """Ctrl-C while a group prints epoch 2: the background writers still land every epoch-1 checkpoint
-    (whole), nothing is marked finished, and resuming ends both runs bit-identical to an unbroken group."""
+def test_an_interrupted_group_resumes_to_the_same_runs(small_split, tmp_path):
+    """Ctrl-C in the main thread while a group ends epoch 2, after run 0's row and before run 1's: the
+    background writers still land every submitted checkpoint whole, nothing is marked finished, and resuming
+    (the runs now one epoch apart) ends both bit-identical to an unbroken group."""
+
+    def interrupt(row, model):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
     cfgs = [TrainConfig(epochs=3, lr=0.02, seed=k) for k in range(2)]
     outs = [tmp_path / "broken" / f"run{k}" for k in range(2)]
     with pytest.raises(KeyboardInterrupt):
-        train_group(cfgs, small_split, outs, [interrupt_at_epoch(2), None])
-    assert [len((o / "metrics.jsonl").read_text().splitlines()) for o in outs] == [1, 1]
+        train_group(cfgs, small_split, outs, on_epochs=[interrupt, None])
+    assert [len((o / "metrics.jsonl").read_text().splitlines()) for o in outs] == [2, 1]
     assert not any((o / "result.json").exists() for o in outs)
     assert not list((tmp_path / "broken").glob("*/*.tmp"))
     resumed = train_group(cfgs, small_split, outs, resume=True)
@@ -220,3 +226,26 @@ def test_an_interrupted_group_resumes_to_the_same_runs(small_split, tmp_path, in
         assert [r["train_loss"] for r in a.rows] == [r["train_loss"] for r in b.rows]
         for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
             assert torch.equal(p, q)
+
+
+def test_a_write_that_fails_stops_the_group_within_an_epoch(small_split, tmp_path, monkeypatch):
+    """A checkpoint write that fails in a background writer (a full disk) is raised in the group by the next
+    epoch's end, in one line, not after every epoch has trained."""
+    import errno
+
+    from lenet import vectorised
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vectorised, "write_epoch", full)
+    epochs = []
+    cfgs = [TrainConfig(epochs=5, lr=0.02, seed=k) for k in range(2)]
+    with pytest.raises(OSError, match="No space left"):
+        train_group(
+            cfgs,
+            small_split,
+            [tmp_path / f"run{k}" for k in range(2)],
+            on_epochs=[lambda row, model: epochs.append(row["epoch"]), None],
+        )
+    assert max(epochs) <= 2

@@ -14,6 +14,7 @@ group: a run leaves when its epochs are done, and a longer run that continues a 
 
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ __all__ = ["PARAM_NAMES", "StackedModels", "train_group"]
 WRITERS = 8  # background threads writing checkpoints (each fsyncs); a run always goes to the same one
 
 
-@dataclass
+@dataclass(eq=False)  # a run is itself: compared by identity, not field by field
 class Member:
     """One run of the group."""
 
@@ -58,6 +59,7 @@ class Member:
     state: State | None = None  # None until it joins
     result: TrainResult | None = None  # set when its epochs are done
     waits_for: Member | None = None  # the shorter run of the group it continues
+    say: Log | None = None  # its lines, written in order by its writer thread (set by train_group)
 
     @property
     def epochs_done(self) -> int:
@@ -87,6 +89,14 @@ class Writers:
 
     def submit(self, key: int, fn, *args) -> None:
         self.pending.append(self.pools[key % len(self.pools)].submit(fn, *args))
+
+    def check(self) -> None:
+        """Raise the first failed write so far (a full disk stops the group within an epoch), and forget the
+        writes that are done."""
+        for future in self.pending:
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+        self.pending = [f for f in self.pending if not f.done()]
 
     def drain(self) -> None:
         """Wait for every write so far; the first one that failed is raised here."""
@@ -134,13 +144,17 @@ def train_group(
         )
     ]
     writers = Writers()
+    for m in members:
+        m.say = functools.partial(writers.submit, m.key, m.log)
+    group = Group(members, split, writers, resume, command, step)
     try:
-        Group(members, split, writers, resume, command, step).train()
+        group.train()
         writers.drain()
         return [m.result for m in members]
     finally:
+        group.drawer.shutdown(wait=True, cancel_futures=True)
         try:
-            writers.close()
+            writers.close()  # what was trained is written, whole, even after an error or Ctrl-C
         finally:
             for m in members:
                 m.log.close()
@@ -155,6 +169,9 @@ class Group:
         self.device = split.train_x.device
         self.stack: StackedModels | None = None
         self.stacked: list[Member] = []
+        self.n = len(split.train_x)
+        self.drawer = ThreadPoolExecutor(1, thread_name_prefix="lenet-batches")
+        self.ahead: Future | None = None  # the next epoch's batch orders, being drawn
         by_out = {m.run.path.resolve(): m for m in members if m.run is not None}
         for m in members:
             source = by_out.get(Path(m.start_from).resolve()) if m.start_from is not None else None
@@ -172,7 +189,7 @@ class Group:
         """Start (or resume, or warm-start) each run; one that has nothing left to train ends at once."""
         for m in members:
             m.state = new_state(m.cfg, self.device)
-            start_run(m.cfg, m.run, m.state, "vectorised", self.resume, m.log, self.command, m.start_from)
+            start_run(m.cfg, m.run, m.state, "vectorised", self.resume, m.say, self.command, m.start_from)
         self.finish([m for m in members if m.epochs_done >= m.cfg.epochs])
 
     def stack_of(self, active: list[Member]) -> StackedModels:
@@ -187,11 +204,23 @@ class Group:
             self.stacked = active
         return self.stack
 
+    def batch_orders(self, epoch: int, active: list[Member]) -> torch.Tensor:
+        """(M, steps, B): each active run's batches of `epoch`; drawn (and the next epoch's begun) by a
+        background thread while the device trains, when the same runs train on."""
+        key = (epoch, tuple(m.key for m in active))
+        ahead = self.ahead.result() if self.ahead is not None else None
+        orders = ahead[1] if ahead is not None and ahead[0] == key else draw_orders(self.n, epoch, active)
+        following = (epoch + 1, key[1])
+        if all(epoch + 1 < m.cfg.epochs for m in active):
+            self.ahead = self.drawer.submit(lambda: (following, draw_orders(self.n, epoch + 1, active)))
+        else:
+            self.ahead = None
+        return orders
+
     def train_epoch(self, epoch: int, active: list[Member]) -> None:
         stack, split = self.stack_of(active), self.split
         t0 = time.perf_counter()
-        n = len(split.train_x)
-        batches = torch.stack([epoch_batches(n, m.cfg.batch_size, m.cfg.seed, epoch) for m in active])
+        batches = self.batch_orders(epoch, active)
         total = torch.zeros(len(active), device=self.device)
         for chunk in batches.split(STEP_CHUNK, dim=1):
             total += stack.train_steps(split.train_x, split.train_y, chunk)
@@ -203,6 +232,7 @@ class Group:
     def end_epoch(self, stack: StackedModels, active: list[Member], losses: list[float], seconds: float):
         """Validation and the death check of all `active` at once, then each run's row, line, checkpoint."""
         split = self.split
+        self.writers.check()
         val_loss, val_correct = stack.evaluate(split.val_x, split.val_y, eval_batch(stack.m, self.device))
         deaths = death_checks(stack, [m.state for m in active], split.train_x)
         weights = [p.detach().cpu() for p in stack.params]  # one copy off the device per tensor
@@ -219,12 +249,9 @@ class Group:
                 **dead,
             }
             m.state.rows.append(row)
-            m.log(row_line(row))
+            m.say(row_line(row))
             if m.run is not None:
-                snapshot = Snapshot(
-                    {name: w[i].clone() for name, w in zip(PARAM_NAMES, weights, strict=True)}
-                )
-                self.writers.submit(m.key, write_epoch, m.run, snapshot, list(m.state.rows), m.state)
+                self.writers.submit(m.key, write_epoch, m.run, weights, i, list(m.state.rows), m.state)
             if m.on_epoch is not None:
                 m.on_epoch(row, m.state.model)
 
@@ -237,7 +264,7 @@ class Group:
         split = self.split
         test = stack.evaluate(split.test_x, split.test_y, eval_batch(stack.m, self.device))
         for m, loss, correct in zip(done, *(t.tolist() for t in test), strict=True):
-            m.result = run_result(m.cfg, m.state, split, m.log, (loss, correct))
+            m.result = run_result(m.cfg, m.state, split, m.say, (loss, correct))
             if m.run is not None:  # after its checkpoints (the same writer): result.json marks it finished
                 self.writers.submit(m.key, save_result, m.run, m.cfg, m.result)
         if continuations := [m for m in self.members if m.waits_for in done]:
@@ -245,10 +272,16 @@ class Group:
             self.join(continuations)
 
 
-def write_epoch(run: RunDir, snapshot: Snapshot, rows: list[dict], state: State) -> None:
-    """A run's checkpoint and metrics after an epoch, as `lenet.run_state.end_epoch` writes them."""
+def write_epoch(run: RunDir, weights: list[torch.Tensor], i: int, rows: list[dict], state: State) -> None:
+    """A run's checkpoint and metrics after an epoch, as `lenet.run_state.end_epoch` writes them; `weights`
+    are the group's stacked tensors copied off the device, model i's slice is this run's."""
+    snapshot = Snapshot({name: w[i] for name, w in zip(PARAM_NAMES, weights, strict=True)})
     save_checkpoint(run.checkpoint, snapshot, None, len(rows), rows, None, state.config, state.lr_changes)
     write_jsonl(run.metrics, rows)
+
+
+def draw_orders(n: int, epoch: int, members: list[Member]) -> torch.Tensor:
+    return torch.stack([epoch_batches(n, m.cfg.batch_size, m.cfg.seed, epoch) for m in members])
 
 
 def death_checks(stack: StackedModels, states: list[State], train_x: torch.Tensor) -> list[dict]:
