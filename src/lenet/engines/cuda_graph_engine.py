@@ -22,31 +22,39 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuDNN wo
 @dataclass
 class Captured:
     graph: torch.cuda.CUDAGraph
-    batches: torch.Tensor  # (k, B) int64 on the device, refilled before every replay
-    total: torch.Tensor  # 0-d, the summed losses of the last replay
+    batches: torch.Tensor  # (k, B) int64 on the device (or a view of it), refilled before every replay
+    total: torch.Tensor  # the summed losses of the last replay (one element)
+    keep: tuple = ()  # what the graph reads besides the model and data: it must live as long as the graph
 
 
 class CudaGraphEngine(TorchEngine):
-    """The torch engine, with its plain-SGD steps captured as CUDA graphs (gradient and evaluate: its own)."""
+    """The torch engine, with its plain-SGD steps captured as CUDA graphs (gradient and evaluate: its own).
+    Off CUDA the steps run eagerly (`eager`); a subclass captures other steps (`capture`)."""
 
     name = "cuda-graph"
 
     def __init__(self) -> None:
         self.captured: dict[tuple, Captured] = {}
 
+    def eager(self, model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor):
+        return super().sgd_steps(model, lr, x, y, b)
+
+    def capture(self, model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, shape) -> Captured:
+        return capture(model, lr, x, y, shape)
+
     def sgd_steps(
         self, model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor
     ) -> torch.Tensor:
         """One SGD step per row of `batches` (k, B); returns the sum of the k batch losses, on the device."""
         if x.device.type != "cuda":
-            return super().sgd_steps(model, lr, x, y, batches)
+            return self.eager(model, lr, x, y, batches)
         key = (id(model), x.data_ptr(), y.data_ptr(), tuple(batches.shape), lr)
         if key not in self.captured:
-            self.captured[key] = capture(model, lr, x, y, batches.shape)
+            self.captured[key] = self.capture(model, lr, x, y, batches.shape)
         c = self.captured[key]
         c.batches.copy_(batches, non_blocking=True)
         c.graph.replay()
-        return c.total.clone()  # the next replay overwrites c.total
+        return c.total.clone().reshape(())  # the next replay overwrites c.total
 
 
 def steps(
