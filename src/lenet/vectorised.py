@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lenet.atomic import write_jsonl
-from lenet.config import TrainConfig
+from lenet.config import ConfigError, TrainConfig
 from lenet.data import Split, epoch_batches
 from lenet.dead import DEAD_CHUNK, death_check
 from lenet.engines import STEP_CHUNK, select_engine
@@ -128,24 +128,14 @@ def train_group(
 
     The runs must share a batch size; their lengths and, when resuming, their finished epochs may differ.
     `start_from[i]`: a shorter run of the same settings that run i begins where it ended (a run of this
-    group, or one finished before). `step`: "auto", "fused" or "torch" (`lenet.stacked.StackedModels`).
+    group, or one finished before). `step`: "auto", "fused", "torch" or "each" (`lenet.stacked`).
     """
     if len({c.batch_size for c in cfgs}) > 1:
-        raise ValueError("a vectorised group needs one batch size")
+        raise ConfigError("a vectorised group needs one batch size")
     if not all(c.plain_sgd for c in cfgs):
-        raise ValueError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
-    n = len(cfgs)
-    sources = start_from or [None] * n
-    runs = [RunDir(o) if o is not None else None for o in outs]
-    members = [
-        Member(key, cfg, run, RunLog(run, echo), hook, source)
-        for key, (cfg, run, echo, hook, source) in enumerate(
-            zip(cfgs, runs, logs or [None] * n, on_epochs or [None] * n, sources, strict=True)
-        )
-    ]
+        raise ConfigError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
     writers = Writers()
-    for m in members:
-        m.say = functools.partial(writers.submit, m.key, m.log)
+    members = make_members(cfgs, outs, logs, on_epochs, start_from, writers)
     group = Group(members, split, writers, resume, command, step)
     try:
         group.train()
@@ -153,11 +143,21 @@ def train_group(
         return [m.result for m in members]
     finally:
         group.drawer.shutdown(wait=True, cancel_futures=True)
-        try:
-            writers.close()  # what was trained is written, whole, even after an error or Ctrl-C
-        finally:
-            for m in members:
-                m.log.close()
+        writers.close()  # what was trained is written, whole, even after an error or Ctrl-C
+
+
+def make_members(cfgs, outs, logs, on_epochs, start_from, writers: Writers) -> list[Member]:
+    """The group's runs, each saying its lines through its writer thread (in order with its files)."""
+    n = len(cfgs)
+    members = []
+    for key, (cfg, out, echo, hook, source) in enumerate(
+        zip(cfgs, outs, logs or [None] * n, on_epochs or [None] * n, start_from or [None] * n, strict=True)
+    ):
+        run = RunDir(out) if out is not None else None
+        m = Member(key, cfg, run, RunLog(run, echo), hook, source)
+        m.say = functools.partial(writers.submit, key, m.log)
+        members.append(m)
+    return members
 
 
 class Group:
