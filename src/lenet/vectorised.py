@@ -40,7 +40,7 @@ from lenet.run_state import (
 )
 from lenet.runs import RunDir, save_checkpoint
 from lenet.stacked import ACTIVATION_BYTES, PARAM_NAMES, StackedModels, eval_batch, free_bytes
-from lenet.training import OnEpoch
+from lenet.training import OnEpoch, OnSteps
 
 __all__ = ["PARAM_NAMES", "StackedModels", "train_group"]
 WRITERS = 8  # background threads writing checkpoints (each fsyncs); a run always goes to the same one
@@ -60,6 +60,7 @@ class Member:
     result: TrainResult | None = None  # set when its epochs are done
     waits_for: Member | None = None  # the shorter run of the group it continues
     say: Log | None = None  # its lines, written in order by its writer thread (set by train_group)
+    on_steps: OnSteps | None = None  # told of each chunk of steps (TensorBoard's loss every 50 steps)
 
     @property
     def epochs_done(self) -> int:
@@ -122,6 +123,7 @@ def train_group(
     on_epochs: list[OnEpoch | None] | None = None,
     start_from: list[Path | None] | None = None,
     step: str = "auto",
+    on_steps: list[OnSteps | None] | None = None,
 ) -> list[TrainResult]:
     """Train plain-SGD runs as one group; each writes its run directory as `lenet.training.train` does
     (`logs`: where each run's lines are shown besides its train.log; None: nowhere).
@@ -129,6 +131,7 @@ def train_group(
     The runs must share a batch size; their lengths and, when resuming, their finished epochs may differ.
     `start_from[i]`: a shorter run of the same settings that run i begins where it ended (a run of this
     group, or one finished before). `step`: "auto", "fused", "torch" or "each" (`lenet.stacked`).
+    `on_epochs[i]`, `on_steps[i]`: run i's hooks, as `lenet.training.train`'s.
     """
     if len({c.batch_size for c in cfgs}) > 1:
         raise ConfigError("a vectorised group needs one batch size")
@@ -136,6 +139,8 @@ def train_group(
         raise ConfigError("a vectorised group trains plain SGD only (use lenet.training.train for recipes)")
     writers = Writers()
     members = make_members(cfgs, outs, logs, on_epochs, start_from, writers)
+    for m, hook in zip(members, on_steps or [None] * len(members), strict=True):
+        m.on_steps = hook
     group = Group(members, split, writers, resume, command, step)
     try:
         group.train()
@@ -222,8 +227,13 @@ class Group:
         t0 = time.perf_counter()
         batches = self.batch_orders(epoch, active)
         total = torch.zeros(len(active), device=self.device)
+        done, told = 0, [(i, m.on_steps) for i, m in enumerate(active) if m.on_steps is not None]
         for chunk in batches.split(STEP_CHUNK, dim=1):
-            total += stack.train_steps(split.train_x, split.train_y, chunk)
+            losses = stack.train_steps(split.train_x, split.train_y, chunk)
+            total += losses
+            done += chunk.shape[1]
+            for i, hook in told:  # each model's summed loss, left on the device
+                hook(epoch, done, chunk.shape[1], losses[i])
         losses = (total / batches.shape[1]).tolist()  # the epoch's one host sync
         seconds = (time.perf_counter() - t0) / len(active)  # each model's share of the group's time
         self.end_epoch(stack, active, losses, seconds)

@@ -113,7 +113,8 @@ class LocalRunner:
                     tbs = [stack.enter_context(run_log(self.tensorboard, o)) for o in outs]
                     hooks = [observers(tb, ticker(on_epoch)) for tb in tbs]
                     sources = [specs[i].start_from for i in chunk]
-                    train_group(cfgs, split, outs, None, True, self.command, hooks, sources)
+                    steps = [None if tb is None else tb.on_steps for tb in tbs]
+                    train_group(cfgs, split, outs, None, True, self.command, hooks, sources, on_steps=steps)
                 for i in chunk:
                     done(i)
 
