@@ -18,7 +18,13 @@ from lenet.model import SHAPE, LeNet
 
 PARAM_NAMES = tuple(SHAPE.param_shapes())  # conv1.weight, conv1.bias, conv2.weight, ... (the model's order)
 STEPS = ("auto", "fused", "torch", "each")  # the training step (StackedModels)
-ACTIVATION_BYTES = 4 * (3 * SHAPE.conv1 * SHAPE.conv1_side**2 + 3 * SHAPE.conv2 * SHAPE.conv2_side**2)
+CONV1 = SHAPE.conv1 * SHAPE.conv1_side**2  # 2,304 floats a model and image: conv1's output
+POOL1 = CONV1 // SHAPE.pool**2  # 576
+COLS = SHAPE.conv1 * SHAPE.kernel**2 * SHAPE.conv2_side**2  # 6,400: conv2's im2col columns
+CONV2 = SHAPE.conv2 * SHAPE.conv2_side**2  # 768
+# float32 bytes a model and image takes in the torch step's activations (and their gradients' peak), with
+# room: conv1 before and after ReLU and its gradient, the columns and their gradient, conv2 likewise
+ACTIVATION_BYTES = 4 * (3 * CONV1 + POOL1 + 2 * COLS + 3 * CONV2 + SHAPE.features)
 
 
 def fused_available(device: torch.device) -> bool:
