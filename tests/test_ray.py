@@ -290,12 +290,26 @@ def in_flight_with_checkpoint(out: Path) -> int:
     )
 
 
-def test_a_node_killed_mid_sweep_resumes_elsewhere(cluster, local_sweep, tmp_path):
+LONG = 4  # epochs: after a run's first checkpoint, time for the node to be killed before its run ends
+
+
+@pytest.fixture(scope="module")
+def local_long_sweep(tmp_path_factory) -> Path:
+    """The reference of the killed-node test: its sweep, with the local processes backend."""
+    out = tmp_path_factory.mktemp("local-long") / "sweep"
+    args = ["sweep", "--lr", "0.01", "0.1", "--seeds", "2", "--epochs", str(LONG), "--out", str(out)]
+    assert main([*args, "--backend", "processes", "--workers", "2"]) == 0
+    return out
+
+
+def test_a_node_killed_mid_sweep_resumes_elsewhere(cluster, local_long_sweep, tmp_path):
     """Last in this file: it takes the worker node away. Both nodes train a run; once both have a
-    checkpoint the worker node dies, and its run finishes on the head from that checkpoint."""
+    checkpoint the worker node dies, and its run finishes on the head from that checkpoint. The runs are
+    4 epochs long: with 2 (the other tests' sweep) a busy machine often finished the worker's run before
+    the kill took effect, and nothing was left to resume."""
     c, worker = cluster
     out = tmp_path / "sweep"
-    specs = sweep_specs(expand_grid({"lr": [0.01, 0.1], "epochs": [2]}, range(2)), out)
+    specs = sweep_specs(expand_grid({"lr": [0.01, 0.1], "epochs": [LONG]}, range(2)), out)
     ticks = []
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(RayRunner(command="lenet test").run, specs, on_epoch=lambda: ticks.append(1))
@@ -305,8 +319,8 @@ def test_a_node_killed_mid_sweep_resumes_elsewhere(cluster, local_sweep, tmp_pat
         assert not future.done(), "the sweep ended before the node could be killed"
         c.remove_node(worker, allow_graceful=False)
         results = future.result(timeout=180)
-    assert [r.spec for r in results] == specs and len(ticks) == 4 * 2  # each run once, each epoch once
-    assert_same_runs(out, local_sweep)
+    assert [r.spec for r in results] == specs and len(ticks) == 4 * LONG  # each run, each epoch once
+    assert_same_runs(out, local_long_sweep)
     logs = [p.read_text() for p in out.glob("runs/*/train.log")]
     resumed = [log for log in logs if "resuming" in log]
     assert len(resumed) == 1 and f"resuming {out}/runs/" in resumed[0]
