@@ -59,8 +59,9 @@ class Runner(Protocol):
 
 
 def default_backend(device_type: str) -> str:
-    """Measured (benchmarks/bench_sweep.py): on a GPU one vectorised group beats everything; on the CPU the
-    fused fast engine run by one process per core beats the grouped-conv vectorised step."""
+    """Measured (benchmarks/bench_sweep.py, docs/speed.md): on a GPU one vectorised group beats everything
+    (the torch group step, 2026-12-04; the fused step is not yet timed); on the CPU the fast engine in one
+    process per core beats a vectorised group, which steps its models one after another in one process."""
     return "vectorised" if device_type != "cpu" else "processes"
 
 
