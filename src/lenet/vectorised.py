@@ -1,8 +1,9 @@
 """The vectorised sweep backend: many plain-SGD runs trained as one group, in one step per batch.
 
-The group's models live in `lenet.stacked.StackedModels` (the fused Triton step on a GPU, the torch
-reference elsewhere); each model has its own learning rate, init, seed and batch order, and each run ends
-as if trained alone (to float tolerance) and writes an ordinary run directory.
+The group's models live in `lenet.stacked.StackedModels` (the fused Triton step on a GPU, each model on
+its own engine on a CPU, the torch group step as the reference); each model has its own learning rate,
+init, seed and batch order, and each run ends as if trained alone (to float tolerance) and writes an
+ordinary run directory.
 
 The end of an epoch is batched over the group: validation, the dead-network check and, at a run's end,
 the test are each one pass of all models over the same images; the checkpoints are copied off the device
