@@ -46,8 +46,9 @@ class StackedModels:
     ) -> None:
         """`step`: "torch" (all models in one autograd graph: the reference), "fused" (the Triton step;
         EngineError where it cannot run), "each" (each model on its own `engines[m]`, e.g. the CPU's fused
-        C++ kernel: on a CPU, M models cost M runs' steps either way, and this is the fastest), or "auto"
-        (fused on a GPU where it runs, each on the CPU, else torch)."""
+        C++ kernel: on a CPU, M models cost M runs' steps either way, and this is the fastest; the models
+        become views of the stack, `attach`), or "auto" (fused where it runs, each on a CPU given engines,
+        else torch)."""
         if step not in STEPS:
             raise EngineError(f"the vectorised step must be one of {', '.join(STEPS)} (got {step!r})")
         self.m, device = len(models), torch.device(device)
@@ -61,10 +62,13 @@ class StackedModels:
         if step == "fused" and not fused_available(device):
             raise EngineError(f"the fused step needs triton and a CUDA device (got {device.type})")
         if step == "auto":
-            step = "fused" if fused_available(device) else "each" if device.type == "cpu" else "torch"
+            each = device.type == "cpu" and engines is not None
+            step = "fused" if fused_available(device) else "each" if each else "torch"
         if step == "each" and (engines is None or len(engines) != self.m):
             raise EngineError("the step 'each' needs one engine per model")
         self.step, self.engines, self.models = step, engines, models
+        if step == "each":  # the engines step the models: they must be the stack's views
+            self.attach(models)
 
     def attach(self, models: list[LeNet]) -> None:
         """Make each model's parameters views of its slice: the models then always read the group's weights,
