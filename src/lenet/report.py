@@ -211,11 +211,13 @@ def plot_accuracy(
         if trained:
             ax.bar(i, sum(trained) / len(trained), color="C0", alpha=0.25, width=0.6,
                    label=once(seen, "mean of the runs that did not stall"))  # fmt: skip
-        for k, r in enumerate(group):
-            x = i + 0.24 * (k - (len(group) - 1) / 2) / max(1, len(group))
-            stalled = is_stalled(r.final_train_loss)
-            ax.scatter(x, 100 * r.summary["test_accuracy"], color="C3" if stalled else "C0", zorder=3, s=14,
-                       label=once(seen, "one seed, stalled" if stalled else "one seed"))  # fmt: skip
+        spread = [i + 0.24 * (k - (len(group) - 1) / 2) / max(1, len(group)) for k in range(len(group))]
+        stalls = [is_stalled(r.final_train_loss) for r in group]
+        for stalled, color, label in ((False, "C0", "one seed"), (True, "C3", "one seed, stalled")):
+            kind = [k for k, s in enumerate(stalls) if s == stalled]
+            xs, ys = [spread[k] for k in kind], [100 * group[k].summary["test_accuracy"] for k in kind]
+            if xs:  # one scatter per kind of run: 1,000 seeds are one call, not 1,000
+                ax.scatter(xs, ys, color=color, zorder=3, s=14, label=once(seen, label))
         key = config_key(group[0].spec.config)
         if original and key in original:
             ax.scatter(i, 100 * original[key], marker="*", s=140, color="black", zorder=4,

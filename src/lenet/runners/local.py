@@ -104,7 +104,12 @@ class LocalRunner:
         for members in groups.values():  # in the specs' order: a shorter run before the one continuing it
             first = specs[members[0]].config
             split = self.split(first)
-            fits = free_bytes(split.train_x.device) // per_model_bytes(first.batch_size)
+            device = split.train_x.device  # a CPU steps each model alone: its group needs no room to grow
+            fits = (
+                len(members)
+                if device.type == "cpu"
+                else free_bytes(device) // per_model_bytes(first.batch_size)
+            )
             size = self.group_size or max(1, fits)
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
