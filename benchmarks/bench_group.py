@@ -6,7 +6,8 @@ same runs in the same script:
   group    lenet.vectorised.train_group: files written by background threads, batch orders drawn ahead
   serial   the same files written run by run in the main thread, as lenet.run_state.end_epoch writes them
 The per-epoch cost is the difference between an E2-epoch and an E1-epoch run of the group, divided by the
-extra epochs (start and finish cancel out).
+extra epochs (start and finish cancel out). Then a whole `lenet.sweep` of as many seeds and E1 epochs, the
+same work stubbed: what the host adds to a sweep (runs, summaries, plots) beside the device's training.
 
     python benchmarks/bench_group.py [--models 1000] [--epochs 2 6]
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import lenet
 import lenet.stacked as stacked
 import lenet.vectorised as vectorised
 from lenet.config import TrainConfig
@@ -75,12 +77,16 @@ def main() -> None:
         short, long = group_seconds(split, args.models, e1, root), group_seconds(split, args.models, e2, root)
         per_epoch = (long - short) / (e2 - e1)
         serial = serial_epoch_seconds(split, args.models, root)
+        t0 = time.perf_counter()
+        lenet.sweep(seeds=args.models, epochs=e1, backend="vectorised", device="cpu", out=root / "sweep")
+        sweep = time.perf_counter() - t0
     print(f"{cpu_name()}, {torch.get_num_threads()} torch threads, {args.models} runs")
     ends = short - e1 * per_epoch
     print(f"group:  {e1} epochs {short:.2f} s, {e2} epochs {long:.2f} s -> {per_epoch:.2f} s an epoch "
           f"({1000 * per_epoch / args.models:.2f} ms a run), start and finish {ends:.2f} s")  # fmt: skip
     print(f"serial: {serial:.2f} s an epoch ({1000 * serial / args.models:.2f} ms a run)")
     print(f"group / serial, an epoch: {per_epoch / serial:.2f}x the time, in background threads")
+    print(f"lenet.sweep(seeds={args.models}, epochs={e1}), device work stubbed: {sweep:.2f} s whole")
 
 
 if __name__ == "__main__":
