@@ -202,9 +202,8 @@ class Group:
         """The stack of `active`'s weights: kept while the same runs train, else built anew."""
         if self.stack is None or self.stacked != active:
             models, lrs = [m.state.model for m in active], [m.cfg.lr for m in active]
-            engines = (
-                [select_engine(m.cfg, self.device) for m in active] if self.step in ("auto", "each") else None
-            )
+            each = self.step == "each" or (self.step == "auto" and self.device.type == "cpu")
+            engines = [select_engine(m.cfg, self.device) for m in active] if each else None
             self.stack = StackedModels(models, lrs, self.device, self.step, engines)
             self.stack.attach(models)
             self.stacked = active
