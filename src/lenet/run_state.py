@@ -43,9 +43,6 @@ class RunLog:
         if self.echo is not None:
             self.echo(line)
 
-    def close(self) -> None:
-        """Nothing is held open between lines; kept for the callers' try/finally."""
-
 
 def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.short_name()}"

@@ -47,11 +47,9 @@ class StackedModels:
         """`step`: "torch" (all models in one autograd graph: the reference), "fused" (the Triton step;
         EngineError where it cannot run), "each" (each model on its own `engines[m]`, e.g. the CPU's fused
         C++ kernel: on a CPU, M models cost M runs' steps either way, and this is the fastest; the models
-        become views of the stack, `attach`), or "auto" (fused where it runs, each on a CPU given engines,
-        else torch)."""
-        if step not in STEPS:
-            raise EngineError(f"the vectorised step must be one of {', '.join(STEPS)} (got {step!r})")
+        become views of the stack, `attach`), or "auto" (`resolve_step`)."""
         self.m, device = len(models), torch.device(device)
+        step = resolve_step(step, device)
         self.params = [
             torch.stack([dict(mod.named_parameters())[n].detach() for mod in models])
             .to(device)
@@ -59,11 +57,6 @@ class StackedModels:
             for n in PARAM_NAMES
         ]
         self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
-        if step == "fused" and not fused_available(device):
-            raise EngineError(f"the fused step needs triton and a CUDA device (got {device.type})")
-        if step == "auto":
-            each = device.type == "cpu" and engines is not None
-            step = "fused" if fused_available(device) else "each" if each else "torch"
         if step == "each" and (engines is None or len(engines) != self.m):
             raise EngineError("the step 'each' needs one engine per model")
         self.step, self.engines, self.models = step, engines, models
@@ -187,6 +180,26 @@ class StackedModels:
         zeros = ~fired1.any(dim=1)
         fired2[zeros] = params[3][zeros] > 0
         return fired1, fired2
+
+
+def resolve_step(step: str, device: torch.device) -> str:
+    """The step `step` names on `device`; "auto": fused where it runs, each model alone on a CPU, else the
+    torch group step. EngineError, in one line, for a step that cannot run here."""
+    if step not in STEPS:
+        raise EngineError(f"the vectorised step must be one of {', '.join(STEPS)} (got {step!r})")
+    if step == "fused" and not fused_available(device):
+        raise EngineError(f"the fused step needs triton and a CUDA device (got {device.type})")
+    if step == "auto":
+        return "fused" if fused_available(device) else "each" if device.type == "cpu" else "torch"
+    return step
+
+
+def group_size(device: torch.device, batch: int, runs: int) -> int:
+    """How many of `runs` runs of batch size `batch` one group holds on `device`: on a GPU as many as half
+    its free memory takes; on a CPU all (each model steps alone, the group needs no room to grow)."""
+    if device.type == "cpu":
+        return max(1, runs)
+    return max(1, min(runs, free_bytes(device) // per_model_bytes(batch)))
 
 
 def per_model_bytes(batch: int) -> int:

@@ -66,11 +66,7 @@ def train(
     hooks = Hooks(on_start, on_steps, on_epoch, lr_request)
     run = RunDir(out) if out is not None else None
     with locked(run) if run is not None else nullcontext():  # one process per run folder
-        lines = RunLog(run, log)
-        try:
-            return train_locked(cfg, split, run, lines, resume, command, hooks, start_from)
-        finally:
-            lines.close()
+        return train_locked(cfg, split, run, RunLog(run, log), resume, command, hooks, start_from)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,14 @@ from lenet.run_state import (
     start_run,
 )
 from lenet.runs import RunDir, save_checkpoint
-from lenet.stacked import ACTIVATION_BYTES, PARAM_NAMES, StackedModels, eval_batch, free_bytes
+from lenet.stacked import (
+    ACTIVATION_BYTES,
+    PARAM_NAMES,
+    StackedModels,
+    eval_batch,
+    free_bytes,
+    resolve_step,
+)
 from lenet.training import OnEpoch, OnSteps
 
 __all__ = ["PARAM_NAMES", "StackedModels", "train_group"]
@@ -171,8 +178,8 @@ class Group:
 
     def __init__(self, members, split, writers, resume, command, step) -> None:
         self.members, self.split, self.writers = members, split, writers
-        self.resume, self.command, self.step = resume, command, step
         self.device = split.train_x.device
+        self.resume, self.command, self.step = resume, command, resolve_step(step, self.device)
         self.stack: StackedModels | None = None
         self.stacked: list[Member] = []
         self.n = len(split.train_x)
@@ -202,8 +209,7 @@ class Group:
         """The stack of `active`'s weights: kept while the same runs train, else built anew."""
         if self.stack is None or self.stacked != active:
             models, lrs = [m.state.model for m in active], [m.cfg.lr for m in active]
-            each = self.step == "each" or (self.step == "auto" and self.device.type == "cpu")
-            engines = [select_engine(m.cfg, self.device) for m in active] if each else None
+            engines = [select_engine(m.cfg, self.device) for m in active] if self.step == "each" else None
             self.stack = StackedModels(models, lrs, self.device, self.step, engines)
             self.stack.attach(models)
             self.stacked = active

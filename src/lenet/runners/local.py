@@ -90,7 +90,7 @@ class LocalRunner:
             done(i)
 
     def _run_vectorised(self, specs, todo, done, on_epoch) -> None:
-        from lenet.stacked import free_bytes, per_model_bytes
+        from lenet.stacked import group_size
         from lenet.tensorboard import run_log
         from lenet.vectorised import train_group
 
@@ -104,13 +104,7 @@ class LocalRunner:
         for members in groups.values():  # in the specs' order: a shorter run before the one continuing it
             first = specs[members[0]].config
             split = self.split(first)
-            device = split.train_x.device  # a CPU steps each model alone: its group needs no room to grow
-            fits = (
-                len(members)
-                if device.type == "cpu"
-                else free_bytes(device) // per_model_bytes(first.batch_size)
-            )
-            size = self.group_size or max(1, fits)
+            size = self.group_size or group_size(split.train_x.device, first.batch_size, len(members))
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
                 cfgs, outs = [specs[i].config for i in chunk], [specs[i].out for i in chunk]

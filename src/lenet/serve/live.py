@@ -87,9 +87,7 @@ class LiveRun:
             self.result = result.summary()
             self.set_state("finished")
         except Stopped:
-            log = RunLog(RunDir(self.out))
-            log(f"{self.stop_note}; continue with: lenet train --resume {self.out}")
-            log.close()
+            RunLog(RunDir(self.out))(f"{self.stop_note}; continue with: lenet train --resume {self.out}")
             self.set_state("stopped")
         except Exception as e:  # shown on the page; the folder keeps its last checkpoint
             self.error = f"{type(e).__name__}: {one_line(e)}"
